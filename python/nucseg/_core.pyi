@@ -1,0 +1,10 @@
+import numpy as np
+import numpy.typing as npt
+
+def watershed_dynamics(
+    prob: npt.NDArray[np.uint8 | np.uint16 | np.float32 | np.float64],
+    lam: float,
+    threshold: float,
+    connectivity: int,
+    watershed_line: bool,
+) -> npt.NDArray[np.int32]: ...

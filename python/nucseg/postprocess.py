@@ -1,0 +1,199 @@
+"""Post-processing of nucleus probability maps: the dynamics-controlled watershed."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - only without a built extension
+    raise ImportError(
+        "nucseg's compiled extension (nucseg._core) is missing: install the package with "
+        "`pip install .` (or `pip install -e .` for development) so that it is built"
+    ) from exc
+
+__all__ = ["watershed_dynamics", "default_threshold"]
+
+_SUPPORTED = (np.uint8, np.uint16, np.float32, np.float64)
+_MAX_PIXELS = 2**31 - 3  # labels are int32
+
+
+def default_threshold(dtype: npt.DTypeLike) -> float:
+    """Foreground threshold used when ``threshold=None``: 0.5 in probability units.
+
+    Float maps use 0.5; uint8 maps (0..255) use 127 and uint16 maps (0..65535) 32767, so that
+    ``prob > threshold`` selects exactly the pixels at or above half of the scale.
+    """
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return 0.5
+    return float(np.iinfo(dt).max // 2)
+
+
+def _check_prob(prob: object) -> np.ndarray:
+    if not isinstance(prob, np.ndarray):
+        raise TypeError(f"prob must be a numpy array, got {type(prob).__name__}")
+    if prob.dtype.type not in _SUPPORTED:
+        raise TypeError(
+            f"prob must have dtype uint8, uint16, float32 or float64, got {prob.dtype} "
+            "(convert probabilities with prob.astype(np.float32))"
+        )
+    if prob.ndim != 2:
+        raise ValueError(f"prob must be a 2-D map, got an array with ndim={prob.ndim} and shape {prob.shape}")
+    if prob.size == 0:
+        raise ValueError(f"prob must not be empty, got shape {prob.shape}")
+    if prob.size > _MAX_PIXELS:
+        raise ValueError(f"prob has {prob.size} pixels; at most {_MAX_PIXELS} fit int32 labels (tile the image)")
+    if prob.dtype.kind == "f":
+        # min/max propagate NaN and expose inf without allocating a mask.
+        lo, hi = prob.min(), prob.max()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("prob must be finite: it contains NaN or infinite values")
+    return prob
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def watershed_dynamics(
+    prob: npt.NDArray[np.generic],
+    lam: float,
+    *,
+    threshold: float | None = None,
+    connectivity: int = 1,
+    watershed_line: bool = True,
+) -> npt.NDArray[np.int32]:
+    """Split a nucleus probability map into nuclei with a dynamics-controlled watershed.
+
+    The post-processing of Naylor et al. (2017): the foreground is ``prob > threshold``;
+    each maximum of ``prob`` whose *dynamics* exceeds ``lam`` becomes one nucleus, and
+    watershed lines separate nuclei that touch. It is computed in a single priority-queue
+    sweep (see Notes).
+
+    Parameters
+    ----------
+    prob : ndarray, shape (H, W)
+        Nucleus probability map: float32/float64 probabilities, or uint8/uint16 scaled
+        probabilities (0..255 or 0..65535). Non-contiguous and Fortran-ordered arrays are
+        accepted (copied once to C order). Must be finite.
+    lam : float
+        Minimum dynamics of a marker, in the units of ``prob`` (the paper's lambda = 7 on a
+        0..255 map is ``lam=7`` for uint8 input, about ``7/255`` for float input). A maximum
+        is a marker when its dynamics is strictly greater than ``lam``. Must be >= 0;
+        ``np.inf`` keeps exactly one nucleus per foreground component.
+    threshold : float, optional
+        Foreground threshold in the units of ``prob``: pixels with ``prob > threshold`` are
+        foreground. Defaults to 0.5 for float maps, 127 for uint8 and 32767 for uint16 (the
+        same half-scale cut; see :func:`default_threshold`). Integer maps need
+        ``0 <= threshold <= dtype max``; a fractional threshold is rounded down, which keeps
+        ``prob > threshold`` exact. Float maps are compared in float64.
+    connectivity : {1, 2}
+        Neighbourhood for maxima, dynamics and flooding, as in scikit-image: 1 is the
+        4-neighbourhood, 2 the 8-neighbourhood. The default, 1, matches how TNBC's ground
+        truth defines instances (4-connected components) and gives 8-connected watershed
+        lines that separate touching nuclei under either connectivity.
+    watershed_line : bool
+        If True (default), pixels where two nuclei meet get label 0 (one-pixel lines, like
+        ``skimage.segmentation.watershed(..., watershed_line=True)``). If False, every
+        foreground pixel belongs to a nucleus and touching nuclei share a border.
+
+    Returns
+    -------
+    labels : ndarray of int32, shape (H, W)
+        0 for background and watershed lines; nuclei numbered 1..N consecutively in raster
+        order of their first (top-most, then left-most) pixel.
+
+    Raises
+    ------
+    TypeError
+        If ``prob`` is not a numpy array of a supported dtype, or ``lam``/``threshold`` are
+        not real numbers.
+    ValueError
+        If ``prob`` is not 2-D, is empty, has NaN/inf or too many pixels for int32 labels;
+        if ``lam`` is negative or NaN; if ``threshold`` is NaN or outside an integer dtype's
+        range; if ``connectivity`` is not 1 or 2.
+
+    Notes
+    -----
+    **Dynamics.** Let F = {prob > threshold}. The dynamics of a regional maximum M of prob
+    (a connected plateau of F with no strictly higher neighbour in F) at height m is the
+    smallest drop ``m - min(path)`` over the paths inside F from M to a strictly higher
+    pixel; the highest maximum of each component of F has infinite dynamics, so every
+    component keeps at least one nucleus (Grimaud 1992). Maxima of equal height that
+    connect without dropping by more than ``lam`` form one marker. The markers are thus
+    exactly the regional maxima of the ``lam``-reconstruction of prob inside F
+    (h-maxima with the strict criterion ``> lam``).
+
+    **One sweep.** All regional maxima seed basins; pixels are flooded from the highest
+    value down with a monotone priority queue (a bucket queue for integer maps, linear
+    time; a radix heap on order-preserving float keys for float maps, exact). When two
+    flooded components meet at level v, the one with the lower peak (ties: the younger
+    basin) has dynamics ``peak - v`` at that instant: if that is <= lam its basin is merged
+    into the label it touches (union-find), otherwise it is a marker and a pixel whose
+    labelled neighbours belong to two markers becomes a watershed-line pixel. Lines keep
+    propagating the flood, so nothing behind them is left unreached and the dynamics stay
+    exact. The GIL is released for the whole sweep and Ctrl-C is honoured every 2^18
+    pixels. Extra memory: 4 bytes per foreground pixel for the queue, plus a small record
+    per regional maximum.
+
+    **Ties.** Pixels of equal value leave the queue first-in first-out; regional-maximum
+    plateaus are pushed first, in raster order; neighbours are pushed in raster order of
+    their offsets. So the result is deterministic and identical across runs and platforms.
+    A pixel whose flooded neighbours are all watershed lines joins the label those lines
+    carry (the oldest marker among them).
+
+    **Differences from the authors' post-processing** (PyPI ``dynamic-watershed``): they
+    measure dynamics on the whole map, including the background (so a foreground
+    component can lose every marker), flood the h-reconstructed map and draw two-pixel
+    lines. Here dynamics are confined to the foreground, the original map is flooded and
+    lines are one pixel wide; on TNBC-like maps the two agree closely (see the tests).
+
+    References
+    ----------
+    .. [1] P. Naylor, M. Laé, F. Reyal, T. Walter, "Nuclei segmentation in histopathology
+       images using deep neural networks", ISBI 2017, pp. 933-936.
+    .. [2] M. Grimaud, "New measure of contrast: the dynamics", Proc. SPIE 1769, Image
+       Algebra and Morphological Image Processing III, 1992.
+    .. [3] F. Meyer, "Topographic distance and watershed lines", Signal Processing 38(1),
+       1994 (hierarchical queues).
+
+    Examples
+    --------
+    Two touching blobs whose saddle is 0.3 below the peaks:
+
+    >>> import numpy as np
+    >>> import nucseg
+    >>> y, x = np.mgrid[:40, :60]
+    >>> prob = np.maximum(np.exp(-((x - 23) ** 2 + (y - 20) ** 2) / 120),
+    ...                   np.exp(-((x - 37) ** 2 + (y - 20) ** 2) / 120)).astype(np.float32)
+    >>> int(nucseg.watershed_dynamics(prob, lam=0.1).max())   # saddle drop 0.3 > 0.1: split
+    2
+    >>> int(nucseg.watershed_dynamics(prob, lam=0.5).max())   # 0.3 <= 0.5: one object
+    1
+    """
+    prob = _check_prob(prob)
+    lam = _check_real("lam", lam)
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if threshold is None:
+        threshold = default_threshold(prob.dtype)
+    threshold = _check_real("threshold", threshold)
+    if prob.dtype.kind == "u":
+        top = np.iinfo(prob.dtype).max
+        if not 0 <= threshold <= top:
+            raise ValueError(f"threshold must lie in [0, {top}] for {prob.dtype} maps, got {threshold}")
+    elif math.isinf(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    if isinstance(connectivity, bool) or connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (4-neighbourhood) or 2 (8-neighbourhood), got {connectivity!r}")
+    return _core.watershed_dynamics(prob, lam, threshold, int(connectivity), bool(watershed_line))
