@@ -135,16 +135,19 @@ def watershed_dynamics(
     (h-maxima with the strict criterion ``> lam``).
 
     **One sweep.** All regional maxima seed basins; pixels are flooded from the highest
-    value down with a monotone priority queue (a bucket queue for integer maps, linear
-    time; a radix heap on order-preserving float keys for float maps, exact). When two
-    flooded components meet at level v, the one with the lower peak (ties: the younger
-    basin) has dynamics ``peak - v`` at that instant: if that is <= lam its basin is merged
-    into the label it touches (union-find), otherwise it is a marker and a pixel whose
-    labelled neighbours belong to two markers becomes a watershed-line pixel. Lines keep
-    propagating the flood, so nothing behind them is left unreached and the dynamics stay
-    exact. The GIL is released for the whole sweep and Ctrl-C is honoured every 2^18
-    pixels. Extra memory: 4 bytes per foreground pixel for the queue, plus a small record
-    per regional maximum.
+    value down with a priority queue (a hierarchical bucket queue for uint8 maps, linear
+    time; a binary heap on order-preserving integer keys for uint16 and float maps, exact).
+    When two flooded components meet at level v, the one with the lower peak (ties: the
+    younger basin) has dynamics ``peak - v`` at that instant: if that is <= lam its basin is
+    merged into the label it touches (union-find), otherwise it is a marker, and a pixel
+    whose labelled neighbours belong to two markers becomes a watershed-line pixel. Lines
+    keep propagating the flood, so nothing behind them is left unreached and the dynamics
+    stay exact. The sweep runs one connected component of the foreground at a time (they
+    never interact), which keeps memory accesses local and gives the same result as one
+    global sweep. Background pixels cost three linear passes (clear, scan, relabel). The
+    GIL is released for the whole call and Ctrl-C is honoured every 2^18 flooded pixels. Extra memory: a few bytes per pixel of the largest
+    foreground component (its pixel list and queue), plus a small record per regional
+    maximum; nothing per background pixel.
 
     **Ties.** Pixels of equal value leave the queue first-in first-out; regional-maximum
     plateaus are pushed first, in raster order; neighbours are pushed in raster order of

@@ -1,46 +1,54 @@
-// Monotone priority queues for the flooding sweep. Header-only, no Python.
+// Priority queues for the flooding sweep. Header-only, no Python.
 //
-// Both queues pop the HIGHEST value first and break ties first-in-first-out
-// (the order of pushes), which is the tie rule of the whole algorithm. Both rely
-// on the sweep being monotone: nothing is ever pushed above the level being
-// popped (a pixel is reached from a regional maximum through non-increasing
-// values), which is what makes them exact and fast.
+// Both queues pop the HIGHEST value first and break ties first-in first-out (the
+// order of pushes), which is the tie rule of the whole algorithm. Both are reused
+// across the connected components of the foreground: reset() prepares them for the
+// next component. The bucket queue relies on the sweep being monotone: nothing is
+// ever pushed above the level being popped (a pixel is reached from a regional
+// maximum through non-increasing values).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 namespace nucseg {
 
-// Hierarchical (bucket) queue for 8- and 16-bit maps: one FIFO segment per grey
-// level, sized from the histogram, because every pixel is pushed exactly once.
-// Push and pop are O(1); total memory is 4 bytes per queued pixel.
-template <class T>
+// Hierarchical (bucket) queue for 8-bit maps (Meyer 1991): one FIFO segment per grey
+// level, sized from the component's histogram because every pixel is pushed exactly
+// once. O(1) push and pop; 4 bytes per pixel of the component.
 class BucketQueue {
-    static_assert(std::is_integral<T>::value && sizeof(T) <= 2, "8- or 16-bit maps only");
-
 public:
-    static constexpr std::size_t kLevels = std::size_t{1} << (8 * sizeof(T));
+    static constexpr int kLevels = 256;
 
-    // counts[v] = number of pixels that will ever be pushed at level v.
-    explicit BucketQueue(const std::vector<std::uint32_t>& counts)
-        : head_(kLevels), tail_(kLevels), level_(static_cast<std::ptrdiff_t>(kLevels) - 1) {
-        std::size_t total = 0;
-        for (std::size_t v = 0; v < kLevels; ++v) {
+    void reset(const std::uint8_t* values, const std::vector<std::uint32_t>& component) {
+        std::uint32_t counts[kLevels] = {};
+        int lo = kLevels - 1, hi = 0;
+        for (const std::uint32_t p : component) {
+            const int v = values[p];
+            ++counts[v];
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+        }
+        std::uint32_t total = 0;
+        for (int v = lo; v <= hi; ++v) {
             head_[v] = tail_[v] = total;
             total += counts[v];
         }
-        items_.resize(total);
+        lo_ = lo;
+        level_ = hi;
+        if (items_.size() < total) items_.resize(total);
     }
 
-    void push(T value, std::uint32_t index) { items_[tail_[value]++] = index; }
+    void push(std::uint8_t value, std::uint32_t index) { items_[tail_[value]++] = index; }
 
     bool empty() {
-        while (level_ >= 0 && head_[level_] == tail_[level_]) --level_;
-        return level_ < 0;
+        while (level_ >= lo_ && head_[level_] == tail_[level_]) --level_;
+        return level_ < lo_;
     }
 
     // Call only after empty() returned false.
@@ -48,78 +56,76 @@ public:
 
 private:
     std::vector<std::uint32_t> items_;
-    std::vector<std::size_t> head_, tail_;
-    std::ptrdiff_t level_;
+    std::uint32_t head_[kLevels] = {}, tail_[kLevels] = {};
+    int lo_ = 0, level_ = -1;
 };
 
-// Order-preserving unsigned key of a float, smallest key = highest value, so a
-// min-queue on keys pops the highest probability first. -0.0 and +0.0 share a key
-// because they compare equal.
-template <class F>
-struct FloatKey {
-    using Key = std::conditional_t<sizeof(F) == 4, std::uint32_t, std::uint64_t>;
-    static Key of(F value) {
-        value = value + F(0);  // -0.0 -> +0.0
-        Key bits;
-        std::memcpy(&bits, &value, sizeof bits);
-        constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
-        const Key ascending = (bits & sign) ? static_cast<Key>(~bits) : static_cast<Key>(bits | sign);
-        return static_cast<Key>(~ascending);
+// Order-preserving unsigned key, smallest key = highest value, so a min-queue on keys
+// pops the highest probability first. Floats: -0.0 and +0.0 share a key because they
+// compare equal. 16-bit integers: 65535 - v.
+template <class T>
+struct KeyOf {
+    using Key = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+    static Key of(T value) {
+        if constexpr (std::is_integral<T>::value) {
+            return static_cast<Key>(static_cast<Key>(std::numeric_limits<T>::max()) - static_cast<Key>(value));
+        } else {
+            value = value + T(0);  // -0.0 -> +0.0
+            Key bits;
+            std::memcpy(&bits, &value, sizeof bits);
+            constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
+            const Key ascending = (bits & sign) ? static_cast<Key>(~bits) : static_cast<Key>(bits | sign);
+            return static_cast<Key>(~ascending);
+        }
     }
 };
 
-// Radix heap (Ahuja, Mehlhorn, Orlin & Tarjan 1990) for float maps: a monotone
-// min-queue on integer keys with amortised O(log(range)/word) work per item and
-// no comparisons between floats. Items move between buckets in order, so equal
-// keys leave in push order (FIFO), exactly like the bucket queue.
-template <class Key>
-class RadixHeap {
-    static constexpr int kBits = 8 * sizeof(Key);
+// Binary heap on (key, push age) for 16-bit and float maps, exact (no float is ever
+// compared: keys are order-preserving integers). It serves one connected component
+// of the foreground at a time, whose frontier is small, so a heap operation is a few
+// comparisons of one packed word. Measured on a 2048^2 float32 map: 71 ms with this
+// heap against 114 ms with a radix heap (which moves each item through up to 32
+// buckets), on the same per-component sweep.
+template <class T>
+class HeapQueue {
+    using Key = typename KeyOf<T>::Key;
 
 public:
-    void push(Key key, std::uint32_t index) { buckets_[bucket_of(key)].push_back({key, index}); ++size_; }
-
-    bool empty() const { return size_ == 0; }
-
+    void reset(const T*, const std::vector<std::uint32_t>&) {
+        heap_.clear();
+        age_ = 0;
+    }
+    void push(T value, std::uint32_t index) {
+        heap_.push_back({KeyOf<T>::of(value), age_++, index});
+        std::push_heap(heap_.begin(), heap_.end(), Later{});
+    }
+    bool empty() const { return heap_.empty(); }
     // Call only when not empty.
     std::uint32_t pop() {
-        if (head0_ == buckets_[0].size()) refill();
-        --size_;
-        return buckets_[0][head0_++].index;
+        std::pop_heap(heap_.begin(), heap_.end(), Later{});
+        const std::uint32_t index = heap_.back().index;
+        heap_.pop_back();
+        return index;
     }
 
 private:
     struct Item {
         Key key;
+        std::uint32_t age;  // pushes per component < 2^32
         std::uint32_t index;
     };
-
-    int bucket_of(Key key) const {
-        const Key diff = static_cast<Key>(key ^ last_);
-        if (diff == 0) return 0;
-        if constexpr (sizeof(Key) == 4) return kBits - __builtin_clz(diff);
-        else return kBits - __builtin_clzll(diff);
-    }
-
-    // Bucket 0 is used up: move the smallest non-empty bucket down, in order.
-    void refill() {
-        buckets_[0].clear();
-        head0_ = 0;
-        int b = 1;
-        while (buckets_[b].empty()) ++b;
-        std::vector<Item>& from = buckets_[b];
-        Key lowest = from[0].key;
-        for (const Item& item : from)
-            if (item.key < lowest) lowest = item.key;
-        last_ = lowest;
-        for (const Item& item : from) buckets_[bucket_of(item.key)].push_back(item);
-        from.clear();
-    }
-
-    std::vector<Item> buckets_[kBits + 1];
-    std::size_t head0_ = 0;
-    std::size_t size_ = 0;
-    Key last_ = 0;
+    struct Later {
+        bool operator()(const Item& a, const Item& b) const {
+            if constexpr (sizeof(Key) == 4) {  // one 64-bit comparison
+                return ((static_cast<std::uint64_t>(a.key) << 32) | a.age) >
+                       ((static_cast<std::uint64_t>(b.key) << 32) | b.age);
+            } else {
+                return a.key > b.key || (a.key == b.key && a.age > b.age);
+            }
+        }
+    };
+    std::vector<Item> heap_;
+    std::uint32_t age_ = 0;
 };
 
 }  // namespace nucseg

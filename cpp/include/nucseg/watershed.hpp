@@ -39,13 +39,29 @@ namespace detail {
 // States of a pixel in `out` while the sweep runs. Basin ids are > 0; a watershed
 // line pixel is stored as -id of the label it carries (lines still propagate the
 // flood, so nothing behind a line is left unreached and dynamics stay exact).
-constexpr std::int32_t kNotMax = std::numeric_limits<std::int32_t>::min();  // in F, not yet reached
-constexpr std::int32_t kQueued = kNotMax + 1;
-constexpr std::int32_t kMaxBasins = std::numeric_limits<std::int32_t>::max() - 2;
+// 0 is background or a foreground pixel not yet gathered into its component.
+constexpr std::int32_t kQueued = std::numeric_limits<std::int32_t>::min();  // pushed, not yet flooded
+constexpr std::int32_t kSeenMax = kQueued + 1;     // gathered, on a regional-maximum plateau
+constexpr std::int32_t kSeenNotMax = kQueued + 2;  // gathered, not on a maximum plateau
+constexpr std::int32_t kMaxBasins = std::numeric_limits<std::int32_t>::max() - 3;
 
 enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
-inline bool is_line(std::int32_t s) { return s < 0 && s > kQueued; }
+inline bool is_line(std::int32_t s) { return s < 0 && s > kSeenNotMax; }
+
+// Row of a pixel index without an integer division (the hot loop's main cost
+// otherwise): a float reciprocal, corrected to be exact for any index < 2^31.
+struct RowOf {
+    std::ptrdiff_t width;
+    double inverse;
+    explicit RowOf(std::ptrdiff_t w) : width(w), inverse(1.0 / static_cast<double>(w)) {}
+    std::ptrdiff_t operator()(std::ptrdiff_t i) const {
+        auto y = static_cast<std::ptrdiff_t>(static_cast<double>(i) * inverse);
+        if (y * width > i) --y;
+        else if ((y + 1) * width <= i) ++y;
+        return y;
+    }
+};
 
 // Neighbour offsets in raster order: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1).
 // The order fixes the push order and so the tie rule; the reference uses the same.
@@ -55,7 +71,9 @@ struct Neighbourhood {
     int dx[8];
     std::ptrdiff_t offset[8];
 
-    Neighbourhood(int connectivity, std::ptrdiff_t width) : count(0) {
+    RowOf row_of;
+
+    Neighbourhood(int connectivity, std::ptrdiff_t width) : count(0), row_of(width) {
         for (int y = -1; y <= 1; ++y)
             for (int x = -1; x <= 1; ++x) {
                 if ((x == 0 && y == 0) || (connectivity == 1 && x != 0 && y != 0)) continue;
@@ -67,12 +85,12 @@ struct Neighbourhood {
     }
 };
 
-// Calls f(neighbour_index) for each in-bounds neighbour of pixel (y, x), in order.
+// Calls f(neighbour_index) for each in-bounds neighbour of pixel i, in order.
 // Interior pixels skip the bounds test.
 template <class Fn>
-inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height, std::ptrdiff_t width,
-                           std::ptrdiff_t i, Fn&& f) {
-    const std::ptrdiff_t y = i / width, x = i - y * width;
+inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
+                           std::ptrdiff_t width, std::ptrdiff_t i, Fn&& f) {
+    const std::ptrdiff_t y = nh.row_of(i), x = i - y * width;
     if (y > 0 && x > 0 && y < height - 1 && x < width - 1) {
         for (int k = 0; k < nh.count; ++k) f(i + nh.offset[k]);
     } else {
@@ -134,163 +152,203 @@ struct Basins {
     }
 };
 
-// Pass 1: mark every foreground pixel that is not on a regional-maximum plateau
-// (it has a strictly higher foreground neighbour, or shares a plateau with one).
-// Regional-maximum pixels keep 0, background keeps 0 and is never touched again.
-template <class T>
-void mark_non_maxima(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-                     const Neighbourhood& nh, std::int32_t* out, std::vector<std::uint32_t>& stack) {
-    const std::ptrdiff_t n = height * width;
-    std::fill(out, out + n, 0);
-    for (std::ptrdiff_t i = 0; i < n; ++i) {
-        if (out[i] != 0 || !in_f(v[i])) continue;
-        const T vi = v[i];
-        bool higher = false;
-        for_neighbours(nh, height, width, i, [&](std::ptrdiff_t j) { higher |= (v[j] > vi && in_f(v[j])); });
-        if (!higher) continue;
-        // Flood the plateau of i: none of it is a maximum.
-        out[i] = kNotMax;
-        stack.push_back(static_cast<std::uint32_t>(i));
-        while (!stack.empty()) {
-            const std::ptrdiff_t p = stack.back();
-            stack.pop_back();
-            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                if (out[j] == 0 && v[j] == vi && in_f(v[j])) {
-                    out[j] = kNotMax;
-                    stack.push_back(static_cast<std::uint32_t>(j));
-                }
-            });
+// A pixel at `level` whose flooded neighbours carry more than one basin: merge the
+// components that meet (fixing the dynamics of all but the highest-peaked one), then
+// decide its label and whether it is a watershed line. Returns the value to store:
+// the label's basin id, negated for a line pixel.
+template <class Seen>
+std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots, double level, double lam,
+                    bool line) {
+    // 1. Components meeting here: all but the highest-peaked one get their dynamics now.
+    int nc = 0;
+    for (int a = 0; a < k; ++a) {
+        const std::int32_t c = basins.comp_root(seen[a].basin);
+        if (std::find(roots, roots + nc, c) == roots + nc) roots[nc++] = c;
+    }
+    if (nc > 1) {
+        std::int32_t top = roots[0];
+        for (int a = 1; a < nc; ++a)
+            if (basins.outranks(roots[a], top)) top = roots[a];
+        for (int a = 0; a < nc; ++a) {
+            const std::int32_t c = roots[a];
+            if (c == top) continue;
+            basins.status[c] = (basins.peak[c] - level > lam) ? kMarker : kNonMarker;
+            basins.comp_parent[c] = top;
         }
     }
+
+    // 2. Labels meeting here. A label is a marker when its dynamics is known to exceed
+    // lam; a component leader whose peak is still within lam of the level is undecided
+    // ("unknown"), and at most one of those can be here. Non-markers join the target:
+    // the oldest marker among labelled neighbours, else among line neighbours, else the
+    // unknown one, else the oldest label.
+    int nl = 0, real_markers = 0;
+    std::int32_t real_seen[8];
+    std::int32_t best_real = 0, best_line = 0, unknown = 0, oldest = 0;
+    for (int a = 0; a < k; ++a) {
+        const std::int32_t r = basins.label_root(seen[a].basin);
+        if (std::find(roots, roots + nl, r) == roots + nl) roots[nl++] = r;
+        const std::uint8_t st = basins.status[r];
+        const bool marker = st == kMarker || (st == kTop && basins.peak[r] - level > lam);
+        if (marker && seen[a].real) {
+            if (std::find(real_seen, real_seen + real_markers, r) == real_seen + real_markers)
+                real_seen[real_markers++] = r;
+            if (best_real == 0 || r < best_real) best_real = r;
+        } else if (marker) {
+            if (best_line == 0 || r < best_line) best_line = r;
+        } else if (st == kTop) {
+            unknown = r;
+        }
+        if (oldest == 0 || r < oldest) oldest = r;
+    }
+    const std::int32_t target = best_real ? best_real : best_line ? best_line : unknown ? unknown : oldest;
+    for (int a = 0; a < nl; ++a)
+        if (roots[a] != target && basins.status[roots[a]] == kNonMarker) basins.label_parent[roots[a]] = target;
+    return (line && real_markers >= 2) ? -target : target;
 }
 
-template <class T, class Queue, class PushFn, class Interrupt>
+// Passes 2 and 3, one connected component of F at a time. Components never
+// interact, and restricting the sweep to one keeps every access inside a small
+// neighbourhood of memory (a global sweep visits pixels level by level all over the
+// image and is bound by cache misses). The result is the same as one global sweep:
+// within a component the order of pushes, the order of basin ids (raster order of
+// each plateau's first pixel) and so every tie decision are unchanged.
+template <class T, class Queue, class Interrupt>
 void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue, PushFn&& push,
+           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
            Interrupt&& interrupted) {
     const std::ptrdiff_t n = height * width;
     Basins basins;
     basins.add(0.0);  // id 0 is unused: labels are > 0
-    std::vector<std::uint32_t> stack;
+    std::vector<std::uint32_t> component, maxima, stack;
+    std::uint64_t work = 0;  // pixels flooded, to poll for interrupts
 
-    // Pass 2: number the maximum plateaus in raster order of their first pixel and
-    // push every plateau pixel in raster order (so seeds are the oldest items).
-    for (std::ptrdiff_t i = 0; i < n; ++i) {
-        if (out[i] == 0 && in_f(v[i])) {
-            if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
-                throw std::length_error("watershed_dynamics: too many regional maxima for int32 labels");
-            const std::int32_t id = basins.add(static_cast<double>(v[i]));
-            out[i] = id;
-            stack.push_back(static_cast<std::uint32_t>(i));
-            while (!stack.empty()) {
-                const std::ptrdiff_t p = stack.back();
-                stack.pop_back();
-                for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                    if (out[j] == 0 && v[j] == v[i] && in_f(v[j])) {
-                        out[j] = id;
-                        stack.push_back(static_cast<std::uint32_t>(j));
-                    }
-                });
-            }
-        }
-        if (out[i] > 0) push(queue, v[i], static_cast<std::uint32_t>(i));
-    }
-    std::vector<std::uint32_t>().swap(stack);
-
-    // Pass 3: the sweep.
     struct Seen {
         std::int32_t basin;
         bool real;  // a labelled pixel, not a watershed line
     };
     Seen seen[8];
-    std::int32_t roots[16];
-    std::uint64_t pops = 0;
-    while (!queue.empty()) {
-        const std::ptrdiff_t p = queue.pop();
-        if ((++pops & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
-        const bool seed = out[p] > 0;
-        int k = 0;
-        for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-            const std::int32_t s = out[j];
-            if (s == kNotMax) {
-                out[j] = kQueued;
-                push(queue, v[j], static_cast<std::uint32_t>(j));
-            } else if (!seed) {
-                if (s > 0) seen[k++] = {s, true};
-                else if (is_line(s)) seen[k++] = {-s, false};
-            }
-        });
-        if (seed) continue;  // a maximum plateau pixel: already labelled, nothing meets here
+    std::int32_t roots[8];
 
-        const double level = static_cast<double>(v[p]);
+    for (std::ptrdiff_t start = 0; start < n; ++start) {
+        if (out[start] != 0 || !in_f(v[start])) continue;
 
-        // 1. Components meeting here: all but the highest-peaked one get their dynamics now.
-        int nc = 0;
-        for (int a = 0; a < k; ++a) {
-            const std::int32_t c = basins.comp_root(seen[a].basin);
-            if (std::find(roots, roots + nc, c) == roots + nc) roots[nc++] = c;
-        }
-        if (nc > 1) {
-            std::int32_t top = roots[0];
-            for (int a = 1; a < nc; ++a)
-                if (basins.outranks(roots[a], top)) top = roots[a];
-            for (int a = 0; a < nc; ++a) {
-                const std::int32_t c = roots[a];
-                if (c == top) continue;
-                basins.status[c] = (basins.peak[c] - level > lam) ? kMarker : kNonMarker;
-                basins.comp_parent[c] = top;
-            }
-        }
-
-        // 2. Labels meeting here. A label is a marker when its dynamics is known to
-        // exceed lam; a component leader whose peak is still within lam of the level
-        // is undecided ("unknown") and at most one of them can be here.
-        int nl = 0, real_markers = 0;
-        std::int32_t best_real = 0, best_line = 0, unknown = 0, oldest = 0;
-        for (int a = 0; a < k; ++a) {
-            const std::int32_t r = basins.label_root(seen[a].basin);
-            const bool fresh = std::find(roots, roots + nl, r) == roots + nl;
-            if (fresh) roots[nl++] = r;
-            const std::uint8_t st = basins.status[r];
-            const bool marker = st == kMarker || (st == kTop && basins.peak[r] - level > lam);
-            if (marker) {
-                if (seen[a].real) {
-                    // count distinct real marker labels
-                    bool counted = false;
-                    for (int b = 0; b < a; ++b)
-                        if (seen[b].real && basins.label_root(seen[b].basin) == r) counted = true;
-                    if (!counted) ++real_markers;
-                    if (best_real == 0 || r < best_real) best_real = r;
-                } else if (best_line == 0 || r < best_line) {
-                    best_line = r;
+        // Gather the component (breadth-first), telling apart the pixels with a
+        // strictly higher neighbour from the candidate maxima.
+        component.clear();
+        maxima.clear();
+        out[start] = kSeenMax;
+        component.push_back(static_cast<std::uint32_t>(start));
+        for (std::size_t h = 0; h < component.size(); ++h) {
+            const std::ptrdiff_t p = component[h];
+            const T vp = v[p];
+            bool higher = false;
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                const T vj = v[j];
+                higher |= vj > vp;  // a strictly higher neighbour is in F because v[p] is
+                if (out[j] == 0 && in_f(vj)) {
+                    out[j] = kSeenMax;
+                    component.push_back(static_cast<std::uint32_t>(j));
                 }
-            } else if (st == kTop) {
-                unknown = r;
+            });
+            if (higher) out[p] = kSeenNotMax;
+            else maxima.push_back(static_cast<std::uint32_t>(p));
+        }
+        // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
+        // demote its whole plateau.
+        for (const std::uint32_t m : maxima) {
+            if (out[m] != kSeenMax) continue;
+            bool beside_non_max = false;
+            for_neighbours(nh, height, width, m,
+                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kSeenNotMax && v[j] == v[m]; });
+            if (!beside_non_max) continue;
+            out[m] = kSeenNotMax;
+            stack.push_back(m);
+            while (!stack.empty()) {
+                const std::ptrdiff_t p = stack.back();
+                stack.pop_back();
+                for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                    if (out[j] == kSeenMax && v[j] == v[m]) {
+                        out[j] = kSeenNotMax;
+                        stack.push_back(static_cast<std::uint32_t>(j));
+                    }
+                });
             }
-            if (oldest == 0 || r < oldest) oldest = r;
         }
-        const std::int32_t target = best_real ? best_real : best_line ? best_line : unknown ? unknown : oldest;
-        for (int a = 0; a < nl; ++a) {
-            const std::int32_t r = roots[a];
-            if (r == target) continue;
-            const std::uint8_t st = basins.status[r];
-            if (st == kNonMarker) basins.label_parent[r] = target;
+        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kSeenMax; }),
+                     maxima.end());
+        queue.reset(v, component);
+
+        // Number the maximum plateaus in raster order of their first pixel and push
+        // every plateau pixel in raster order, so seeds are the oldest items.
+        std::sort(maxima.begin(), maxima.end());
+        for (const std::uint32_t m : maxima) {
+            if (out[m] == kSeenMax) {
+                if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
+                    throw std::length_error("watershed_dynamics: too many regional maxima for int32 labels");
+                const std::int32_t id = basins.add(static_cast<double>(v[m]));
+                out[m] = id;
+                stack.push_back(m);
+                while (!stack.empty()) {
+                    const std::ptrdiff_t p = stack.back();
+                    stack.pop_back();
+                    for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                        if (out[j] == kSeenMax && v[j] == v[m]) {
+                            out[j] = id;
+                            stack.push_back(static_cast<std::uint32_t>(j));
+                        }
+                    });
+                }
+            }
+            queue.push(v[m], m);
         }
-        out[p] = (line && real_markers >= 2) ? -target : target;
+
+        // The sweep.
+        while (!queue.empty()) {
+            const std::ptrdiff_t p = queue.pop();
+            if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
+            const bool seed = out[p] > 0;
+            int k = 0;
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                const std::int32_t s = out[j];
+                if (s == kSeenNotMax) {
+                    out[j] = kQueued;
+                    queue.push(v[j], static_cast<std::uint32_t>(j));
+                } else if (!seed) {
+                    if (s > 0) seen[k++] = {s, true};
+                    else if (is_line(s)) seen[k++] = {-s, false};
+                }
+            });
+            if (seed) continue;  // a maximum plateau pixel: already labelled, nothing meets here
+
+            // Fast path (most pixels): every flooded neighbour carries the same basin, so
+            // no components or labels meet and the pixel cannot be a line.
+            bool single = true;
+            for (int a = 1; a < k; ++a) single &= seen[a].basin == seen[0].basin;
+            if (single) {
+                out[p] = seen[0].basin;
+                continue;
+            }
+            out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
+        }
+
     }
 
     // Pass 4: final labels 1..N in raster order of each object's first pixel;
     // background and watershed lines are 0.
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
-    std::int32_t next = 0;
+    std::int32_t next = 0, last_basin = 0, last_id = 0;
     for (std::ptrdiff_t i = 0; i < n; ++i) {
         const std::int32_t s = out[i];
-        if (s > 0) {
+        if (s <= 0) {
+            out[i] = 0;
+        } else if (s == last_basin) {
+            out[i] = last_id;
+        } else {
             const std::int32_t r = basins.label_root(s);
             if (final_id[r] == 0) final_id[r] = ++next;
-            out[i] = final_id[r];
-        } else {
-            out[i] = 0;
+            last_basin = s;
+            last_id = out[i] = final_id[r];
         }
     }
 }
@@ -315,25 +373,13 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
 
     const detail::Foreground<T> in_f(threshold);
     const detail::Neighbourhood nh(connectivity, width);
-    std::vector<std::uint32_t> stack;
-    detail::mark_non_maxima(prob, height, width, in_f, nh, out, stack);
-    std::vector<std::uint32_t>().swap(stack);
-
-    if constexpr (std::is_integral<T>::value) {
-        // Every foreground pixel is pushed exactly once: size the buckets from the histogram.
-        std::vector<std::uint32_t> counts(BucketQueue<T>::kLevels, 0);
-        const std::ptrdiff_t n = height * width;
-        for (std::ptrdiff_t i = 0; i < n; ++i)
-            if (in_f(prob[i])) ++counts[prob[i]];
-        BucketQueue<T> queue(counts);
-        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue,
-                      [](BucketQueue<T>& q, T value, std::uint32_t i) { q.push(value, i); }, interrupted);
+    std::fill(out, out + height * width, 0);
+    if constexpr (std::is_same<T, std::uint8_t>::value) {
+        BucketQueue queue;
+        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     } else {
-        using Key = typename FloatKey<T>::Key;
-        RadixHeap<Key> queue;
-        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue,
-                      [](RadixHeap<Key>& q, T value, std::uint32_t i) { q.push(FloatKey<T>::of(value), i); },
-                      interrupted);
+        HeapQueue<T> queue;
+        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     }
 }
 
