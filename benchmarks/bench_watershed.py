@@ -1,0 +1,171 @@
+"""Speed and memory of nucseg.watershed_dynamics beside its baselines, same input, same run.
+
+Run: python -m pytest benchmarks/bench_watershed.py --benchmark-only -p no:randomly
+A summary table (Mpix/s and ratios) is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.measure import label as cc_label
+from skimage.morphology import local_maxima, reconstruction
+from skimage.segmentation import watershed
+
+import nucseg
+from nucseg.synthetic import probability_map
+
+SIZES = (2048, 4096)
+LAM = {"uint8": 7.0, "float32": 7.0 / 255}
+THRESHOLD = {"uint8": 127.0, "float32": 0.5}
+
+
+def _maps(size: int) -> dict[str, np.ndarray]:
+    prob, _ = probability_map((size, size), seed=size)
+    return {"float32": prob, "uint8": np.round(prob * 255).astype(np.uint8)}
+
+
+_CACHE: dict[int, dict[str, np.ndarray]] = {}
+
+
+def maps(size: int) -> dict[str, np.ndarray]:
+    if size not in _CACHE:
+        _CACHE[size] = _maps(size)
+    return _CACHE[size]
+
+
+def skimage_pipeline(prob: np.ndarray, lam: float, threshold: float) -> np.ndarray:
+    """The scikit-image pipeline nucseg replaces: h-maxima inside the mask + watershed."""
+    f = prob.astype(np.float64)
+    mask = f > threshold
+    low = f.min() - lam - 1.0
+    g = np.where(mask, f, low)
+    fp = ndi.generate_binary_structure(2, 1)
+    rec = reconstruction(np.maximum(g - lam, low), g, method="dilation", footprint=fp)
+    markers = cc_label(local_maxima(rec, connectivity=1) & mask, connectivity=1)
+    return watershed(-f, markers, mask=mask, connectivity=1, watershed_line=True)
+
+
+def floor(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """The floor: threshold plus connected components, no splitting at all."""
+    return ndi.label(prob > threshold)[0]
+
+
+def diplib_watershed(prob: np.ndarray, lam: float, threshold: float) -> np.ndarray:
+    dip = pytest.importorskip("diplib")
+    inv = dip.Image((prob.max() - prob) if prob.dtype.kind == "f" else (255 - prob))
+    return np.asarray(
+        dip.Watershed(inv, dip.Image(prob > threshold), connectivity=1, maxDepth=lam, maxSize=0,
+                      flags={"labels", "low first"})
+    )
+
+
+def _record(benchmark, size: int, method: str, dtype: str) -> None:
+    benchmark.extra_info.update({"size": size, "method": method, "dtype": dtype, "mpix": size * size / 1e6})
+    benchmark.group = f"watershed {size}x{size} {dtype}"
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("size", SIZES)
+def test_nucseg(benchmark, size, dtype):
+    prob = maps(size)[dtype]
+    _record(benchmark, size, "nucseg", dtype)
+    labels = benchmark(nucseg.watershed_dynamics, prob, LAM[dtype])
+    assert labels.max() > 1000  # it really segmented the thousands of nuclei
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("size", SIZES)
+def test_floor(benchmark, size, dtype):
+    prob = maps(size)[dtype]
+    _record(benchmark, size, "floor (threshold + ndi.label)", dtype)
+    benchmark(floor, prob, THRESHOLD[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("size", SIZES)
+def test_diplib(benchmark, size, dtype):
+    prob = maps(size)[dtype]
+    pytest.importorskip("diplib")
+    _record(benchmark, size, "DIPlib Watershed", dtype)
+    benchmark.pedantic(diplib_watershed, (prob, LAM[dtype], THRESHOLD[dtype]), rounds=3, iterations=1)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("size", SIZES)
+def test_skimage(benchmark, size, dtype):
+    prob = maps(size)[dtype]
+    _record(benchmark, size, "scikit-image pipeline", dtype)
+    labels = benchmark.pedantic(skimage_pipeline, (prob, LAM[dtype], THRESHOLD[dtype]), rounds=1, iterations=1)
+    assert labels.max() == nucseg.watershed_dynamics(prob, LAM[dtype]).max()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_two_threads_two_tiles(benchmark, dtype):
+    """Two tiles on two threads against the same two tiles one after the other."""
+    tiles = [maps(2048)[dtype], np.ascontiguousarray(maps(2048)[dtype][::-1])]
+    lam = LAM[dtype]
+
+    def serial():
+        return [nucseg.watershed_dynamics(t, lam) for t in tiles]
+
+    def threaded():
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda t: nucseg.watershed_dynamics(t, lam), tiles))
+
+    def best(fn, n=5):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    benchmark.group = f"threads {dtype}"
+    t_serial = best(serial)
+    benchmark.extra_info.update({"method": "2 threads", "dtype": dtype, "serial_s": t_serial})
+    result = benchmark.pedantic(threaded, rounds=5, iterations=1)
+    benchmark.extra_info["speedup"] = t_serial / benchmark.stats.stats.min
+    assert all(np.array_equal(a, b) for a, b in zip(result, serial()))
+
+
+_RSS_PROBE = """
+import json, resource, sys
+import numpy as np
+import nucseg
+prob = np.load(sys.argv[1])
+lam = 0.03 if prob.dtype == np.float32 else 7
+nucseg.watershed_dynamics(prob[:64, :64], lam)  # imports and first-call allocations
+out = np.ones(prob.shape, np.int32)  # an output's worth of pages, freed: the output reuses them
+del out
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+labels = nucseg.watershed_dynamics(prob, lam)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"extra_bytes_per_pixel": (after - before) / prob.size, "objects": int(labels.max())}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_peak_memory(benchmark, dtype, tmp_path):
+    """Peak RSS beyond input and output, per pixel, at 4096x4096, in a fresh process that
+    holds only the map (loaded from disk) before the call."""
+    path = tmp_path / "map.npy"
+    np.save(path, maps(4096)[dtype])
+    benchmark.group = f"memory {dtype}"
+
+    def probe():
+        proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)], check=True, capture_output=True,
+                              text=True)
+        return json.loads(proc.stdout)
+
+    result = benchmark.pedantic(probe, rounds=1, iterations=1)
+    benchmark.extra_info.update({"method": "peak RSS", "dtype": dtype, **result})
+    assert result["objects"] > 1000
+    assert result["extra_bytes_per_pixel"] <= 8.0

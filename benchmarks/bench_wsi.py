@@ -1,0 +1,148 @@
+"""Whole-slide runner: end-to-end throughput, time per stage and peak memory.
+
+Run::
+
+    python -m pytest benchmarks/bench_wsi.py --benchmark-only -q -s
+
+Two synthetic slides (0.25 um/px, about 60 % tissue) of 1x and 4x the area
+(``NUCSEG_BENCH_WSI_SIDE``, default 2048 px, and twice that side) are segmented in a
+fresh subprocess each, so ``ru_maxrss`` is the peak RSS of that run alone. Each
+benchmark records in ``extra_info``: megapixels per second over the whole slide and
+over its tissue, tissue square millimetres per minute at the processing resolution,
+the share of busy time per stage (read, infer, post, write; summed over threads),
+and the peak RSS. The RSS of the 4x slide must stay within 10 % of the 1x slide's:
+memory is bounded by tiles and queues, not by the slide.
+
+Models: the classical hematoxylin predictor (always) and the bundled network (when
+its weights exist; ``NUCSEG_BENCH_WSI_MODEL=0`` skips it). Torch uses
+``NUCSEG_BENCH_THREADS`` threads (default 1). With a CUDA device the bundled model
+also runs there (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SIDE = int(os.environ.get("NUCSEG_BENCH_WSI_SIDE", "2048"))
+THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
+RUN_MODEL = os.environ.get("NUCSEG_BENCH_WSI_MODEL", "1") != "0"
+_RSS: dict[tuple[str, str, str], float] = {}
+
+
+def _weights() -> Path:
+    import nucseg
+
+    return Path(nucseg.__file__).parent / "models" / "weights" / "default.safetensors"
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    except ImportError:
+        return ["cpu"]
+
+
+def _cases() -> list[tuple[str, str]]:
+    cases = [("hematoxylin", "cpu")]
+    if RUN_MODEL and _weights().is_file():
+        cases += [("default", d) for d in _devices()]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
+
+    root = tmp_path_factory.mktemp("wsi_bench")
+    out = {}
+    for name, side in (("1x", SIDE), ("4x", 2 * SIDE)):
+        rgb, _, _ = synthetic_he((side, side), seed=7, spacing=34.0)
+        out[name] = write_pyramid_tiff(root / f"{name}.tif", rgb, mpp=0.25, levels=4)
+        del rgb
+    return out
+
+
+def _run_child(slide: Path, out: Path, model: str, device: str) -> dict:
+    cmd = [sys.executable, __file__, str(slide), str(out), model, device, str(THREADS)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("size", ["1x", "4x"])
+@pytest.mark.parametrize(("model", "device"), _cases())
+def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, size: str) -> None:
+    result: dict = {}
+
+    def run() -> None:
+        out = tmp_path / f"{model}-{device}-{size}-{len(result)}.zarr"
+        result.update(_run_child(slides[size], out, model, device))
+
+    benchmark.group = f"wsi {model} {device}"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert result["nuclei"] > 0
+    benchmark.extra_info.update({k: v for k, v in result.items() if k != "timings"})
+    _RSS[(model, device, size)] = result["peak_rss_mb"]
+    print(f"\n{model} {device} {size}: " + json.dumps({k: v for k, v in result.items() if k != "timings"}))
+    other = "1x" if size == "4x" else "4x"
+    if (model, device, other) in _RSS:
+        small, large = _RSS[(model, device, "1x")], _RSS[(model, device, "4x")]
+        print(f"peak RSS 4x / 1x = {large / small:.3f}")
+        assert large <= 1.10 * small, f"peak RSS grows with the slide: {small:.0f} MB -> {large:.0f} MB"
+
+
+def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
+    """Run one slide in this process and print a JSON line of figures."""
+    import resource
+
+    if model != "hematoxylin":
+        import torch
+
+        torch.set_num_threads(threads)
+    from nucseg.wsi import segment_slide
+
+    s = segment_slide(
+        slide,
+        out,
+        model=None if model == "default" else model,
+        device=device,
+        tile=1024,
+        batch_size=2,
+        threads=os.cpu_count() or 1,
+    )
+    t = s.timings
+    stages = {k: t[k] for k in ("read", "infer", "post", "write")}
+    busy = sum(stages.values())
+    px = s.size[0] * s.size[1]
+    tissue_px = s.tissue_fraction * px
+    wall = t["wall"]
+    figures = {
+        "model": model,
+        "device": device,
+        "slide_px": f"{s.size[1]}x{s.size[0]}",
+        "mpp": round(s.mpp[0], 4),
+        "nuclei": s.nuclei,
+        "tiles": f"{s.tiles_tissue}/{s.tiles}",
+        "tissue_fraction": round(s.tissue_fraction, 3),
+        "wall_s": round(wall, 2),
+        "slide_mpix_per_s": round(px / 1e6 / wall, 3),
+        "tissue_mpix_per_s": round(tissue_px / 1e6 / wall, 3),
+        "tissue_mm2_per_min": round(s.tissue_mm2 / wall * 60, 3),
+        **{f"share_{k}": round(v / busy, 3) for k, v in stages.items()},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "timings": t,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
