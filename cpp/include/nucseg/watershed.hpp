@@ -231,7 +231,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     std::int32_t roots[8];
 
     for (std::ptrdiff_t start = 0; start < n; ++start) {
-        if (out[start] != 0 || !in_f(v[start])) continue;
+        if (!in_f(v[start]) || out[start] != 0) continue;  // background first: cheaper to read
 
         // Gather the component (breadth-first), telling apart the pixels with a
         // strictly higher neighbour from the candidate maxima.
@@ -340,7 +340,8 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     std::int32_t next = 0, last_basin = 0, last_id = 0;
     for (std::ptrdiff_t i = 0; i < n; ++i) {
         const std::int32_t s = out[i];
-        if (s <= 0) {
+        if (s == 0) continue;
+        if (s < 0) {
             out[i] = 0;
         } else if (s == last_basin) {
             out[i] = last_id;
