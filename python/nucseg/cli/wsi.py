@@ -1,0 +1,150 @@
+"""``nucseg-wsi``: segment every nucleus of a whole-slide image into OME-Zarr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  nucseg-wsi --demo demo.zarr
+      write a small synthetic H&E slide beside demo.zarr and segment it (no data needed)
+  nucseg-wsi slide.svs slide.zarr
+      the bundled model, tissue detection, 1024 px tiles
+  nucseg-wsi slide.svs slide.zarr --qc slide_qc.png --save-prob
+      also a QC picture and the probability map
+  nucseg-wsi slide.tif slide.zarr --mpp 0.25
+      a TIFF without resolution metadata: say its microns per pixel
+  nucseg-wsi slide.svs slide.zarr --resume
+      continue after a crash or a kill; finished tiles are not recomputed
+  nucseg-wsi slide.svs slide.zarr --model hematoxylin --tissue mask.png
+      the classical colour-deconvolution baseline, with your own tissue mask
+
+output (OME-NGFF 0.5, zarr v3): labels/nuclei/0.. (labels + pyramid), prob/0 (--save-prob),
+nucseg/nuclei.parquet (one row per nucleus), run metadata in the root attributes.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (no heavy imports)."""
+    p = argparse.ArgumentParser(
+        prog="nucseg-wsi",
+        description="Segment every nucleus of a whole-slide image into an OME-Zarr store.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", metavar="SLIDE OUT.zarr", help="the slide and the output store")
+    p.add_argument("--demo", action="store_true", help="write a synthetic slide beside OUT.zarr and segment it")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="weights file, 'hematoxylin' (classical baseline) or module:factory; default: the bundled model",
+    )
+    p.add_argument("--lam", type=float, default=None, help="watershed dynamics (default: the model's)")
+    p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's)")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, overriding the slide's")
+    p.add_argument("--level", type=int, default=None, help="pyramid level to read (default: closest to the model)")
+    p.add_argument("--tile", type=int, default=1024, help="tile core size in processing pixels (default 1024)")
+    p.add_argument("--halo", type=int, default=None, help="pixels read around each tile (default: context + 96)")
+    p.add_argument(
+        "--max-halo", type=int, default=None, help="largest halo a tile is retried with for big clusters (default 1024)"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when a cluster does not fit the largest halo (default: keep it, flagged approximate)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for the network")
+    p.add_argument("--batch-size", type=int, default=2, help="tiles per inference batch (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="post-processing threads (default: CPU count)")
+    p.add_argument("--tissue", default="auto", help="'auto' (default), 'none' or a mask image (non-zero = tissue)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT.zarr")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")
+    p.add_argument("--save-prob", action="store_true", help="also store the probability map (uint8)")
+    p.add_argument(
+        "--save-image", action="store_true", help="also store the RGB at the processing resolution (NGFF image)"
+    )
+    p.add_argument("--qc", default=None, metavar="QC.png", help="write a QC picture (outlines + density)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        if len(args.paths) != 1:
+            parser.error("--demo takes exactly one path: OUT.zarr")
+    elif len(args.paths) != 2:
+        parser.error("expected SLIDE and OUT.zarr (or --demo OUT.zarr)")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("nucseg-wsi: interrupted; finished tiles are kept, continue with --resume", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
+        print(f"nucseg-wsi: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nucseg.wsi.pipeline import segment_slide, summary_lines
+
+    model = args.model
+    if args.demo:
+        out = Path(args.paths[0])
+        slide = out.with_name(out.name.removesuffix(".zarr") + "_slide.tif")
+        if not slide.exists():
+            from nucseg.wsi.demo import write_demo_slide
+
+            if not args.quiet:
+                print(f"writing synthetic slide {slide}", file=sys.stderr)
+            write_demo_slide(slide, (2048, 2048))
+        if model is None and not _default_weights_exist():
+            model = "hematoxylin"
+            if not args.quiet:
+                print("bundled weights not found: using the classical hematoxylin model", file=sys.stderr)
+    else:
+        slide, out = Path(args.paths[0]), Path(args.paths[1])
+    summary = segment_slide(
+        slide,
+        out,
+        model=model,
+        lam=args.lam,
+        threshold=args.threshold,
+        mpp=args.mpp,
+        level=args.level,
+        tile=args.tile,
+        halo=args.halo,
+        max_halo=args.max_halo,
+        strict=args.strict,
+        device=args.device,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        tissue=args.tissue,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save_prob=args.save_prob,
+        save_image=args.save_image,
+        qc=args.qc,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        for line in summary_lines(summary):
+            print(line, file=sys.stderr)
+    return 0
+
+
+def _default_weights_exist() -> bool:
+    import nucseg
+
+    return (Path(nucseg.__file__).parent / "models" / "weights" / "default.safetensors").is_file()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

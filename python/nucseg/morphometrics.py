@@ -1,0 +1,239 @@
+"""Per-nucleus morphometrics: shape in micrometres, stain optical densities, probability.
+
+:func:`measure_nuclei` is meant to be called once per tile while the tile's RGB is in
+memory (the slide is never re-read for it). Shapes come from
+:func:`skimage.measure.regionprops_table`; stain densities from the Ruifrok-Johnston
+colour deconvolution :func:`skimage.color.rgb2hed`.
+
+Columns
+-------
+``label``                  the nucleus id (as in the label image)
+``centroid_y_px, centroid_x_px``  centroid in label-grid pixels (pixel centres), plus ``offset``
+``area_px``                pixels
+``area_um2``               square micrometres (pixels x ``mpp_y * mpp_x``)
+``perimeter_um``           perimeter (scikit-image's 4-connected estimate) in micrometres
+``equivalent_diameter_um`` diameter of the disk of the same area, micrometres
+``major_axis_um, minor_axis_um``  full axes of the ellipse with the same second moments
+``eccentricity``           of that ellipse, 0 (circle) to 1 (line)
+``solidity``               area / convex hull area, 0..1
+``orientation_deg``        angle between the image rows (y axis, pointing down) and the
+                           major axis, degrees in [-90, 90] (scikit-image's ``orientation``)
+``hematoxylin_od, eosin_od``  mean optical density (base 10) along the hematoxylin and
+                           eosin stain vectors, over the nucleus's pixels
+``mean_prob``              mean probability over the nucleus (NaN when no map is given)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: Columns :func:`measure_nuclei` returns, in order.
+COLUMNS = (
+    "label",
+    "centroid_y_px",
+    "centroid_x_px",
+    "area_px",
+    "area_um2",
+    "perimeter_um",
+    "equivalent_diameter_um",
+    "major_axis_um",
+    "minor_axis_um",
+    "eccentricity",
+    "solidity",
+    "orientation_deg",
+    "hematoxylin_od",
+    "eosin_od",
+    "mean_prob",
+)
+
+#: The columns the whole-slide table does not already hold (it has label, centroid,
+#: area and mean probability): what the runner adds to each tile's rows.
+TABLE_COLUMNS = (
+    "perimeter_um",
+    "equivalent_diameter_um",
+    "major_axis_um",
+    "minor_axis_um",
+    "eccentricity",
+    "solidity",
+    "orientation_deg",
+    "hematoxylin_od",
+    "eosin_od",
+)
+
+# skimage's separate_stains divides natural-log absorbance by -ln(1e-6) = 6 ln(10):
+# its output times 6 is the base-10 optical density (checked by tests/test_morphometrics.py).
+_RGB2HED_TO_OD10 = -math.log10(1e-6)
+
+
+def _check_mpp(mpp: Any) -> tuple[float, float]:
+    if isinstance(mpp, (int, float, np.integer, np.floating)) and not isinstance(mpp, bool):
+        pair = (float(mpp), float(mpp))
+    elif isinstance(mpp, (tuple, list)) and len(mpp) == 2:
+        pair = (float(mpp[0]), float(mpp[1]))
+    else:
+        raise TypeError(f"mpp must be a number or a (y, x) pair of microns per pixel, got {mpp!r}")
+    if not all(math.isfinite(v) and v > 0 for v in pair):
+        raise ValueError(f"mpp must be positive and finite, got {mpp!r}")
+    return pair
+
+
+def arrow_fields(columns: tuple[str, ...] = TABLE_COLUMNS) -> list[Any]:
+    """Arrow fields of ``columns`` (float32 measurements), for a Parquet schema.
+
+    Parameters
+    ----------
+    columns : tuple of str
+        Names from :data:`COLUMNS` other than ``label``.
+    """
+    import pyarrow as pa
+
+    types = {"area_px": pa.int64(), "centroid_y_px": pa.float64(), "centroid_x_px": pa.float64()}
+    bad = [c for c in columns if c not in COLUMNS or c == "label"]
+    if bad:
+        raise ValueError(f"columns must be names from nucseg.morphometrics.COLUMNS other than 'label', got {bad}")
+    return [pa.field(c, types.get(c, pa.float32())) for c in columns]
+
+
+def empty_measurements(label_dtype: Any = np.uint32) -> dict[str, np.ndarray]:
+    """The result of :func:`measure_nuclei` for a tile without nuclei."""
+    out: dict[str, np.ndarray] = {c: np.zeros(0, np.float64) for c in COLUMNS}
+    out["label"] = np.zeros(0, label_dtype)
+    out["area_px"] = np.zeros(0, np.int64)
+    return out
+
+
+def measure_nuclei(
+    labels: np.ndarray,
+    rgb: np.ndarray,
+    prob: np.ndarray | None = None,
+    *,
+    mpp: float | tuple[float, float],
+    offset: tuple[float, float] = (0, 0),
+) -> dict[str, np.ndarray]:
+    """Shape, stain and probability measurements of every labelled nucleus.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (h, w)
+        Nucleus labels, 0 = background. Ids may be large and sparse (global slide ids).
+        Every nucleus must be whole in the array (a cut nucleus is measured as cut).
+    rgb : ndarray of uint8, shape (h, w, 3)
+        The H&E image under ``labels``, pixel for pixel.
+    prob : ndarray of float, shape (h, w), optional
+        The model probability under ``labels``; ``mean_prob`` is NaN without it.
+    mpp : float or (float, float)
+        Microns per pixel of ``labels`` (one number, or ``(y, x)``).
+    offset : (float, float)
+        ``(y, x)`` added to the centroids, e.g. the array's origin in the slide's
+        label grid.
+
+    Returns
+    -------
+    dict of str to ndarray
+        One array per name in :data:`COLUMNS`, one entry per nucleus, sorted by label.
+
+    Notes
+    -----
+    With anisotropic pixels, ``perimeter_um`` is the pixel perimeter times
+    ``sqrt(mpp_y * mpp_x)`` (scikit-image measures perimeters on isotropic grids only);
+    every other length honours each axis's pixel size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimage.draw import disk
+    >>> lab = np.zeros((40, 40), np.uint32)
+    >>> lab[disk((20, 20), 8)] = 7
+    >>> rgb = np.full((40, 40, 3), 200, np.uint8)
+    >>> m = measure_nuclei(lab, rgb, mpp=0.5)
+    >>> int(m["label"][0]), round(float(m["equivalent_diameter_um"][0]), 1)
+    (7, 8.0)
+    """
+    from skimage.color import rgb2hed
+    from skimage.measure import regionprops_table
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D (h, w), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got {labels.dtype}")
+    rgb = np.asarray(rgb)
+    if rgb.shape != (*labels.shape, 3) or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 of shape {(*labels.shape, 3)} (the labels' shape), got {rgb.dtype} {rgb.shape}")
+    if prob is not None:
+        prob = np.asarray(prob)
+        if prob.shape != labels.shape:
+            raise ValueError(f"prob must have the labels' shape {labels.shape}, got {prob.shape}")
+    my, mx = _check_mpp(mpp)
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0 (0 = background)")
+
+    ids, compact = np.unique(labels, return_inverse=True)
+    compact = compact.reshape(labels.shape)
+    if ids.size and ids[0] == 0:
+        ids = ids[1:]
+    else:
+        compact = compact + 1  # no background: shift so that every nucleus is >= 1
+    if ids.size == 0:
+        return empty_measurements(labels.dtype)
+
+    n = ids.size
+    flat = compact.ravel()
+    fg = flat > 0
+    idx = flat[fg] - 1  # nucleus index of each nucleus pixel
+    area_px = np.bincount(idx, minlength=n).astype(np.int64)
+    ys, xs = np.divmod(np.flatnonzero(fg), labels.shape[1])
+    cy = np.bincount(idx, weights=ys, minlength=n) / area_px
+    cx = np.bincount(idx, weights=xs, minlength=n) / area_px
+    # Stain densities of the nucleus pixels only (rgb2hed wants a trailing colour axis).
+    hed = rgb2hed(rgb.reshape(-1, 3)[fg][None])[0] * _RGB2HED_TO_OD10
+    h_od = np.bincount(idx, weights=hed[:, 0], minlength=n) / area_px
+    e_od = np.bincount(idx, weights=hed[:, 1], minlength=n) / area_px
+    if prob is not None:
+        mean_prob = np.bincount(idx, weights=prob.ravel()[fg].astype(np.float64), minlength=n) / area_px
+    else:
+        mean_prob = np.full(n, np.nan)
+
+    # regionprops indexes by label value: measure on the compact ids 1..n.
+    compact = compact.astype(np.int64 if n >= 2**31 else np.int32)
+    shape_props = (
+        "label",
+        "equivalent_diameter_area",
+        "axis_major_length",
+        "axis_minor_length",
+        "eccentricity",
+        "orientation",
+        "solidity",
+    )
+    iso = abs(my / mx - 1.0) < 1e-3  # resampled grids are isotropic up to rounding of the size
+    unit = math.sqrt(my * mx)
+    if iso:
+        props = regionprops_table(compact, properties=(*shape_props, "perimeter"))
+        perim_px, length = props["perimeter"], unit  # lengths come in pixels
+    else:
+        props = regionprops_table(compact, properties=shape_props, spacing=(my, mx))
+        # regionprops measures perimeters on isotropic grids only.
+        perim_px, length = regionprops_table(compact, properties=("label", "perimeter"))["perimeter"], 1.0
+    if not np.array_equal(props["label"], np.arange(1, n + 1)):
+        raise RuntimeError("regionprops returned regions out of order")  # defensive: never seen
+    area_um2 = area_px * (my * mx)
+    return {
+        "label": ids.astype(labels.dtype),
+        "centroid_y_px": cy + float(offset[0]),
+        "centroid_x_px": cx + float(offset[1]),
+        "area_px": area_px,
+        "area_um2": area_um2,
+        "perimeter_um": perim_px * unit,
+        "equivalent_diameter_um": props["equivalent_diameter_area"] * length,
+        "major_axis_um": props["axis_major_length"] * length,
+        "minor_axis_um": props["axis_minor_length"] * length,
+        "eccentricity": props["eccentricity"],
+        "solidity": props["solidity"],
+        "orientation_deg": np.degrees(props["orientation"]),
+        "hematoxylin_od": h_od,
+        "eosin_od": e_od,
+        "mean_prob": mean_prob,
+    }

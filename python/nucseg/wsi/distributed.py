@@ -1,0 +1,1206 @@
+"""Run many slides on a Dask cluster (``dask.distributed``), one OME-Zarr per slide.
+
+The result is the single-process runner's (:func:`nucseg.wsi.segment_slide`), label
+for label: the same tile grid, ownership rule, label ids, store layout and per-tile
+completion records, only the tiles are computed by Dask workers.
+
+Tasks
+-----
+Per slide, the client drives five phases, each a set of independent Dask tasks (no
+task depends on another task's data, so a lost worker costs a re-run of its own
+tasks and never the recomputation of finished ones):
+
+1. ``prepare`` (one task): open the slide, plan the geometry, detect tissue, create or
+   reopen the store, list the tiles still to do.
+2. ``tiles``: one task per *group* of ``group x group`` tiles. Label chunks are one tile
+   (the runner's chunking), so a group owns a chunk-aligned region that no other task
+   writes. The worker opens the slide itself, reads, runs the model (loaded once per
+   worker by :class:`ModelPlugin`), the watershed and the ownership step, and writes
+   its region directly. A nucleus owned by a tile may reach into a neighbouring
+   group's chunks (the owner writes whole nuclei); those few pixels are not written
+   there but saved as a *spill* file ``nucseg/spill/DEST/SRC.npz`` (DEST: the chunk,
+   SRC: the owning tile), before the tile's completion record.
+3. ``spill``: once every tile task of the slide has finished, one task per group with
+   spill files writes them into its chunks (idempotent: the pixels are deterministic).
+4. ``pyramid``: level ``k`` by 2x stride subsampling of level ``k - 1``, one task per
+   block of chunks, level after level.
+5. ``finish``: merge the table parts, mark the store complete, drop the spill files.
+
+No two tasks that can run at the same time write the same chunk. A worker that dies
+mid-task loses only that task: Dask runs it again elsewhere, and it rewrites the same
+pixels. An interrupted run resumes with ``resume=True`` (tiles with a completion
+record are skipped; leftover spill files are applied).
+
+Requirements
+------------
+Every worker must reach the slides and the output folder under the same absolute
+paths (a shared filesystem: NFS, Lustre, GPFS, CephFS...); a write probe runs on
+each worker first and fails the call with a clear message otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from distributed import WorkerPlugin
+except ImportError as exc:  # an optional dependency: say how to get it
+    raise ImportError(
+        "running on a Dask cluster needs dask.distributed: pip install 'nucseg[dask]'"
+    ) from exc
+
+from .pipeline import DEFAULT_MAX_HALO, DEFAULT_OBJECT_MARGIN, SlideSummary
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the spill files inside ``OUT.zarr/nucseg``.
+SPILL_DIR = "spill"
+#: Suffixes stripped from a slide's name to name its store in a batch.
+_DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
+
+Box = tuple[int, int, int, int]
+
+
+class DistributedError(RuntimeError):
+    """The cluster cannot run the job (no workers, a worker cannot reach the paths)."""
+
+
+# -- worker side: the model ------------------------------------------------------------
+
+
+class ModelPlugin(WorkerPlugin):
+    """A Dask worker plugin that loads the model once per worker process.
+
+    Registered by :func:`run_distributed`; tasks get the predictor with
+    :func:`worker_predictor`. Workers that join later (or restart after a crash) load
+    it when they start.
+
+    Parameters
+    ----------
+    model : None, str, path-like or predictor
+        As for :func:`nucseg.wsi.predictors.resolve_model`; a predictor object is
+        pickled once per worker, not per task.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"auto"``/None (the worker's GPU when it has one).
+    name : str
+        Plugin name (unique per run).
+    """
+
+    def __init__(self, model: Any, device: str | None, name: str) -> None:
+        self.model = model
+        self.device = device
+        self.name = name
+        self.loads = 0
+        self.predictor: Any = None
+        self.lock: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(predictor=None, lock=None)  # loaded and created on the worker
+        return state
+
+    async def setup(self, worker: Any) -> None:
+        """Load the model in a thread so the worker's event loop stays responsive."""
+        self.lock = threading.Lock()
+        await asyncio.get_running_loop().run_in_executor(None, self._load, getattr(worker.state, "nthreads", 1))
+
+    def _load(self, nthreads: int) -> None:
+        import sys
+
+        from .predictors import resolve_model
+
+        self.predictor = resolve_model(self.model, device=self.device)
+        self.loads += 1
+        if "torch" in sys.modules:  # CPU inference: one torch thread per task slot
+            sys.modules["torch"].set_num_threads(max(1, int(nthreads)))
+
+    def teardown(self, worker: Any) -> None:  # noqa: ARG002 - Dask's signature
+        """Drop the model (a later run on the same cluster registers its own)."""
+        self.predictor = None
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """``predictor.predict`` under a lock: one batch at a time per worker (one GPU)."""
+        with self.lock:
+            return np.asarray(self.predictor.predict(rgb), dtype=np.float32)
+
+
+def worker_plugin(name: str) -> ModelPlugin:
+    """The :class:`ModelPlugin` called ``name`` on the current Dask worker."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(name)
+    if plugin is None or plugin.predictor is None:
+        raise DistributedError(f"the model plugin {name!r} is not loaded on this worker")
+    return plugin
+
+
+# -- plans ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """What a worker needs to compute tiles of one slide (small: sent with each task).
+
+    Attributes
+    ----------
+    slide, output : str
+        Absolute paths, valid on every worker.
+    mpp : float or None
+        Level-0 microns per pixel override.
+    geom : Geometry
+        The processing geometry (:func:`nucseg.wsi.tiling.plan_geometry`).
+    settings : dict
+        The store settings (checked again by every task before writing).
+    lam, threshold : float
+    connectivity, max_halo, stride, batch_size, group : int
+    save_prob : bool
+    plugin : str
+        Name of the :class:`ModelPlugin`.
+    """
+
+    slide: str
+    output: str
+    mpp: float | None
+    geom: Any
+    settings: dict[str, Any]
+    lam: float
+    threshold: float
+    connectivity: int
+    max_halo: int
+    stride: int
+    batch_size: int
+    group: int
+    save_prob: bool
+    plugin: str
+
+
+@dataclass
+class SlidePlan:
+    """Result of the ``prepare`` task.
+
+    Attributes
+    ----------
+    job : SlideJob or None
+        None when the slide is already complete (``skipped``).
+    todo : list of int
+        Tile indices to compute, in raster order.
+    tiles, tiles_tissue, tiles_resumed : int
+    tissue_fraction, tissue_mm2 : float
+    spill : list of int
+        Chunks with spill files left by an interrupted run.
+    skipped : SlideSummary or None
+        The summary of a complete store (nothing to do).
+    """
+
+    job: SlideJob | None
+    todo: list[int] = field(default_factory=list)
+    tiles: int = 0
+    tiles_tissue: int = 0
+    tiles_resumed: int = 0
+    tissue_fraction: float = 0.0
+    tissue_mm2: float = 0.0
+    spill: list[int] = field(default_factory=list)
+    skipped: SlideSummary | None = None
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one slide of a batch.
+
+    Attributes
+    ----------
+    slide, output : Path
+    status : str
+        ``"done"``, ``"skipped"`` (already complete) or ``"failed"``.
+    summary : SlideSummary or None
+        For ``done`` and ``skipped``.
+    error : str or None
+        One line, for ``failed``.
+    details : dict
+        Task counts of this call: ``tile_tasks``, ``spill_chunks`` (chunks that got
+        pixels of nuclei owned by another group), ``pyramid_tasks``, ``tiles_enlarged``.
+    """
+
+    slide: Path
+    output: Path
+    status: str
+    summary: SlideSummary | None = None
+    error: str | None = None
+    details: dict[str, int] = field(default_factory=dict)
+
+
+def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """The store of ``slide`` in a batch: ``out_dir / NAME.zarr`` (``NAME``: file name less its suffix).
+
+    Examples
+    --------
+    >>> output_path("/data/a.svs", "/res").as_posix()
+    '/res/a.zarr'
+    >>> output_path("/data/b.ome.tiff", "/res").as_posix()
+    '/res/b.zarr'
+    """
+    name = Path(slide).name
+    for suffix in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return Path(out_dir) / (name[: -len(suffix)] + ".zarr")
+    return Path(out_dir) / (Path(name).stem + ".zarr")
+
+
+def plan_outputs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """Pair each slide with its store (absolute paths).
+
+    ``out`` is a folder receiving ``NAME.zarr`` per slide, or, for a single slide, the
+    ``.zarr`` store itself.
+
+    Raises
+    ------
+    ValueError
+        No slides, or two slides that would write the same store.
+    """
+    if isinstance(slides, (str, os.PathLike)):
+        slides = [slides]
+    slides = [Path(os.path.abspath(s)) for s in slides]
+    if not slides:
+        raise ValueError("slides must name at least one slide")
+    out_p = Path(os.path.abspath(out))
+    if len(slides) == 1 and out_p.suffix == ".zarr":
+        return [(slides[0], out_p)]
+    pairs = [(s, output_path(s, out_p)) for s in slides]
+    seen: dict[Path, Path] = {}
+    for s, o in pairs:
+        if o in seen:
+            raise ValueError(f"slides {seen[o]} and {s} would both write {o}; rename one or run them separately")
+        seen[o] = s
+    return pairs
+
+
+# -- prepare (worker) ---------------------------------------------------------------------
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str) -> SlidePlan:
+    """Dask task: plan one slide and create (or reopen) its store; see :class:`SlidePlan`.
+
+    ``options`` holds the keyword arguments of :func:`run_distributed` that shape the
+    run (``mpp, level, tile, halo, max_halo, lam, threshold, connectivity, tissue,
+    resume, overwrite, save_prob, batch_size, group``). The geometry, settings and
+    metadata are those of :func:`nucseg.wsi.segment_slide`, so either runner can
+    check the other's store.
+    """
+    from .pipeline import _run_meta, _select_tiles
+    from .predictors import describe
+    from .reader import SlideError, open_slide
+    from .store import OutputStore, StoreError
+    from .tiling import IdScheme, make_tiles, plan_geometry
+
+    o = options
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out_path = Path(output)
+    pred = worker_plugin(plugin).predictor
+    reader = open_slide(slide, mpp=o["mpp"])
+    try:
+        if reader.mpp is None:
+            raise SlideError(f"{reader.path}: the slide has no microns-per-pixel metadata; pass --mpp")
+        info = describe(pred)
+        lam = info["lam"] if o["lam"] is None else float(o["lam"])
+        threshold = info["threshold"] if o["threshold"] is None else float(o["threshold"])
+        stride, context = info["stride"], info["context"]
+        halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride) if o["halo"] is None else o["halo"]
+        max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if o["max_halo"] is None else o["max_halo"]), stride)
+        geom = plan_geometry(
+            [(lv.width, lv.height) for lv in reader.levels],
+            reader.mpp,
+            info["mpp"],
+            tile=o["tile"],
+            halo=halo,
+            context=context,
+            level=o["level"],
+            stride=stride,
+        )
+        tiles = make_tiles(geom)
+        scheme = IdScheme(geom.n_tiles)
+        overview = reader.thumbnail(2048)
+        keep, fraction, tissue_mode = _select_tiles(o["tissue"], overview, geom, tiles)
+        lv0 = reader.levels[0]
+        tissue_mm2 = fraction * lv0.width * lv0.height * reader.mpp[0] * reader.mpp[1] / 1e6
+        fingerprint = reader.fingerprint()  # hashes slide bytes: once per slide
+        settings = {
+            "slide_fingerprint": fingerprint,
+            "model_sha256": info["sha256"],
+            "model_name": info["name"],
+            "lam": lam,
+            "threshold": threshold,
+            "connectivity": o["connectivity"],
+            "level": geom.level,
+            "size": list(geom.size),
+            "mpp": list(geom.mpp),
+            "tile": geom.tile,
+            "halo": geom.halo,
+            "context": geom.context,
+            "tissue": tissue_mode,
+            "save_prob": bool(o["save_prob"]),
+        }
+        if out_path.exists() and not o["overwrite"]:
+            complete = _complete_summary(out_path, settings, len(tiles))
+            if complete is not None:
+                return SlidePlan(job=None, skipped=complete)
+            if not o["resume"]:
+                raise StoreError(
+                    f"output {out_path} exists but is not complete; pass --resume to continue it or --overwrite"
+                )
+            store = OutputStore.resume(out_path, settings=settings)
+        else:
+            meta = _run_meta(reader, info, geom, started, slide, fingerprint)
+            meta.update(tissue_fraction=fraction, tissue_mm2=tissue_mm2, tiles=len(tiles), tiles_tissue=len(keep))
+            ov_ds = overview.downsample
+            my0, mx0 = reader.mpp[1], reader.mpp[0]
+            store = OutputStore.create(
+                out_path,
+                geom=geom,
+                label_dtype=scheme.dtype,
+                settings=settings,
+                meta=meta,
+                overview=overview.rgb,
+                overview_mpp=(ov_ds[0] * my0, ov_ds[1] * mx0),
+                overview_translation=(
+                    0.5 * my0 * (overview.level_downsample[0] - 1),
+                    0.5 * mx0 * (overview.level_downsample[1] - 1),
+                ),
+                overwrite=bool(o["overwrite"]),
+            )
+        done = store.done_tiles()
+        stored_settings = dict(store.meta.get("settings", settings))
+        stored_settings.pop("label_dtype", None)
+    finally:
+        reader.close()
+    job = SlideJob(
+        slide=str(slide),
+        output=str(out_path),
+        mpp=o["mpp"],
+        geom=geom,
+        settings=stored_settings,
+        lam=lam,
+        threshold=threshold,
+        connectivity=o["connectivity"],
+        max_halo=max_halo,
+        stride=stride,
+        batch_size=o["batch_size"],
+        group=o["group"],
+        save_prob=bool(o["save_prob"]),
+        plugin=plugin,
+    )
+    return SlidePlan(
+        job=job,
+        todo=[i for i in keep if i not in done],
+        tiles=len(tiles),
+        tiles_tissue=len(keep),
+        tiles_resumed=len([i for i in keep if i in done]),
+        tissue_fraction=fraction,
+        tissue_mm2=tissue_mm2,
+        spill=_pending_spill(out_path),
+    )
+
+
+def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> SlideSummary | None:
+    """The summary of a complete store with these settings; None when it is not complete.
+
+    Raises :class:`StoreError` when the store is complete but was made with other settings.
+    """
+    import json
+
+    from .store import StoreError, _jsonable
+
+    try:
+        meta = json.loads((out / "zarr.json").read_text())["attributes"]["nucseg"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if meta.get("status") != "complete":
+        return None
+    stored = dict(meta.get("settings", {}))
+    stored.pop("label_dtype", None)
+    diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != _jsonable(settings.get(k)))
+    if diff:
+        raise StoreError(
+            f"{out} is complete but was made with other settings ({', '.join(diff[:4])}); use --overwrite to redo it"
+        )
+    return SlideSummary(
+        output=out,
+        table=out / "nucseg" / "nuclei.parquet",
+        nuclei=int(meta.get("nuclei", 0)),
+        tiles=int(meta.get("tiles", n_tiles)),
+        tiles_tissue=int(meta.get("tiles_tissue", 0)),
+        tiles_run=0,
+        tiles_resumed=int(meta.get("tiles_done", 0)),
+        tissue_fraction=float(meta.get("tissue_fraction", 0.0)),
+        tissue_mm2=float(meta.get("tissue_mm2", 0.0)),
+        level=int(settings["level"]),
+        mpp=(float(settings["mpp"][0]), float(settings["mpp"][1])),
+        size=(int(settings["size"][0]), int(settings["size"][1])),
+        timings=dict(meta.get("timings", {})),
+    )
+
+
+def _pending_spill(out: Path) -> list[int]:
+    d = out / "nucseg" / SPILL_DIR
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and any(p.glob("*.npz")))
+
+
+# -- geometry of groups ------------------------------------------------------------------
+
+
+def group_of(tile_index: int, grid: tuple[int, int], group: int) -> int:
+    """Index of the group (``group x group`` tiles, row-major over groups) holding a tile."""
+    cols = grid[1]
+    gcols = -(-cols // group)
+    r, c = divmod(tile_index, cols)
+    return (r // group) * gcols + c // group
+
+
+def group_box(group_index: int, geom: Any, group: int) -> Box:
+    """Chunk-aligned region ``(y0, y1, x0, x1)`` of a group, in processing pixels."""
+    gcols = -(-geom.grid[1] // group)
+    gr, gc = divmod(group_index, gcols)
+    span = group * geom.tile
+    return (
+        gr * span,
+        min(geom.size[0], (gr + 1) * span),
+        gc * span,
+        min(geom.size[1], (gc + 1) * span),
+    )
+
+
+def split_result(result: Any, region: Box, geom: Any) -> tuple[Any, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Split a tile's owned nuclei into the part inside ``region`` and spill per chunk.
+
+    Returns
+    -------
+    inside : TileResult
+        ``result`` with ``box``/``labels`` cropped to ``region`` (ids, table fields and
+        ``prob_core`` unchanged).
+    spill : dict
+        ``{chunk_index: (yx, ids)}``: global ``(y, x)`` (int64, ``(n, 2)``) and label of
+        each owned pixel outside ``region``, by the label chunk (= tile) holding it.
+    """
+    if result.box is None:
+        return result, {}
+    y0, y1, x0, x1 = result.box
+    ry0, ry1, rx0, rx1 = region
+    lab = result.labels
+    iy0, iy1, ix0, ix1 = max(y0, ry0), min(y1, ry1), max(x0, rx0), min(x1, rx1)
+    outside = lab != 0
+    inside_res = replace(result, box=None, labels=None)
+    if iy0 < iy1 and ix0 < ix1:
+        crop = lab[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+        outside[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = False
+        if crop.any():
+            inside_res = replace(result, box=(iy0, iy1, ix0, ix1), labels=np.ascontiguousarray(crop))
+    if not outside.any():
+        return inside_res, {}
+    ys, xs = np.nonzero(outside)
+    ids = lab[ys, xs]
+    ys = ys.astype(np.int64) + y0
+    xs = xs.astype(np.int64) + x0
+    chunk = (ys // geom.tile) * geom.grid[1] + xs // geom.tile
+    spill = {}
+    for c in np.unique(chunk):
+        m = chunk == c
+        spill[int(c)] = (np.stack([ys[m], xs[m]], axis=1), ids[m])
+    return inside_res, spill
+
+
+def _save_spill(out: Path, dest: int, src: int, yx: np.ndarray, ids: np.ndarray) -> None:
+    d = out / "nucseg" / SPILL_DIR / f"{dest:06d}"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{src:06d}.npz"
+    tmp = d / f"{src:06d}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, yx=yx, ids=ids)
+    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+
+
+# -- tile groups (worker) -------------------------------------------------------------------
+
+
+def _open_store(job: SlideJob) -> Any:
+    """Open the store for writing tiles (not :meth:`OutputStore.resume`: that one drops
+    the temporary files of a killed run, which here may be another worker's live ones)."""
+    import zarr
+
+    from .store import OutputStore, StoreError
+
+    try:
+        root = zarr.open_group(job.output, mode="r+", zarr_format=3)
+    except Exception as exc:  # noqa: BLE001 - store errors come in many types
+        raise StoreError(f"cannot open {job.output} on this worker: {exc}") from exc
+    return OutputStore(Path(job.output), root)
+
+
+def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[str, Any]:
+    """Dask task: compute ``tiles`` (all in group ``group_index``) and write them.
+
+    Owned pixels inside the group's region are written to the labels; the others go to
+    spill files; then the runner's :meth:`OutputStore.write_tile` writes the table part
+    and the completion record. Returns counts and stage timings (small).
+    """
+    from .pipeline import postprocess_tile
+    from .reader import SlideError, open_slide
+    from .table import tile_rows
+    from .tiling import IdScheme, ObjectTooLargeError, make_tiles, read_region, with_halo
+
+    geom = job.geom
+    plugin = worker_plugin(job.plugin)
+    scheme = IdScheme(geom.n_tiles)
+    all_tiles = make_tiles(geom)
+    region = group_box(group_index, geom, job.group)
+    store = _open_store(job)
+    out = Path(job.output)
+    timings = {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0}
+    nuclei: dict[int, int] = {}
+    spill_chunks: set[int] = set()
+    enlarged = 0
+
+    def read(t: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            rgb = read_region(reader, geom, t.read)
+        except SlideError as exc:
+            raise SlideError(
+                f"{exc} (tile {t.index}, processing box y={t.read[0]}:{t.read[1]} x={t.read[2]}:{t.read[3]})"
+            ) from exc
+        timings["read"] += time.perf_counter() - t0
+        return rgb
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        prob = plugin.predict(batch)
+        timings["infer"] += time.perf_counter() - t0
+        if prob.shape != batch.shape[:3]:
+            raise ValueError(f"model.predict returned shape {prob.shape}, expected {batch.shape[:3]}")
+        return prob
+
+    def post(t: Any, prob: np.ndarray) -> Any:
+        nonlocal enlarged
+        halo = geom.halo
+        while True:
+            t0 = time.perf_counter()
+            try:
+                res = postprocess_tile(
+                    prob,
+                    t,
+                    geom,
+                    scheme,
+                    lam=job.lam,
+                    threshold=job.threshold,
+                    connectivity=job.connectivity,
+                    save_prob=job.save_prob,
+                    approximate=halo >= job.max_halo,
+                )
+                timings["post"] += time.perf_counter() - t0
+                n_approx = int((~res.exact).sum())
+                if n_approx:
+                    logger.warning(
+                        "tile %d: %d nuclei of clusters larger than the %d px halo are approximate",
+                        t.index, n_approx, job.max_halo,
+                    )
+                return res
+            except ObjectTooLargeError:
+                timings["post"] += time.perf_counter() - t0
+                if halo >= job.max_halo:
+                    raise
+            # Same rule as the runner: redo the tile with a doubled halo.
+            halo = min(job.max_halo, _round_up(2 * halo, job.stride))
+            t = with_halo(t, geom, halo)
+            enlarged += 1
+            prob = infer(read(t)[None])[0]
+
+    for i in tiles:
+        if group_of(i, geom.grid, job.group) != group_index:
+            raise ValueError(f"tile {i} is not in group {group_index}")
+    reader = open_slide(job.slide, mpp=job.mpp)
+    try:
+        for batch in _batches([all_tiles[i] for i in tiles], job.batch_size):
+            probs = infer(np.stack([read(t) for t in batch]))
+            for t, prob in zip(batch, probs):
+                res = post(t, prob)
+                t0 = time.perf_counter()
+                table = tile_rows(res, geom, scheme.dtype)
+                inside, spill = split_result(res, region, geom)
+                for dest, (yx, ids) in spill.items():
+                    _save_spill(out, dest, t.index, yx, ids)
+                    spill_chunks.add(dest)
+                # The completion record comes last: the spill files are on disk before it.
+                store.write_tile(inside, table, {"tile": t.index, "nuclei": int(len(res.ids))}, scheme)
+                timings["write"] += time.perf_counter() - t0
+                nuclei[t.index] = int(len(res.ids))
+    finally:
+        reader.close()
+    return {"nuclei": nuclei, "spill": sorted(spill_chunks), "timings": timings, "enlarged": enlarged}
+
+
+def _batches(tiles: list[Any], size: int) -> list[list[Any]]:
+    """Consecutive tiles of the same read shape, at most ``size`` per batch (as the runner batches)."""
+    out: list[list[Any]] = []
+    for t in tiles:
+        shape = (t.read[1] - t.read[0], t.read[3] - t.read[2])
+        last = out[-1] if out else None
+        if last and len(last) < size and (last[0].read[1] - last[0].read[0], last[0].read[3] - last[0].read[2]) == shape:
+            last.append(t)
+        else:
+            out.append([t])
+    return out
+
+
+# -- spill, pyramid, finish (worker) ------------------------------------------------------
+
+
+def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: int) -> int:
+    """Dask task: write the spill files of ``chunks`` into the labels; returns the pixels read.
+
+    Pixels are merged as the runner merges tiles (:func:`~nucseg.wsi.tiling.merge_claims`:
+    a pixel claimed twice keeps the claim of highest priority), so the order of the
+    files does not matter. Run only when no tile task of the slide is running: it
+    rewrites whole chunks. Idempotent (the files stay until :func:`finish_slide`).
+    """
+    import zarr
+
+    from .tiling import IdScheme, merge_claims
+
+    scheme = IdScheme(n_tiles)
+    out = Path(output)
+    labels = zarr.open_array(str(out / "labels" / "nuclei" / "0"), mode="r+")
+    ch, cw = labels.chunks
+    n_cols = -(-labels.shape[1] // cw)
+    written = 0
+    for c in chunks:
+        files = sorted((out / "nucseg" / SPILL_DIR / f"{int(c):06d}").glob("*.npz"))
+        if not files:
+            continue
+        r, col = divmod(int(c), n_cols)
+        y0, x0 = r * ch, col * cw
+        block = labels[y0 : y0 + ch, x0 : x0 + cw]
+        for f in files:
+            with np.load(f) as z:
+                yx, ids = z["yx"], z["ids"]
+            new = np.zeros_like(block)
+            new[yx[:, 0] - y0, yx[:, 1] - x0] = ids
+            block = merge_claims(block, new, scheme)
+            written += len(ids)
+        labels[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+    return written
+
+
+def pyramid_blocks(geom: Any, level: int, group: int) -> list[Box]:
+    """Blocks of ``group x group`` chunks covering pyramid ``level`` (>= 1) of the labels.
+
+    Shapes and chunks are those :meth:`OutputStore.create` gives the levels, so the
+    client plans the pyramid without opening the store.
+    """
+    from .store import pyramid_shapes
+
+    h, w = pyramid_shapes(geom.size)[level]
+    ch, cw = min(geom.tile, geom.size[0], h), min(geom.tile, geom.size[1], w)
+    return [
+        (y, min(h, y + group * ch), x, min(w, x + group * cw))
+        for y in range(0, h, group * ch)
+        for x in range(0, w, group * cw)
+    ]
+
+
+def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box) -> None:
+    """Dask task: fill ``box`` of pyramid ``level`` from ``level - 1`` by 2x stride subsampling.
+
+    The same values as :meth:`nucseg.wsi.store.OutputStore.build_pyramid`.
+    """
+    import zarr
+
+    nuc = zarr.open_group(str(Path(output) / "labels" / "nuclei"), mode="r+")
+    src, dst = nuc[str(level - 1)], nuc[str(level)]
+    y0, y1, x0, x1 = box
+    dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
+
+
+def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict[str, Any]:
+    """Dask task: merge the table parts, mark the store complete, drop the spill files.
+
+    ``update`` is merged into the run metadata (timings, enlarged tiles...);
+    ``t_client`` is the client's elapsed seconds so far (for ``timings["wall"]``).
+    """
+    from .table import merge_parts
+
+    t0 = time.perf_counter()
+    store = _open_store(job)
+    records = store.tile_records()
+    nuclei = int(sum(r.get("nuclei", 0) for r in records.values()))
+    table_path = store.path / "nucseg" / "nuclei.parquet"
+    merge_parts(sorted(store.parts_dir.glob("*.parquet")), table_path, store.label_dtype)
+    shutil.rmtree(store.path / "nucseg" / SPILL_DIR, ignore_errors=True)
+    timings = dict(update.pop("timings", {}))
+    timings["finish"] = time.perf_counter() - t0
+    timings["wall"] = t_client + timings["finish"]
+    store.update_meta(
+        dict(
+            update,
+            end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            nuclei=nuclei,
+            tiles_done=len(records),
+            timings=timings,
+            status="complete",
+        )
+    )
+    return {"nuclei": nuclei, "table": str(table_path), "timings": timings}
+
+
+def probe_worker(out_dirs: Sequence[str], slides: Sequence[str]) -> str | None:
+    """Run on each worker before any work: can it write the outputs and read the slides?
+
+    Creates each output folder, writes, reads back and deletes a small file there, and
+    checks that every slide is a readable file. Returns None, or one line saying what fails.
+    """
+    import socket
+
+    host = socket.gethostname()
+    for d in out_dirs:
+        probe = Path(d) / f".nucseg-probe-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"nucseg")
+            if probe.read_bytes() != b"nucseg":
+                return f"host {host} wrote {probe} but read something else back"
+        except OSError as exc:
+            return f"host {host} cannot write to the output folder {d}: {exc.strerror or exc}"
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+    for s in slides:
+        if not os.path.isfile(s):
+            return f"host {host} cannot see the slide {s}"
+        if not os.access(s, os.R_OK):
+            return f"host {host} cannot read the slide {s}"
+    return None
+
+
+# -- client -------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class _Slide:
+    """Client-side state of one slide."""
+
+    index: int
+    slide: Path
+    output: Path
+    t0: float = 0.0
+    phase: str = "prepare"
+    plan: SlidePlan | None = None
+    pending: dict[str, Any] = field(default_factory=dict)
+    spill: set[int] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0})
+    enlarged: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"tile_tasks": 0, "spill_chunks": 0, "pyramid_tasks": 0})
+    t_tiles: float = 0.0
+    tiles_wall: float = 0.0
+    level: int = 0
+    n_levels: int = 1
+    outcome: SlideOutcome | None = None
+
+
+def connect(scheduler: Any = None, workers: int | None = None, threads_per_worker: int = 1) -> tuple[Any, Any]:
+    """A Dask client: to ``scheduler`` (an address or a Client), or to a new LocalCluster.
+
+    Returns
+    -------
+    client : distributed.Client
+    cluster : LocalCluster or None
+        The cluster started here (close it after the client), None otherwise.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None and workers is not None:
+        raise ValueError("scheduler and workers are exclusive: --workers starts a local cluster")
+    if isinstance(scheduler, Client):
+        return scheduler, None
+    if scheduler is not None:
+        if not isinstance(scheduler, str):
+            raise TypeError(f"scheduler must be an address like 'tcp://host:8786' or a Client, got {scheduler!r}")
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except OSError as exc:
+            raise DistributedError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    n = _check_int("workers", os.cpu_count() or 1 if workers is None else workers, 1)
+    tpw = _check_int("threads_per_worker", threads_per_worker, 1)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=tpw, processes=True, dashboard_address=":0")
+    client = Client(cluster)
+    import importlib.util
+
+    note = "" if importlib.util.find_spec("bokeh") else " (install bokeh>=3.1 to see it: pip install 'dask[diagnostics]')"
+    logger.info("started a local Dask cluster: %d workers x %d threads; dashboard %s%s", n, tpw, cluster.dashboard_link, note)
+    return client, cluster
+
+
+def run_distributed(
+    slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    scheduler: Any = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    group: int = 2,
+    model: Any = None,
+    lam: float | None = None,
+    threshold: float | None = None,
+    mpp: float | None = None,
+    level: int | None = None,
+    tile: int = 1024,
+    halo: int | None = None,
+    max_halo: int | None = None,
+    device: str | None = None,
+    batch_size: int = 2,
+    tissue: str | os.PathLike[str] = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    save_prob: bool = False,
+    connectivity: int = 1,
+    errors: str = "raise",
+    wait_for_workers: float = 300.0,
+    progress: bool = False,
+) -> list[SlideOutcome]:
+    """Segment slides on a Dask cluster; one OME-Zarr per slide, identical to :func:`segment_slide`'s.
+
+    Parameters
+    ----------
+    slides : path-like or sequence of path-like
+        Slides (any format the runner reads), on a path every worker reaches.
+    out : path-like
+        Output folder (one ``NAME.zarr`` per slide, see :func:`output_path`), or for a
+        single slide the ``.zarr`` store itself. Must be reachable by every worker.
+    scheduler : str or distributed.Client, optional
+        An existing cluster (``"tcp://host:8786"``). Without it a ``LocalCluster`` of
+        ``workers`` processes is started (and closed at the end).
+    workers : int, optional
+        Worker processes of the local cluster (default: the CPU count).
+    threads_per_worker : int
+        Threads per local worker (tasks run side by side; ``predict`` is serialised
+        per worker, so reads and watershed overlap inference).
+    group : int
+        Tasks compute ``group x group`` tiles (a chunk-aligned region).
+    model, lam, threshold, mpp, level, tile, halo, max_halo, device, batch_size, tissue, save_prob, connectivity
+        As for :func:`nucseg.wsi.segment_slide`.
+    resume : bool
+        Continue incomplete stores (tiles with a completion record are kept).
+    overwrite : bool
+        Redo every slide from scratch. Complete stores with the same settings are
+        skipped unless ``overwrite``.
+    errors : ``"raise"`` or ``"collect"``
+        On a failing slide: cancel everything and raise, or record it in its
+        :class:`SlideOutcome` and go on with the other slides.
+    wait_for_workers : float
+        Seconds to wait for a first worker on an existing cluster.
+    progress : bool
+        Show a tqdm bar (tiles, nuclei, tiles/s) driven from the client.
+
+    Returns
+    -------
+    list of SlideOutcome
+        In the order of ``slides``.
+
+    Raises
+    ------
+    DistributedError
+        No worker, or a worker that cannot write the output folder or read a slide.
+    ValueError, TypeError, FileNotFoundError
+        Invalid arguments; with ``errors="raise"``, the first failing slide's error.
+    """
+    pairs = plan_outputs(slides, out)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite are exclusive: pick one")
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    options = {
+        "mpp": mpp,
+        "level": level,
+        "tile": _check_int("tile", tile, 16),
+        "halo": None if halo is None else _check_int("halo", halo, 1),
+        "max_halo": None if max_halo is None else _check_int("max_halo", max_halo, 1),
+        "lam": lam,
+        "threshold": threshold,
+        "connectivity": connectivity,
+        "tissue": tissue,
+        "resume": bool(resume),
+        "overwrite": bool(overwrite),
+        "save_prob": bool(save_prob),
+        "batch_size": _check_int("batch_size", batch_size, 1),
+        "group": _check_int("group", group, 1),
+    }
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
+    for name, v in (("lam", lam), ("threshold", threshold)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if lam is not None and lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if not (isinstance(tissue, (str, os.PathLike))):
+        raise TypeError(f"tissue must be 'auto', 'none' or a mask path, got {tissue!r}")
+    if isinstance(tissue, os.PathLike) or tissue not in ("auto", "none"):
+        options["tissue"] = os.path.abspath(tissue)
+    if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+        model = os.path.abspath(model)
+    for s, _ in pairs:
+        if not s.is_file():
+            raise FileNotFoundError(f"slide not found: {s}")
+
+    client, cluster = connect(scheduler, workers, threads_per_worker)
+    name = f"nucseg-model-{uuid.uuid4().hex[:12]}"
+    try:
+        try:
+            client.wait_for_workers(1, timeout=wait_for_workers)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise DistributedError(f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s") from None
+        _probe(client, sorted({str(o.parent) for _, o in pairs}), [str(s) for s, _ in pairs])
+        client.register_plugin(ModelPlugin(model, device, name), name=name)
+        try:
+            return _drive(client, pairs, options, name, errors=errors, progress=progress)
+        finally:
+            try:
+                client.unregister_worker_plugin(name)
+            except Exception:  # noqa: BLE001 - best effort: the run's result matters more
+                logger.debug("could not unregister %s", name, exc_info=True)
+    finally:
+        if cluster is not None:
+            client.close()
+            cluster.close()
+
+
+def _probe(client: Any, out_dirs: list[str], slides: list[str]) -> None:
+    answers = client.run(probe_worker, out_dirs, slides, on_error="return")
+    for addr, ans in sorted(answers.items()):
+        if isinstance(ans, BaseException):
+            raise DistributedError(f"worker {addr} failed the write probe: {ans}")
+        if ans is not None:
+            raise DistributedError(
+                f"worker {addr}: {ans}; the slides and the output must be on a filesystem every worker reaches"
+            )
+
+
+def running_keys(prefix: str, dask_worker: Any = None) -> list[str]:
+    """Keys starting with ``prefix`` whose function still runs on this worker (cancelled or not)."""
+    st = dask_worker.state
+    return [str(ts.key) for ts in (*st.executing, *st.long_running) if str(ts.key).startswith(prefix)]
+
+
+def _settle(client: Any, prefix: str, timeout: float = 120.0) -> None:
+    """Wait until no task of this run executes anywhere.
+
+    Cancelling a future does not stop a running task: before returning (and before a
+    ``--resume`` can start), let those tasks finish so that no two writers share a chunk.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            left = client.run(running_keys, prefix, on_error="return")
+        except Exception:  # noqa: BLE001 - the cluster is going away: nothing runs
+            return
+        if not any(isinstance(v, list) and v for v in left.values()):
+            return
+        time.sleep(0.2)
+    logger.warning("tasks of this run still execute after %.0f s; do not resume until they end", timeout)
+
+
+def _drive(
+    client: Any, pairs: list[tuple[Path, Path]], options: dict[str, Any], plugin: str, *, errors: str, progress: bool
+) -> list[SlideOutcome]:
+    """The client's loop: submit each slide's phases as the previous one completes."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .store import pyramid_shapes
+
+    run = uuid.uuid4().hex[:8]
+    states = [_Slide(i, s, o) for i, (s, o) in enumerate(pairs)]
+    owner: dict[str, tuple[_Slide, str, Any]] = {}
+    ac = as_completed()
+    bar = tqdm(total=0, unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles")
+    nuclei = 0
+    finished = 0
+    stopped = False  # tasks were cancelled: wait for those still running before returning
+
+    def submit(st: _Slide, kind: str, fn: Any, *args: Any, tag: Any = "", info: Any = None) -> None:
+        # Earlier slides first; within a slide, later phases first (a slide completes
+        # before the next one takes the workers).
+        prio = {"prepare": 0, "tiles": 1, "spill": 2, "pyramid": 3, "finish": 4}[kind]
+        fut = client.submit(
+            fn, *args, key=f"nucseg-{run}-{kind}-{st.index}-{tag}", priority=prio - 10 * st.index, pure=False
+        )
+        owner[fut.key] = (st, kind, info)
+        if kind in ("tiles", "pyramid"):
+            st.counts[f"{'tile' if kind == 'tiles' else kind}_tasks"] += 1
+        st.pending[fut.key] = fut
+        ac.add(fut)
+
+    def next_phase(st: _Slide) -> None:
+        plan = st.plan
+        assert plan is not None and plan.job is not None
+        job = plan.job
+        if st.phase == "tiles":
+            st.tiles_wall = time.perf_counter() - st.t_tiles
+            st.phase = "spill"
+            dests: dict[int, list[int]] = {}
+            st.counts["spill_chunks"] = len(st.spill | set(plan.spill))
+            for c in sorted(st.spill | set(plan.spill)):
+                dests.setdefault(group_of(c, job.geom.grid, job.group), []).append(c)
+            for g, chunks in dests.items():
+                submit(st, "spill", apply_spill, job.output, chunks, job.geom.n_tiles, tag=g)
+            if dests:
+                return
+        if st.phase == "spill":
+            st.phase = "pyramid"
+            st.n_levels = len(pyramid_shapes(job.geom.size))
+            st.level = 0
+        if st.phase == "pyramid":
+            st.level += 1
+            if st.level < st.n_levels:
+                for j, box in enumerate(pyramid_blocks(job.geom, st.level, job.group)):
+                    submit(st, "pyramid", build_pyramid_block, job.output, st.level, box, tag=f"{st.level}-{j}")
+                return
+            st.phase = "finish"
+            update = {"timings": dict(st.timings, tiles_wall=st.tiles_wall), "tiles_enlarged": st.enlarged}
+            submit(st, "finish", finish_slide, job, update, time.perf_counter() - st.t0, tag="")
+
+    def start_tiles(st: _Slide) -> None:
+        plan = st.plan
+        assert plan is not None and plan.job is not None
+        job = plan.job
+        groups: dict[int, list[int]] = {}
+        for i in plan.todo:
+            groups.setdefault(group_of(i, job.geom.grid, job.group), []).append(i)
+        st.phase = "tiles"
+        st.t_tiles = time.perf_counter()
+        bar.total += len(plan.todo)
+        bar.refresh()
+        for g, tiles in sorted(groups.items()):
+            submit(st, "tiles", run_tile_group, job, g, tiles, tag=g)
+        if not groups:
+            next_phase(st)
+
+    for st in states:
+        st.t0 = time.perf_counter()
+        submit(st, "prepare", prepare_slide, str(st.slide), str(st.output), options, plugin, tag="")
+
+    try:
+        for fut in ac:
+            st, kind, _ = owner.pop(fut.key)
+            st.pending.pop(fut.key, None)
+            if st.outcome is not None:  # the slide failed already
+                continue
+            if fut.status != "finished":
+                exc = fut.exception()
+                if errors == "raise":
+                    raise exc
+                st.outcome = SlideOutcome(st.slide, st.output, "failed", error=f"{type(exc).__name__}: {exc}")
+                finished += 1
+                logger.error("%s: %s", st.slide, st.outcome.error)
+                client.cancel(list(st.pending.values()))
+                st.pending.clear()
+                stopped = True
+                continue
+            res = fut.result()
+            fut.release()
+            if kind == "prepare":
+                st.plan = res
+                if res.skipped is not None:
+                    st.outcome = SlideOutcome(st.slide, st.output, "skipped", summary=res.skipped)
+                    finished += 1
+                    logger.info("%s: complete already, skipped", st.output)
+                else:
+                    start_tiles(st)
+            elif kind == "tiles":
+                n = sum(res["nuclei"].values())
+                nuclei += n
+                for k, v in res["timings"].items():
+                    st.timings[k] += v
+                st.enlarged += res["enlarged"]
+                st.spill.update(res["spill"])
+                bar.update(len(res["nuclei"]))
+                bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=False)
+            elif kind == "finish":
+                details = dict(st.counts, tiles_enlarged=st.enlarged)
+                st.outcome = SlideOutcome(st.slide, st.output, "done", summary=_summary(st, res), details=details)
+                finished += 1
+                bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=True)
+            if kind != "prepare" and kind != "finish" and not st.pending and st.outcome is None:
+                next_phase(st)
+    except BaseException:
+        client.cancel([f for st in states for f in st.pending.values()])
+        stopped = True
+        raise
+    finally:
+        bar.close()
+        if stopped:
+            _settle(client, f"nucseg-{run}-")
+    return [st.outcome for st in states if st.outcome is not None]
+
+
+def _summary(st: _Slide, res: dict[str, Any]) -> SlideSummary:
+    plan = st.plan
+    assert plan is not None and plan.job is not None
+    geom = plan.job.geom
+    return SlideSummary(
+        output=st.output,
+        table=Path(res["table"]),
+        nuclei=res["nuclei"],
+        tiles=plan.tiles,
+        tiles_tissue=plan.tiles_tissue,
+        tiles_run=len(plan.todo),
+        tiles_resumed=plan.tiles_resumed,
+        tissue_fraction=plan.tissue_fraction,
+        tissue_mm2=plan.tissue_mm2,
+        level=geom.level,
+        mpp=geom.mpp,
+        size=geom.size,
+        timings=res["timings"],
+    )
+
+
+def outcome_lines(outcomes: Sequence[SlideOutcome]) -> list[str]:
+    """One line per slide (for the CLI), then a total."""
+    lines = []
+    for o in outcomes:
+        if o.status == "failed":
+            lines.append(f"{o.slide.name}: FAILED: {o.error}")
+        elif o.summary is not None:
+            s = o.summary
+            what = "complete already, skipped" if o.status == "skipped" else (
+                f"{s.tiles_run} tiles computed, {s.tiles_resumed} resumed, {s.timings.get('wall', 0.0):.1f}s"
+            )
+            lines.append(f"{o.slide.name}: {s.nuclei} nuclei -> {o.output} ({what})")
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    lines.append(f"slides: {done} done, {skipped} skipped, {failed} failed")
+    return lines

@@ -1,0 +1,482 @@
+"""Lazy whole-slide readers: OpenSlide for vendor formats, tifffile for (OME-)TIFF.
+
+Both readers expose the same small interface (:class:`SlideReader`): the pyramid
+geometry, the level-0 microns per pixel, and ``read(level, x, y, w, h)`` that returns
+one RGB region of one level. Nothing ever reads a whole level.
+
+Everything taken from the file (dimensions, level count, resolution) is validated
+before it is used to size an allocation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Plausible microns per pixel for a microscope slide; outside it the metadata is wrong
+#: (a TIFF written with the 72 dpi default says 352.8 um/px).
+MPP_RANGE = (0.01, 50.0)
+#: Largest accepted level side in pixels (OpenSlide's own limit is 2**31).
+MAX_SIDE = 2**31 - 1
+#: Largest region read in one call, in pixels (about 1.5 GB of RGBA).
+MAX_REGION_PIXELS = 2**28
+
+_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf2", ".tf8")
+
+
+class SlideError(ValueError):
+    """A slide that cannot be opened or read, with a message naming the slide."""
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """One pyramid level: size in pixels and downsample relative to level 0."""
+
+    width: int
+    height: int
+    downsample: float
+
+
+def validate_mpp(value: float, what: str) -> float:
+    """Return ``value`` as a float if it is a plausible microns-per-pixel value.
+
+    Parameters
+    ----------
+    value : float
+        Candidate microns per pixel.
+    what : str
+        Name used in the error message (an argument name or a metadata field).
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not finite or outside :data:`MPP_RANGE`.
+    """
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of microns per pixel, got {value!r}") from None
+    if not math.isfinite(mpp) or not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
+        raise ValueError(
+            f"{what} must be between {MPP_RANGE[0]} and {MPP_RANGE[1]} microns per pixel, got {value!r}"
+        )
+    return mpp
+
+
+def _validate_levels(levels: list[LevelInfo], path: Path) -> None:
+    if not levels:
+        raise SlideError(f"{path}: the slide has no image levels")
+    for i, lv in enumerate(levels):
+        if not (0 < lv.width <= MAX_SIDE and 0 < lv.height <= MAX_SIDE):
+            raise SlideError(f"{path}: level {i} has an invalid size {lv.width}x{lv.height}")
+        if not (math.isfinite(lv.downsample) and lv.downsample >= 1.0 - 1e-6):
+            raise SlideError(f"{path}: level {i} has an invalid downsample {lv.downsample!r}")
+
+
+@dataclass(frozen=True)
+class Overview:
+    """A low-resolution RGB overview of a slide.
+
+    Attributes
+    ----------
+    rgb : ndarray of uint8, shape (h, w, 3)
+    level : int
+        Level it was subsampled from.
+    stride : int
+        Subsampling step within that level (overview pixel ``i`` is level pixel ``i * stride``).
+    level_downsample : tuple of float
+        ``(dy, dx)`` level-0 pixels per pixel of that level.
+    """
+
+    rgb: np.ndarray
+    level: int
+    stride: int
+    level_downsample: tuple[float, float]
+
+    @property
+    def downsample(self) -> tuple[float, float]:
+        """``(dy, dx)`` level-0 pixels per overview pixel."""
+        return (self.stride * self.level_downsample[0], self.stride * self.level_downsample[1])
+
+
+class SlideReader:
+    """Base class of the readers: geometry, resolution, and region reads.
+
+    Attributes
+    ----------
+    path : Path
+        The slide file.
+    levels : list of LevelInfo
+        Pyramid levels, finest first.
+    mpp : tuple of float or None
+        Level-0 microns per pixel ``(x, y)`` from the slide metadata, or None.
+    backend : str
+        ``"openslide"`` or ``"tifffile"``.
+    vendor : str
+        Format reported by the backend.
+    """
+
+    backend = "base"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.levels: list[LevelInfo] = []
+        self.mpp: tuple[float, float] | None = None
+        self.vendor = "unknown"
+
+    # -- interface -------------------------------------------------------------
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file handle."""
+
+    # -- shared ----------------------------------------------------------------
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Read a region of one level as RGB uint8 of shape ``(h, w, 3)``.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level index.
+        x, y : int
+            Top-left corner in that level's pixel coordinates; the region must lie
+            inside the level.
+        w, h : int
+            Region size in pixels.
+
+        Raises
+        ------
+        SlideError
+            When the region is outside the level or the file cannot be decoded there;
+            the message names the slide, the level and the region.
+        """
+        if not 0 <= level < len(self.levels):
+            raise ValueError(f"level must be in [0, {len(self.levels) - 1}], got {level}")
+        lv = self.levels[level]
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > lv.width or y + h > lv.height:
+            raise ValueError(
+                f"region x={x} y={y} w={w} h={h} is outside level {level} ({lv.width}x{lv.height})"
+            )
+        if w * h > MAX_REGION_PIXELS:
+            raise ValueError(f"region {w}x{h} is larger than the {MAX_REGION_PIXELS} pixel limit")
+        try:
+            rgb = self._read(level, x, y, w, h)
+        except SlideError:
+            raise
+        except Exception as exc:  # decoder errors come in many types
+            raise SlideError(
+                f"{self.path}: cannot read level {level} region x={x} y={y} w={w} h={h}: {exc}"
+            ) from exc
+        if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
+            raise SlideError(
+                f"{self.path}: level {level} region x={x} y={y} w={w} h={h} decoded to "
+                f"{rgb.dtype} {rgb.shape}, expected uint8 {(h, w, 3)}"
+            )
+        return rgb
+
+    def level_mpp(self, level: int) -> tuple[float, float]:
+        """Microns per pixel ``(x, y)`` of one level (needs :attr:`mpp`)."""
+        if self.mpp is None:
+            raise SlideError(f"{self.path}: the slide has no microns-per-pixel metadata; pass --mpp")
+        lv0, lv = self.levels[0], self.levels[level]
+        # Per-axis downsample from the sizes: OpenSlide's scalar downsample is rounded.
+        return (self.mpp[0] * lv0.width / lv.width, self.mpp[1] * lv0.height / lv.height)
+
+    def thumbnail(self, max_side: int = 2048) -> Overview:
+        """A small RGB overview, from the coarsest level with a side of ``max_side / 2`` or more.
+
+        The level is read block by block and subsampled by an integer stride, so memory
+        stays bounded whatever the slide size.
+
+        Returns
+        -------
+        Overview
+        """
+        if max_side < 16:
+            raise ValueError(f"max_side must be at least 16, got {max_side}")
+        level = 0
+        for i, lv in enumerate(self.levels):
+            if max(lv.width, lv.height) >= max_side // 2:  # detailed enough, and cheap to read
+                level = i
+        lv = self.levels[level]
+        stride = max(1, math.ceil(max(lv.width, lv.height) / max_side))
+        out = np.empty((math.ceil(lv.height / stride), math.ceil(lv.width / stride), 3), np.uint8)
+        block = max(stride, (2048 // stride) * stride)
+        for y in range(0, lv.height, block):
+            for x in range(0, lv.width, block):
+                h, w = min(block, lv.height - y), min(block, lv.width - x)
+                part = self.read(level, x, y, w, h)[::stride, ::stride]
+                out[y // stride : y // stride + part.shape[0], x // stride : x // stride + part.shape[1]] = part
+        lv0 = self.levels[0]
+        level_ds = (lv0.height / lv.height, lv0.width / lv.width)
+        return Overview(rgb=out, level=level, stride=stride, level_downsample=level_ds)
+
+    def fingerprint(self) -> str:
+        """A cheap, stable fingerprint: sha256 of size, first and last MiB, and geometry."""
+        h = hashlib.sha256()
+        size = self.path.stat().st_size
+        h.update(str(size).encode())
+        with open(self.path, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 1 << 20:
+                f.seek(max(size - (1 << 20), 1 << 20))
+                h.update(f.read(1 << 20))
+        h.update(repr([(lv.width, lv.height) for lv in self.levels]).encode())
+        return h.hexdigest()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OpenSlideReader(SlideReader):
+    """Reader for every format OpenSlide knows (Aperio, Hamamatsu, MIRAX, ...)."""
+
+    backend = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        super().__init__(path)
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{path}: OpenSlide cannot open the slide: {exc}") from exc
+        props = self._slide.properties
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+        self.levels = [
+            LevelInfo(int(w), int(h), float(d))
+            for (w, h), d in zip(self._slide.level_dimensions, self._slide.level_downsamples)
+        ]
+        _validate_levels(self.levels, path)
+        mx, my = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
+        if mx is not None and my is not None:
+            self.mpp = (
+                _metadata_mpp(mx, path, "openslide.mpp-x"),
+                _metadata_mpp(my, path, "openslide.mpp-y"),
+            )
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = self.levels[level].downsample
+        # OpenSlide takes the top-left corner in level-0 coordinates.
+        region = self._slide.read_region((round(x * ds), round(y * ds)), level, (w, h))
+        rgba = np.asarray(region)
+        return _rgba_on_white(rgba)
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite premultiplied RGBA (OpenSlide's output) on white."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    out = rgb + (255 - alpha)
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def _metadata_mpp(value: Any, path: Path, field: str) -> float:
+    try:
+        return validate_mpp(value, field)
+    except ValueError as exc:
+        raise SlideError(f"{path}: {exc} (pass --mpp to override)") from None
+
+
+class TiffReader(SlideReader):
+    """Reader for plain, pyramidal and OME-TIFF files through tifffile + zarr (lazy)."""
+
+    backend = "tifffile"
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+        import zarr
+
+        super().__init__(path)
+        try:
+            self._tif = tifffile.TiffFile(str(path))
+            series = self._tif.series[0]
+            arrays = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(f"{path}: not a readable TIFF slide: {exc}") from exc
+        self.vendor = "ome-tiff" if self._tif.is_ome else "tiff"
+        self._axes = series.axes
+        self._arrays = arrays
+        self._lock = threading.Lock()  # tifffile shares one file handle
+        self._yx = []
+        levels = []
+        for lv in series.levels:
+            axes = lv.axes
+            if "Y" not in axes or "X" not in axes:
+                raise SlideError(f"{path}: TIFF series has axes {axes!r}, expected Y and X")
+            shape = dict(zip(axes, lv.shape))
+            levels.append(LevelInfo(int(shape["X"]), int(shape["Y"]), 1.0))
+            self._yx.append(axes)
+        w0 = levels[0].width
+        self.levels = [LevelInfo(lv.width, lv.height, w0 / lv.width) for lv in levels]
+        _validate_levels(self.levels, path)
+        self._check_samples(series)
+        self.mpp = self._read_mpp()
+
+    def _check_samples(self, series: Any) -> None:
+        axes = series.levels[0].axes
+        shape = dict(zip(axes, series.levels[0].shape))
+        samples = shape.get("S", shape.get("C", 1))
+        extra = [a for a in axes if a not in "YXSC" and shape[a] != 1]
+        if samples not in (1, 3, 4) or extra:
+            raise SlideError(
+                f"{self.path}: TIFF image has axes {axes!r} shape {series.levels[0].shape}; "
+                "expected a 2-D RGB (or grey) image"
+            )
+        if series.dtype != np.uint8:
+            raise SlideError(f"{self.path}: TIFF pixels are {series.dtype}, expected uint8 RGB")
+
+    def _read_mpp(self) -> tuple[float, float] | None:
+        if self._tif.is_ome and self._tif.ome_metadata:
+            found = _ome_mpp(self._tif.ome_metadata)
+            if found is not None:
+                return (
+                    _metadata_mpp(found[0], self.path, "OME PhysicalSizeX"),
+                    _metadata_mpp(found[1], self.path, "OME PhysicalSizeY"),
+                )
+        page = self._tif.pages[0]
+        tags = page.tags
+        if "XResolution" not in tags or "YResolution" not in tags:
+            return None
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+        if per_unit_um is None:  # RESUNIT_NONE: the numbers are an aspect ratio only
+            return None
+        out = []
+        for name in ("XResolution", "YResolution"):
+            num, den = tags[name].value
+            if num <= 0 or den <= 0:
+                return None
+            out.append(per_unit_um * den / num)
+        if unit == 2 and abs(out[0] - 25400.0 / 72.0) < 1e-6:
+            return None  # the 72 dpi default that writers put in every TIFF
+        return (
+            _metadata_mpp(out[0], self.path, "TIFF XResolution"),
+            _metadata_mpp(out[1], self.path, "TIFF YResolution"),
+        )
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        axes = self._yx[level]
+        index = tuple(
+            slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None) if a in "SC" else 0
+            for a in axes
+        )
+        with self._lock:
+            arr = np.asarray(self._arrays[level][index])
+        kept = [a for a in axes if a in "YXSC"]
+        if "S" not in kept and "C" not in kept:
+            arr = arr[..., None]
+            kept.append("S")
+        sample = "S" if "S" in kept else "C"
+        arr = np.moveaxis(arr, [kept.index("Y"), kept.index("X"), kept.index(sample)], [0, 1, 2])
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        elif arr.shape[2] == 4:
+            arr = arr[..., :3]
+        return np.ascontiguousarray(arr)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _ome_mpp(xml: str) -> tuple[float, float] | None:
+    """PhysicalSizeX/Y in micrometres from the first OME Pixels element, or None."""
+    m = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    if not m:
+        return None
+    attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+    scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+    out = []
+    for axis in ("X", "Y"):
+        if f"PhysicalSize{axis}" not in attrs:
+            return None
+        unit = attrs.get(f"PhysicalSize{axis}Unit", "µm")
+        if unit not in scale:
+            return None
+        try:
+            out.append(float(attrs[f"PhysicalSize{axis}"]) * scale[unit])
+        except ValueError:
+            return None
+    return out[0], out[1]
+
+
+def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> SlideReader:
+    """Open a whole-slide image lazily with the right backend.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The slide file. OpenSlide is used for the vendor formats it recognises
+        (Aperio SVS, Hamamatsu, MIRAX, ...); tifffile for plain, pyramidal and OME-TIFF.
+    mpp : float, optional
+        Level-0 microns per pixel, overriding (or supplying) the slide's own value.
+
+    Returns
+    -------
+    SlideReader
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist or is a directory.
+    SlideError
+        When the file is not a slide either backend can read, or its metadata is invalid.
+
+    Examples
+    --------
+    >>> with open_slide("CMU-1-Small-Region.svs") as slide:  # doctest: +SKIP
+    ...     print(slide.levels[0], slide.mpp)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"slide not found: {p}")
+    if not p.is_file():
+        raise FileNotFoundError(f"slide is not a file: {p}")
+    override = None if mpp is None else validate_mpp(mpp, "mpp")
+    reader = _open_backend(p)
+    if override is not None:
+        reader.mpp = (override, override)
+    return reader
+
+
+def _open_backend(p: Path) -> SlideReader:
+    import openslide
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(p))
+    except Exception:  # detect_format raises on unreadable files in some versions
+        vendor = None
+    if vendor is not None and vendor != "generic-tiff":
+        return OpenSlideReader(p)
+    if _looks_like_tiff(p):
+        return TiffReader(p)
+    raise SlideError(f"{p}: not a slide (neither OpenSlide nor tifffile can read this file)")
+
+
+def _looks_like_tiff(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise SlideError(f"{p}: cannot read the file: {exc}") from exc
+    return magic[:2] in (b"II", b"MM") and magic[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+")

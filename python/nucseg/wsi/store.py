@@ -1,0 +1,397 @@
+"""The OME-Zarr output (zarr v3, OME-NGFF 0.5), resume records and run metadata.
+
+Layout of ``OUT.zarr``::
+
+    zarr.json                 root image group: "ome" (NGFF 0.5 multiscales of the
+                              image) and "nucseg" (run metadata)
+    0/                        RGB overview of the slide (c, y, x), uint8; with
+    0/, 1/, ...               --save-image: the RGB at the processing resolution and
+                              its 2x mean pyramid, level for level with the labels
+    labels/zarr.json          {"ome": {"version": "0.5", "labels": ["nuclei"]}}
+    labels/nuclei/zarr.json   NGFF multiscales + image-label
+    labels/nuclei/0, 1, ...   nucleus labels (y, x) at the processing resolution, then
+                              2x stride-subsampled levels (labels are never invented)
+    prob/0                    with --save-prob: probability as uint8 (0..255)
+    nucseg/tiles/NNNNNN.json  completion record of each finished tile
+    nucseg/parts/NNNNNN.parquet  that tile's rows of the nucleus table
+    nucseg/nuclei.parquet     the per-nucleus table, written at the end
+
+Coordinates are in micrometres with the slide's level-0 pixel centres at
+``i * mpp`` (the convention of a slide opened as NGFF), so every array here overlays
+the slide at the right place in napari and other NGFF viewers.
+
+Files under ``nucseg/`` are not zarr nodes: listing the hierarchy recursively with
+zarr emits one "not recognized" warning for that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NGFF_VERSION = "0.5"
+LABEL_NAME = "nuclei"
+MIN_PYRAMID_SIDE = 256
+
+
+class StoreError(ValueError):
+    """The output store cannot be created, reused or written."""
+
+
+def _axes(channel: bool) -> list[dict[str, str]]:
+    space = [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    return ([{"name": "c", "type": "channel"}] if channel else []) + space
+
+
+def pyramid_shapes(size: tuple[int, int], min_side: int = MIN_PYRAMID_SIDE) -> list[tuple[int, int]]:
+    """Shapes of the 2x stride-subsampled pyramid, down to ``min_side`` pixels."""
+    shapes = [size]
+    while max(shapes[-1]) > min_side:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def multiscales(
+    name: str,
+    n_levels: int,
+    mpp: tuple[float, float],
+    translation: tuple[float, float],
+    *,
+    channel: bool = False,
+    factor: int = 2,
+) -> list[dict[str, Any]]:
+    """NGFF 0.5 ``multiscales`` for ``n_levels`` levels, each ``factor`` times coarser.
+
+    Level ``k`` has pixel size ``mpp * factor**k``; stride subsampling keeps the first
+    pixel of every block, so all levels share ``translation``.
+    """
+    datasets = []
+    for k in range(n_levels):
+        scale = [mpp[0] * factor**k, mpp[1] * factor**k]
+        trans = [translation[0], translation[1]]
+        if channel:
+            scale, trans = [1.0, *scale], [0.0, *trans]
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": trans},
+                ],
+            }
+        )
+    return [
+        {
+            "name": name,
+            "axes": _axes(channel),
+            "datasets": datasets,
+            "type": "stride subsampling",
+        }
+    ]
+
+
+def _translation(pixel_mpp: tuple[float, float], level0_mpp: tuple[float, float]) -> tuple[float, float]:
+    # Physical centre of pixel 0 when level-0 pixel centres sit at i * mpp0.
+    return (0.5 * (pixel_mpp[0] - level0_mpp[0]), 0.5 * (pixel_mpp[1] - level0_mpp[1]))
+
+
+class OutputStore:
+    """The output of one slide run: create, resume, write tiles, finalise.
+
+    Use :meth:`create` or :meth:`resume`; not thread-safe (one writer thread).
+    """
+
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self.group = group
+        self.meta: dict[str, Any] = dict(group.attrs.get("nucseg", {}))
+        settings = self.meta.get("settings", {})
+        self.label_dtype: str = settings.get("label_dtype", "uint32")
+        self.labels = group["labels/nuclei/0"]
+        self.prob = group["prob/0"] if settings.get("save_prob") else None
+        self.image = group["0"] if settings.get("save_image") else None
+        self.tiles_dir = path / "nucseg" / "tiles"
+        self.parts_dir = path / "nucseg" / "parts"
+
+    # -- opening -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        geom: Any,
+        label_dtype: str,
+        settings: dict[str, Any],
+        meta: dict[str, Any],
+        overview: np.ndarray,
+        overview_mpp: tuple[float, float],
+        overview_translation: tuple[float, float],
+        overwrite: bool = False,
+    ) -> OutputStore:
+        """Create a new store (refusing to touch an existing path unless ``overwrite``).
+
+        Parameters
+        ----------
+        path : path-like
+            The ``.zarr`` directory to create.
+        geom : Geometry
+            Processing geometry (sizes, pixel sizes, tile).
+        label_dtype : str
+            ``"uint32"`` or ``"uint64"``.
+        settings : dict
+            Everything that must match for a later ``--resume``.
+        meta : dict
+            Run metadata stored under the root attribute ``nucseg``.
+        overview : ndarray of uint8, shape (h, w, 3)
+            Low-resolution RGB overview stored as the root image.
+        overview_mpp, overview_translation : tuple of float
+            ``(y, x)`` pixel size and position of pixel 0 of the overview, in micrometres.
+        overwrite : bool
+            Replace an existing nucseg store at ``path``.
+        """
+        import zarr
+
+        p = Path(path)
+        if p.exists():
+            if not overwrite:
+                raise StoreError(f"output {p} already exists; pass --resume to continue it or --overwrite to replace it")
+            _remove_store(p)
+        if not p.parent.is_dir():
+            raise StoreError(f"output folder {p.parent} does not exist")
+        if not os.access(p.parent, os.W_OK):
+            raise StoreError(f"output folder {p.parent} is not writable")
+        try:
+            root = zarr.open_group(str(p), mode="w-", zarr_format=3)
+        except Exception as exc:  # noqa: BLE001 - store errors come in many types
+            raise StoreError(f"cannot create output {p}: {exc}") from exc
+        chunk = (min(geom.tile, geom.size[0]), min(geom.tile, geom.size[1]))
+        shapes = pyramid_shapes(geom.size)
+        trans = _translation(geom.mpp, geom.level0_mpp)
+        labels_grp = root.create_group("labels")
+        labels_grp.attrs["ome"] = {"version": NGFF_VERSION, "labels": [LABEL_NAME]}
+        nuc = labels_grp.create_group(LABEL_NAME)
+        nuc.attrs["ome"] = {
+            "version": NGFF_VERSION,
+            "multiscales": multiscales(LABEL_NAME, len(shapes), geom.mpp, trans),
+            "image-label": {"source": {"image": "../../"}},
+        }
+        for k, shape in enumerate(shapes):
+            nuc.create_array(
+                str(k),
+                shape=shape,
+                chunks=(min(chunk[0], shape[0]), min(chunk[1], shape[1])),
+                dtype=label_dtype,
+                fill_value=0,
+                dimension_names=("y", "x"),
+            )
+        if settings.get("save_prob"):
+            prob = root.create_group("prob")
+            prob.attrs["ome"] = {
+                "version": NGFF_VERSION,
+                "multiscales": multiscales("probability", 1, geom.mpp, trans),
+            }
+            prob.create_array(
+                "0", shape=geom.size, chunks=chunk, dtype="uint8", fill_value=0, dimension_names=("y", "x")
+            )
+        if settings.get("save_image"):
+            for k, shape in enumerate(shapes):
+                root.create_array(
+                    str(k),
+                    shape=(3, *shape),
+                    chunks=(3, min(chunk[0], shape[0]), min(chunk[1], shape[1])),
+                    dtype="uint8",
+                    fill_value=255,  # skipped background tiles read as white glass
+                    dimension_names=("c", "y", "x"),
+                )
+            image_ms = multiscales("slide", len(shapes), geom.mpp, trans, channel=True)
+        else:
+            ov = np.ascontiguousarray(np.moveaxis(overview, 2, 0))
+            img = root.create_array(
+                "0", shape=ov.shape, chunks=ov.shape, dtype="uint8", fill_value=0, dimension_names=("c", "y", "x")
+            )
+            img[...] = ov
+            image_ms = multiscales("slide overview", 1, overview_mpp, overview_translation, channel=True)
+        root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": image_ms}
+        full = dict(meta)
+        full["settings"] = dict(settings, label_dtype=label_dtype)
+        full["status"] = "running"
+        root.attrs["nucseg"] = full
+        (p / "nucseg" / "tiles").mkdir(parents=True)
+        (p / "nucseg" / "parts").mkdir()
+        return cls(p, root)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str], *, settings: dict[str, Any]) -> OutputStore:
+        """Reopen a store written by an earlier run with the same ``settings``."""
+        import zarr
+
+        p = Path(path)
+        if not p.exists():
+            raise StoreError(f"cannot resume: output {p} does not exist (run without --resume first)")
+        try:
+            root = zarr.open_group(str(p), mode="r+", zarr_format=3)
+            stored = dict(root.attrs["nucseg"]["settings"])
+        except Exception:  # noqa: BLE001
+            raise StoreError(f"cannot resume: {p} is not an output of nucseg-wsi") from None
+        stored.pop("label_dtype", None)
+        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != _jsonable(settings.get(k)))
+        if diff:
+            show = ", ".join(f"{k}: {stored.get(k)!r} -> {_jsonable(settings.get(k))!r}" for k in diff[:4])
+            raise StoreError(f"cannot resume {p}: the settings differ from the first run ({show}); use --overwrite")
+        store = cls(p, root)
+        store.tiles_dir.mkdir(parents=True, exist_ok=True)
+        store.parts_dir.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a killed run: never renamed into place, safe to drop.
+        for d in (store.tiles_dir, store.parts_dir, p / "nucseg"):
+            for tmp in d.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+        return store
+
+    # -- tiles ---------------------------------------------------------------------
+    def done_tiles(self) -> set[int]:
+        """Indices of the tiles recorded as finished."""
+        done = set()
+        for f in self.tiles_dir.glob("*.json"):
+            try:
+                done.add(int(f.stem))
+            except ValueError:
+                continue
+        return done
+
+    def write_tile(self, result: Any, table: Any, record: dict[str, Any], scheme: Any) -> None:
+        """Write one tile's nuclei, probability, table part, then its completion record.
+
+        The record is written last and atomically: a tile without a record is redone
+        on resume, and redoing it rewrites the same pixels. Exact nuclei of different
+        tiles never overlap; a pixel claimed twice (approximate nuclei) keeps the claim
+        of highest :meth:`~nucseg.wsi.tiling.IdScheme.priority`, whatever the order.
+        """
+        idx = result.tile.index
+        try:
+            self._write_tile(result, table, record, scheme)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write tile {idx} to {self.path}: {exc}; the finished tiles are kept, "
+                "free space or fix permissions and rerun with --resume"
+            ) from exc
+
+    def _write_tile(self, result: Any, table: Any, record: dict[str, Any], scheme: Any) -> None:
+        from .table import write_atomic
+        from .tiling import merge_claims
+
+        idx = result.tile.index
+        if result.box is not None:
+            y0, y1, x0, x1 = result.box
+            self.labels[y0:y1, x0:x1] = merge_claims(self.labels[y0:y1, x0:x1], result.labels, scheme)
+        y0, y1, x0, x1 = result.tile.core
+        if self.prob is not None and result.prob_core is not None:
+            self.prob[y0:y1, x0:x1] = result.prob_core
+        if self.image is not None and result.rgb_core is not None:
+            self.image[:, y0:y1, x0:x1] = np.moveaxis(result.rgb_core, 2, 0)
+        write_atomic(table, self.parts_dir / f"{idx:06d}.parquet")
+        _write_json_atomic(self.tiles_dir / f"{idx:06d}.json", record)
+
+    def tile_records(self) -> dict[int, dict[str, Any]]:
+        """All completion records by tile index."""
+        out = {}
+        for f in sorted(self.tiles_dir.glob("*.json")):
+            out[int(f.stem)] = json.loads(f.read_text())
+        return out
+
+    # -- end -----------------------------------------------------------------------
+    def build_pyramid(self) -> None:
+        """Fill levels 1.. one output chunk at a time: labels by 2x stride subsampling
+        (no label is invented), the image (``--save-image``) by 2x2 means."""
+        nuc = self.group["labels/nuclei"]
+        k = 1
+        while str(k) in nuc:
+            src, dst = nuc[str(k - 1)], nuc[str(k)]
+            ch, cw = dst.chunks
+            for y in range(0, dst.shape[0], ch):
+                for x in range(0, dst.shape[1], cw):
+                    block = src[2 * y : 2 * (y + ch) : 2, 2 * x : 2 * (x + cw) : 2]
+                    dst[y : y + block.shape[0], x : x + block.shape[1]] = block
+            k += 1
+        k = 1
+        while self.image is not None and str(k) in self.group:
+            src, dst = self.group[str(k - 1)], self.group[str(k)]
+            _, ch, cw = dst.chunks
+            for y in range(0, dst.shape[1], ch):
+                for x in range(0, dst.shape[2], cw):
+                    dst[:, y : y + ch, x : x + cw] = _mean2(src[:, 2 * y : 2 * (y + ch), 2 * x : 2 * (x + cw)])
+            k += 1
+
+    def finish(self, update: dict[str, Any]) -> Path:
+        """Merge the table, build the pyramid and mark the run complete."""
+        from .table import merge_parts
+
+        self.build_pyramid()
+        done = self.done_tiles()
+        # Only parts whose tile finished: a kill between part and record leaves a stale part.
+        parts = sorted(p for p in self.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in done)
+        table_path = self.path / "nucseg" / "nuclei.parquet"
+        merge_parts(parts, table_path, self.label_dtype)
+        meta = dict(self.group.attrs["nucseg"])
+        meta.update(_jsonable(update))
+        meta["status"] = "complete"
+        self.group.attrs["nucseg"] = meta
+        self.meta = meta
+        return table_path
+
+    def update_meta(self, update: dict[str, Any]) -> None:
+        """Merge ``update`` into the run metadata."""
+        meta = dict(self.group.attrs["nucseg"])
+        meta.update(_jsonable(update))
+        self.group.attrs["nucseg"] = meta
+        self.meta = meta
+
+
+def _mean2(block: np.ndarray) -> np.ndarray:
+    """2x2 mean of a (c, h, w) uint8 block; an odd last row or column is averaged alone."""
+    c, h, w = block.shape
+    padded = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge").astype(np.uint16)
+    out = padded.reshape(c, (h + 1) // 2, 2, (w + 1) // 2, 2).sum(axis=(2, 4))
+    return ((out + 2) // 4).astype(np.uint8)
+
+
+def _remove_store(p: Path) -> None:
+    """Delete ``p`` only when it is an output of nucseg-wsi (or an empty folder)."""
+    if p.is_dir() and not any(p.iterdir()):
+        p.rmdir()
+        return
+    marker = p / "zarr.json"
+    try:
+        ok = p.is_dir() and "nucseg" in json.loads(marker.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise StoreError(f"refusing to overwrite {p}: it is not an output of nucseg-wsi")
+    shutil.rmtree(p)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_jsonable(obj)))
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy scalars, tuples and paths so stored and new values compare equal."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,116 @@
+"""The per-nucleus table: one Parquet part per tile while running, one file at the end.
+
+Columns
+-------
+``label``            global label id (as in the label image)
+``tile``             index of the owning tile (row-major grid)
+``y_px, x_px``       centroid in processing pixels (the label image's grid)
+``y_level0, x_level0`` centroid in slide level-0 pixels
+``y_um, x_um``       centroid in micrometres from the slide's top-left corner
+``area_px``          area in processing pixels
+``area_um2``         area in square micrometres
+``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` half-open bounding box in processing pixels
+``mean_prob``        mean model probability over the nucleus
+``exact``            False for approximate nuclei (clusters larger than the largest halo)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLUMNS = (
+    "label",
+    "tile",
+    "y_px",
+    "x_px",
+    "y_level0",
+    "x_level0",
+    "y_um",
+    "x_um",
+    "area_px",
+    "area_um2",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+    "mean_prob",
+    "exact",
+)
+
+
+def schema(label_dtype: str) -> Any:
+    """The Arrow schema of the table for uint32 or uint64 labels."""
+    import pyarrow as pa
+
+    f64, i64 = pa.float64(), pa.int64()
+    types = {
+        "label": pa.uint32() if label_dtype == "uint32" else pa.uint64(),
+        "tile": pa.int32(),
+        "area_px": i64,
+        "bbox_y0": i64,
+        "bbox_x0": i64,
+        "bbox_y1": i64,
+        "bbox_x1": i64,
+        "mean_prob": pa.float32(),
+        "exact": pa.bool_(),
+    }
+    return pa.schema([(c, types.get(c, f64)) for c in COLUMNS])
+
+
+def tile_rows(result: Any, geom: Any, label_dtype: str) -> Any:
+    """Arrow table of the nuclei of one :class:`~nucseg.wsi.tiling.TileResult`."""
+    import pyarrow as pa
+
+    n = len(result.ids)
+    cen = np.asarray(result.centroid, np.float64).reshape(n, 2)
+    l0 = geom.to_level0(cen) if n else np.zeros((0, 2))
+    my0, mx0 = geom.level0_mpp
+    cols = {
+        "label": np.asarray(result.ids, label_dtype),
+        "tile": np.full(n, result.tile.index, np.int32),
+        "y_px": cen[:, 0],
+        "x_px": cen[:, 1],
+        "y_level0": l0[:, 0],
+        "x_level0": l0[:, 1],
+        "y_um": (l0[:, 0] + 0.5) * my0,
+        "x_um": (l0[:, 1] + 0.5) * mx0,
+        "area_px": np.asarray(result.area, np.int64),
+        "area_um2": np.asarray(result.area, np.float64) * geom.mpp[0] * geom.mpp[1],
+        "bbox_y0": result.bbox[:, 0],
+        "bbox_x0": result.bbox[:, 1],
+        "bbox_y1": result.bbox[:, 2],
+        "bbox_x1": result.bbox[:, 3],
+        "mean_prob": np.asarray(result.mean_prob, np.float32),
+        "exact": np.asarray(result.exact, bool),
+    }
+    return pa.Table.from_pydict(cols, schema=schema(label_dtype))
+
+
+def write_atomic(table: Any, path: Path) -> None:
+    """Write a Parquet file under a temporary name, then rename it into place."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def merge_parts(parts: list[Path], out: Path, label_dtype: str) -> int:
+    """Concatenate part files (in the given order) into ``out``; returns the row count."""
+    import pyarrow.parquet as pq
+
+    sch = schema(label_dtype)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    rows = 0
+    with pq.ParquetWriter(tmp, sch) as writer:
+        for p in parts:
+            t = pq.read_table(p, schema=sch)
+            rows += t.num_rows
+            if t.num_rows:
+                writer.write_table(t)
+    os.replace(tmp, out)
+    return rows

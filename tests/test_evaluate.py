@@ -1,0 +1,129 @@
+"""Evaluation: watershed tuning, per-patient aggregation, Table 1, and the two CLIs end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nucseg.data import TNBCImage, instance_distance, mask_to_instances
+from nucseg.evaluate import TABLE_COLUMNS, format_table, per_patient, summarise, tune_postprocess, write_results
+
+
+def _touching_pair() -> TNBCImage:
+    labels = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 100] = 1
+    labels[((yy - 20) ** 2 + (xx - 39) ** 2 <= 100) & (labels == 0)] = 2
+    labels[:, 29] = 0  # one background column between them, as in TNBC's GT
+    mask = labels > 0
+    return TNBCImage("01", "01_1", np.zeros((40, 60, 3), np.uint8), mask, mask_to_instances(mask))
+
+
+def test_tuning_finds_parameters_that_split_touching_nuclei():
+    im = _touching_pair()
+    # A map like the default model's: p * (0.5 + 0.5 d), but with the gap column filled in,
+    # so only a small enough lam splits the pair.
+    d = instance_distance(im.labels)
+    d[:, 29] = np.maximum(d[:, 28], d[:, 30]) * 0.3
+    fg = im.mask.copy()
+    fg[:, 29] = im.mask[:, 28] & im.mask[:, 30]
+    m = (fg * (0.5 + 0.5 * d)).astype(np.float32)
+    lam, thr, score = tune_postprocess(None, [im], maps=[m], lams=(0.02, 0.5), thresholds=(0.25, 0.9))
+    assert (lam, thr) == (0.02, 0.25)
+    assert score > 0.85
+    with pytest.raises(ValueError, match="empty"):
+        tune_postprocess(None, [], maps=[])
+
+
+def _row(method, patient, f1, aji=0.5):
+    base = {key: 0.5 for key, _ in TABLE_COLUMNS}
+    return {"method": method, "patient": patient, "image": "x", **base, "f1": f1, "aji": aji}
+
+
+def test_mean_and_std_over_patients_not_images():
+    rows = [_row("A", "01", 0.8), _row("A", "01", 1.0), _row("A", "02", 0.5), _row("B", "01", 0.2)]
+    pp = per_patient(rows)
+    assert {(r["method"], r["patient"]): r["f1"] for r in pp} == {("A", "01"): 0.9, ("A", "02"): 0.5, ("B", "01"): 0.2}
+    s = {r["method"]: r for r in summarise(rows)}
+    assert s["A"]["f1_mean"] == pytest.approx(0.7)
+    assert s["A"]["f1_std"] == pytest.approx(np.std([0.9, 0.5], ddof=1))
+    assert s["A"]["patients"] == 2 and s["B"]["f1_std"] == 0.0
+    table = format_table(summarise(rows))
+    assert table.splitlines()[0].split()[:8] == ["Method", "n", "Acc", "IU", "Recall", "Prec", "F1", "Perf"]
+    assert "0.700 ± 0.283" in table
+
+
+def test_write_results(tmp_path):
+    rows = [_row("A", "01", 0.8), _row("A", "02", 0.6)]
+    paths = write_results(tmp_path, rows, {"note": "x"})
+    with open(paths["summary_csv"]) as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 1 and float(summary[0]["f1_mean"]) == pytest.approx(0.7)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["note"] == "x" and len(doc["images"]) == 2 and len(doc["patients"]) == 2
+
+
+# ------------------------------------------------------------------ CLIs
+
+
+def _folder(root, patients=("01", "02"), size=64):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for p in patients:
+        (root / f"Slide_{p}").mkdir(parents=True)
+        (root / f"GT_{p}").mkdir(parents=True)
+        for k in (1, 2):
+            mask = np.zeros((size, size), bool)
+            for cy, cx in rng.uniform(8, size - 8, (6, 2)):
+                mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 30
+            rgb = np.where(mask[..., None], [90, 50, 140], [230, 170, 200]).astype(np.uint8)
+            Image.fromarray(rgb, "RGB").save(root / f"Slide_{p}" / f"{p}_{k}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255, "L").save(root / f"GT_{p}" / f"{p}_{k}.png")
+    return root
+
+
+def test_cli_help_is_instant_and_has_examples(capsys):
+    from nucseg.cli import eval as cli_eval
+    from nucseg.cli import train as cli_train
+
+    for mod in (cli_train, cli_eval):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--help"])
+        assert e.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from nucseg.cli import eval as cli_eval
+    from nucseg.cli import train as cli_train
+
+    assert cli_train.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nucseg-train: error: TNBC folder not found") and err.count("\n") == 1
+    assert cli_eval.main(["--data", str(tmp_path), "--run", str(tmp_path / "r"), "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from nucseg.cli import eval as cli_eval
+    from nucseg.cli import train as cli_train
+
+    data = _folder(tmp_path / "tnbc")
+    run = tmp_path / "cv"
+    args = ["--data", str(data), "--out", str(run), "--cv", "lopo", "--iterations", "2", "--crop", "32", "--batch-size", "2"]
+    assert cli_train.main(args + ["--arch-kwargs", '{"width": 4, "depth": 2}', "--quiet"]) == 0
+    split = json.loads((run / "fold_00" / "split.json").read_text())
+    assert split["test_patients"] == ["01"] and split["train_patients"] == ["02"]
+    assert (run / "fold_01" / "default.safetensors").is_file()
+    out = tmp_path / "eval"
+    assert cli_eval.main(["--data", str(data), "--run", str(run), "--name", "Tiny", "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "Tiny" in table and "Baseline (no learning)" in table and "AJI" in table
+    with open(out / "patients.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["patient"]) for r in rows if r["method"] == "Tiny") == [("Tiny", "01"), ("Tiny", "02")]

@@ -1,0 +1,225 @@
+"""Model files, predict, tiled segment, mpp rescaling and the bundled default model."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nucseg  # noqa: E402
+from nucseg.inference import (  # noqa: E402
+    DEFAULT_MODEL,
+    ModelConfig,
+    NucleusModel,
+    combine_outputs,
+    load_model,
+    receptive_halo,
+    save_model,
+    segment,
+)
+from nucseg.models import PangNet, UNet  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny(tmp_path, out_channels=2, seed=0):
+    torch.manual_seed(seed)
+    net = UNet(3, out_channels, width=4, depth=2).eval()
+    # Non-trivial batch-norm statistics so eval mode is not the identity.
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    cfg = ModelConfig("tiny", "unet", 3, out_channels, 4, halo=receptive_halo(net, 4), arch_kwargs={"width": 4, "depth": 2})
+    path = save_model(net, cfg, tmp_path / "tiny.safetensors")
+    return path, net, cfg
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_config_round_trip():
+    cfg = ModelConfig("m", "unet", 3, 2, 8, lam=0.1, arch_kwargs={"width": 16})
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path, net, cfg = _tiny(tmp_path)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert doc["config"] == cfg.to_dict() and len(doc["sha256"]) == 64
+    model = load_model(path, device="cpu")
+    assert isinstance(model, NucleusModel) and model.config == cfg and model.sha256 == doc["sha256"]
+    assert not model.net.training
+    for (k, a), b in zip(net.state_dict().items(), model.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert load_model(path.with_suffix(".json"), device="cpu").sha256 == model.sha256
+
+
+def test_predict_shapes_and_range(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    for h, w in [(13, 17), (32, 32), (45, 70)]:
+        m = model.predict(_rgb(h, w))
+        assert m.shape == (h, w) and m.dtype == np.float32
+        assert 0 <= m.min() and m.max() <= 1
+    batch = np.stack([_rgb(21, 30, s) for s in range(3)])
+    mb = model.predict(batch, batch_size=2)
+    assert mb.shape == (3, 21, 30)
+    np.testing.assert_allclose(mb[1], model.predict(batch[1]), atol=1e-5)
+
+
+def test_predict_matches_the_network(tmp_path):
+    path, net, cfg = _tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    rgb = _rgb(32, 48)
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - torch.tensor(cfg.mean).view(1, 3, 1, 1)) / torch.tensor(
+        cfg.std
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = net(x)
+    p, d = torch.sigmoid(logits[0, 0]), torch.sigmoid(logits[0, 1])
+    np.testing.assert_allclose(model.predict(rgb), (p * (0.5 + 0.5 * d)).numpy(), atol=1e-5)
+
+
+def test_combine_outputs():
+    logits = torch.tensor([[[[0.0]], [[0.0]]]])  # p = 0.5, d = 0.5
+    assert float(combine_outputs(logits)) == pytest.approx(0.375)
+    assert float(combine_outputs(logits[:, :1])) == pytest.approx(0.5)
+
+
+def test_bad_inputs(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    with pytest.raises(TypeError, match="uint8"):
+        model.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        model.predict(np.zeros((8, 8), np.uint8))
+    with pytest.raises(TypeError, match="numpy array"):
+        segment([[1, 2, 3]], model)
+    with pytest.raises(ValueError, match="2-D"):
+        model.postprocess(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="mpp"):
+        segment(_rgb(8, 8), model, mpp=-1)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "none.safetensors")
+    with pytest.raises(ValueError, match=".safetensors or .json"):
+        load_model(tmp_path / "weights.pt")
+
+
+def test_tampered_weights_are_rejected(tmp_path):
+    path = _tiny(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_model(path, device="cpu")
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    path = _tiny(tmp_path)[0]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading a model")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    load_model(path, device="cpu")
+    # A pickle renamed to .safetensors is refused by the safetensors reader.
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    cfg.pop("sha256")
+    evil.with_suffix(".json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception) as info:
+        load_model(evil, device="cpu")
+    assert not isinstance(info.value, AssertionError)
+
+
+def test_receptive_halo_of_pangnet():
+    # Four 5x5 convolutions: radius 4 * 2 = 8.
+    assert receptive_halo(PangNet(), 1) == 8
+    assert receptive_halo(UNet(3, 1, width=4, depth=2), 4) % 4 == 0
+
+
+def test_tiling_is_seamless_on_the_map(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    rgb = _rgb(75, 101)  # not a multiple of the stride, larger than the tiles
+    _, one = segment(rgb, model, tile=512, return_map=True, threshold=0.3, lam=0.01)
+    for tile in (16, 24, 40):
+        _, tiled = segment(rgb, model, tile=tile, return_map=True, threshold=0.3, lam=0.01)
+        np.testing.assert_allclose(tiled, one, atol=1e-5)
+
+
+def test_mpp_rescaling_returns_input_shape(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    rgb = _rgb(40, 52)
+    for mpp in (0.125, 0.5):
+        labels, prob = segment(rgb, model, mpp=mpp, return_map=True)
+        assert labels.shape == (40, 52) and labels.dtype == np.int32
+        assert prob.shape == (round(40 * mpp / 0.25), round(52 * mpp / 0.25))
+
+
+# ------------------------------------------------------------------ bundled default model
+
+
+def test_bundled_model_loads_and_is_verified():
+    model = nucseg.load_model(device="cpu")
+    doc = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert model.sha256 == doc["sha256"]
+    assert DEFAULT_MODEL.stat().st_size < 20e6
+    assert model.config.halo % model.config.stride == 0
+    assert 0 < model.config.threshold < 1 and model.config.lam >= 0
+
+
+def test_bundled_model_tampered_copy_is_rejected(tmp_path):
+    dst = tmp_path / "default.safetensors"
+    shutil.copy(DEFAULT_MODEL, dst)
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), dst.with_suffix(".json"))
+    load_model(dst, device="cpu")
+    data = bytearray(dst.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dst.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_model(dst, device="cpu")
+
+
+def test_segment_tiled_equals_one_piece_on_real_tissue(tnbc_dir):
+    from nucseg.data import read_rgb
+
+    rgb = read_rgb(tnbc_dir / "Slide_04" / "04_1.png")[:300, :437]
+    model = nucseg.load_model(device="cpu")
+    one = nucseg.segment(rgb, model, tile=1024)
+    tiled = nucseg.segment(rgb, model, tile=120)
+    assert one.max() > 10  # the trained model finds nuclei
+    np.testing.assert_array_equal(tiled, one)
+
+
+def test_bundled_model_segments_real_nuclei(tnbc_dir):
+    from nucseg.data import load_tnbc
+    from nucseg.metrics import pixel_scores
+
+    im = load_tnbc(tnbc_dir, ["02"])[0]
+    labels = nucseg.segment(im.rgb, device="cpu")
+    # Patient 02 was in the training set: this checks the shipped weights, not generalisation.
+    assert pixel_scores(labels > 0, im.mask).f1 > 0.7
+
+
+def test_segment_images_smaller_than_the_halo(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    for h, w in [(1, 1), (5, 9), (3, 40)]:
+        labels = segment(_rgb(h, w), model, tile=16)
+        assert labels.shape == (h, w) and labels.dtype == np.int32

@@ -1,0 +1,139 @@
+"""measure_nuclei against hand-computed shapes and stain colours of known optical density."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.color import rgb_from_hed
+from skimage.draw import disk, ellipse
+
+from nucseg.morphometrics import COLUMNS, TABLE_COLUMNS, arrow_fields, measure_nuclei
+
+
+def _grey(shape: tuple[int, int]) -> np.ndarray:
+    return np.full((*shape, 3), 230, np.uint8)
+
+
+def _stain_rgb(h_od: float, e_od: float) -> np.ndarray:
+    """Beer-Lambert: transmitted light for base-10 densities h_od, e_od along the H and E vectors."""
+    od = h_od * rgb_from_hed[0] + e_od * rgb_from_hed[1]
+    return np.clip(np.rint(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)
+
+
+def test_disk_of_known_radius() -> None:
+    r, mpp = 20, 0.5
+    lab = np.zeros((64, 64), np.uint32)
+    lab[disk((31.5, 30.5), r)] = 3
+    m = measure_nuclei(lab, _grey(lab.shape), mpp=mpp)
+    assert set(m) == set(COLUMNS)
+    assert m["label"].tolist() == [3]
+    assert m["area_px"][0] == np.count_nonzero(lab)
+    r_um = r * mpp
+    assert m["area_um2"][0] == pytest.approx(math.pi * r_um**2, rel=0.02)
+    assert m["perimeter_um"][0] == pytest.approx(2 * math.pi * r_um, rel=0.04)
+    assert m["equivalent_diameter_um"][0] == pytest.approx(2 * r_um, rel=0.01)
+    assert m["major_axis_um"][0] == pytest.approx(2 * r_um, rel=0.02)
+    assert m["minor_axis_um"][0] == pytest.approx(2 * r_um, rel=0.02)
+    assert m["eccentricity"][0] < 0.1
+    assert 0.95 < m["solidity"][0] <= 1.0
+    ys, xs = np.nonzero(lab)
+    assert (m["centroid_y_px"][0], m["centroid_x_px"][0]) == pytest.approx((ys.mean(), xs.mean()))
+
+
+@pytest.mark.parametrize(("ry", "rx", "angle"), [(24, 12, 0.0), (12, 24, 90.0)])
+def test_ellipse_axes_and_orientation(ry: int, rx: int, angle: float) -> None:
+    mpp = 0.25
+    lab = np.zeros((80, 80), np.int32)
+    lab[ellipse(40, 40, ry, rx)] = 1
+    m = measure_nuclei(lab, _grey(lab.shape), mpp=mpp)
+    a, b = max(ry, rx), min(ry, rx)
+    assert m["major_axis_um"][0] == pytest.approx(2 * a * mpp, rel=0.03)
+    assert m["minor_axis_um"][0] == pytest.approx(2 * b * mpp, rel=0.03)
+    assert m["eccentricity"][0] == pytest.approx(math.sqrt(1 - (b / a) ** 2), abs=0.02)
+    assert abs(m["orientation_deg"][0]) == pytest.approx(angle, abs=1.0)
+
+
+def test_anisotropic_pixels_use_each_axis() -> None:
+    """An ellipse of 10 x 20 px at (0.5, 0.25) um/px is a 5 um circle."""
+    lab = np.zeros((40, 60), np.uint16)
+    lab[ellipse(20, 30, 10, 20)] = 9
+    m = measure_nuclei(lab, _grey(lab.shape), mpp=(0.5, 0.25))
+    assert m["area_um2"][0] == pytest.approx(math.pi * 25, rel=0.03)
+    assert m["major_axis_um"][0] == pytest.approx(10, rel=0.03)
+    assert m["minor_axis_um"][0] == pytest.approx(10, rel=0.03)
+    assert m["minor_axis_um"][0] / m["major_axis_um"][0] > 0.95  # round, not 2:1 as in pixels
+
+
+def test_stain_densities_of_known_colours() -> None:
+    lab = np.zeros((40, 80), np.uint32)
+    lab[disk((20, 20), 10)] = 1
+    lab[disk((20, 60), 10)] = 2
+    rgb = np.empty((40, 80, 3), np.uint8)
+    rgb[:] = _stain_rgb(0.05, 0.3)  # pink stroma around the nuclei
+    rgb[lab == 1] = _stain_rgb(0.8, 0.1)
+    rgb[lab == 2] = _stain_rgb(0.4, 0.2)
+    m = measure_nuclei(lab, rgb, mpp=0.25)
+    assert m["hematoxylin_od"] == pytest.approx([0.8, 0.4], rel=0.03)
+    assert m["eosin_od"] == pytest.approx([0.1, 0.2], rel=0.05, abs=0.01)
+
+
+def test_mean_probability_and_missing_map() -> None:
+    lab = np.zeros((30, 30), np.uint32)
+    lab[2:8, 2:8] = 5
+    lab[12:20, 10:25] = 6
+    prob = np.zeros((30, 30), np.float32)
+    prob[2:8, 2:8] = 0.75
+    prob[12:20, 10:25] = np.linspace(0.5, 1.0, 15)[None, :]
+    m = measure_nuclei(lab, _grey(lab.shape), prob, mpp=1.0)
+    assert m["mean_prob"] == pytest.approx([0.75, 0.75])
+    assert np.isnan(measure_nuclei(lab, _grey(lab.shape), mpp=1.0)["mean_prob"]).all()
+
+
+def test_sparse_global_ids_sorted_with_offset() -> None:
+    """Whole-slide ids are huge and sparse; rows come out sorted by id, centroids shifted."""
+    lab = np.zeros((20, 20), np.uint32)
+    big, small = np.uint32(3 << 29), np.uint32(7)
+    lab[1:4, 1:4] = big
+    lab[10:16, 10:12] = small
+    m = measure_nuclei(lab, _grey(lab.shape), mpp=0.5, offset=(100, 2000))
+    assert m["label"].tolist() == [7, 3 << 29] and m["label"].dtype == np.uint32
+    assert m["area_px"].tolist() == [12, 9]
+    assert m["centroid_y_px"] == pytest.approx([112.5, 102.0])
+    assert m["centroid_x_px"] == pytest.approx([2010.5, 2002.0])
+
+
+def test_no_nuclei_and_full_image() -> None:
+    empty = measure_nuclei(np.zeros((8, 8), np.uint32), _grey((8, 8)), mpp=0.5)
+    assert all(len(v) == 0 for v in empty.values()) and set(empty) == set(COLUMNS)
+    full = measure_nuclei(np.full((8, 8), 4, np.uint32), _grey((8, 8)), mpp=0.5)
+    assert full["label"].tolist() == [4] and full["area_px"].tolist() == [64]
+
+
+def test_arrow_fields_cover_table_columns() -> None:
+    fields = arrow_fields()
+    assert [f.name for f in fields] == list(TABLE_COLUMNS)
+    with pytest.raises(ValueError, match="columns"):
+        arrow_fields(("nope",))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"labels": np.zeros((4, 4, 1), np.uint32)}, ValueError, "labels must be 2-D"),
+        ({"labels": np.zeros((4, 4), np.float32)}, TypeError, "integer"),
+        ({"labels": -np.ones((4, 4), np.int32)}, ValueError, ">= 0"),
+        ({"rgb": np.zeros((4, 5, 3), np.uint8)}, ValueError, "rgb must be uint8"),
+        ({"rgb": np.zeros((4, 4, 3), np.float32)}, ValueError, "rgb must be uint8"),
+        ({"prob": np.zeros((3, 4))}, ValueError, "prob must have"),
+        ({"mpp": -1.0}, ValueError, "positive"),
+        ({"mpp": "0.25"}, TypeError, "mpp must be"),
+        ({"mpp": (0.25, float("nan"))}, ValueError, "positive"),
+    ],
+)
+def test_bad_input(kwargs: dict, error: type, match: str) -> None:
+    args = {"labels": np.ones((4, 4), np.uint32), "rgb": _grey((4, 4)), "prob": None, "mpp": 0.25}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        measure_nuclei(args.pop("labels"), args.pop("rgb"), args.pop("prob"), **args)

@@ -1,0 +1,151 @@
+"""Training: loss, overfitting a synthetic image, checkpoints that resume exactly and never pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nucseg.data import AugmentConfig, TNBCImage, mask_to_instances  # noqa: E402
+from nucseg.inference import load_model  # noqa: E402
+from nucseg.metrics import pixel_scores  # noqa: E402
+from nucseg.train import TrainConfig, load_checkpoint, preset, seg_loss, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _synthetic_image(size=96, seed=0) -> TNBCImage:
+    """Dark purple disks on a pink background, with noise, like a cartoon H&E."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mask = np.zeros((size, size), bool)
+    for cy, cx in rng.uniform(8, size - 8, (14, 2)):
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(16, 40)
+    bg, fg = np.array([230, 170, 200]), np.array([90, 50, 140])
+    rgb = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    return TNBCImage("01", "01_1", rgb, mask, mask_to_instances(mask))
+
+
+TINY = dict(
+    arch="unet",
+    arch_kwargs={"width": 8, "depth": 2},
+    out_channels=2,
+    batch_size=4,
+    crop=48,
+    optimizer="adamw",
+    lr=1e-2,
+    warmup=5,
+    augment=AugmentConfig(rotate=False, elastic_alpha=0, stain=0, brightness=0, contrast=0, blur_p=0, scale=(1, 1)),
+)
+
+
+def test_tiny_model_overfits_a_synthetic_image(tmp_path):
+    im = _synthetic_image()
+    res = train(TrainConfig(iterations=60, checkpoint_every=1000, **TINY), [im], tmp_path, tune=False)
+    model = load_model(res.model_path, device="cpu")
+    prob = model.predict(im.rgb)
+    f1 = pixel_scores(prob > 0.25, im.mask).f1  # map > 0.25 ~ nucleus probability > 0.5
+    assert f1 > 0.9
+    assert res.iterations == 60 and res.final_loss < 1.0
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    im = _synthetic_image(64)
+    cfg = TrainConfig(iterations=8, checkpoint_every=2, **{**TINY, "crop": 32})
+    full = train(cfg, [im], tmp_path / "a", tune=False)
+    part = train(cfg, [im], tmp_path / "b", tune=False, stop_after=3)
+    assert part.iterations == 3 and not (tmp_path / "b" / "model.safetensors").exists()
+    done = train(cfg, [im], tmp_path / "b", tune=False)
+    assert done.iterations == 8
+    a = load_model(full.model_path, device="cpu").net.state_dict()
+    b = load_model(done.model_path, device="cpu").net.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_are_safetensors_and_json_only(tmp_path, monkeypatch):
+    im = _synthetic_image(64)
+    for opt in ("sgd", "adamw"):
+        cfg = TrainConfig(iterations=2, checkpoint_every=1, **{**TINY, "crop": 32, "optimizer": opt})
+        out = tmp_path / opt
+        train(cfg, [im], out, tune=False)
+        assert {p.suffix for p in out.iterdir()} == {".safetensors", ".json"}
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("pickle used while loading a checkpoint")
+
+        with monkeypatch.context() as m:
+            m.setattr(pickle, "load", refuse)
+            m.setattr(pickle, "loads", refuse)
+            m.setattr(torch, "load", refuse)
+            from nucseg.models import build_model
+            from nucseg.train import _make_optimizer
+
+            net = build_model("unet", 3, 2, width=8, depth=2)
+            optim = _make_optimizer(net, cfg)
+            doc = load_checkpoint(out, net, optim)
+        assert doc["step"] == 2 and len(optim.state) == len(list(net.parameters()))
+
+
+def test_resume_refuses_another_recipe(tmp_path):
+    im = _synthetic_image(64)
+    train(TrainConfig(iterations=1, **{**TINY, "crop": 32}), [im], tmp_path, tune=False)
+    with pytest.raises(ValueError, match="different recipe"):
+        train(TrainConfig(iterations=1, seed=5, **{**TINY, "crop": 32}), [im], tmp_path, tune=False)
+
+
+def test_model_json_records_the_recipe_and_tuned_parameters(tmp_path):
+    im = _synthetic_image(64)
+    res = train(TrainConfig(iterations=3, **{**TINY, "crop": 32}), [im], tmp_path, name="tiny", tune=True)
+    doc = json.loads(res.model_path.with_suffix(".json").read_text())
+    assert doc["config"]["name"] == "tiny" and doc["config"]["halo"] % 4 == 0
+    tuned = doc["training"]["tuned_on_training_images"]
+    assert tuned["lam"] == doc["config"]["lam"] and tuned["threshold"] == doc["config"]["threshold"]
+    assert doc["training"]["recipe"]["iterations"] == 3
+
+
+def test_weighted_loss_by_hand():
+    logits = torch.zeros(1, 2, 1, 2)  # p = 0.5 everywhere: each pixel's log loss is log 2
+    mask = torch.tensor([[[1.0, 0.0]]])
+    w = torch.tensor([[[3.0, 1.0]]])
+    d = torch.tensor([[[0.5, 0.0]]])
+    loss = seg_loss(logits[:, :1], mask, w, None, 1.0)
+    assert float(loss) == pytest.approx(np.log(2))
+    logits = torch.tensor([[[[2.0, -2.0]], [[0.0, 0.0]]]])
+    ce = np.array([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-2.0))])
+    expected = (3 * ce[0] + 1 * ce[1]) / 4 + np.log(2)
+    assert float(seg_loss(logits, mask, w, d, 1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_configs(tmp_path):
+    im = _synthetic_image(64)
+    with pytest.raises(ValueError, match="multiple of the unet stride"):
+        train(TrainConfig(iterations=1, **{**TINY, "crop": 30}), [im], tmp_path / "a")
+    with pytest.raises(ValueError, match="optimizer"):
+        train(TrainConfig(iterations=1, **{**TINY, "crop": 32, "optimizer": "adam"}), [im], tmp_path / "b")
+    with pytest.raises(ValueError, match="empty"):
+        train(TrainConfig(), [], tmp_path / "c")
+    with pytest.raises(ValueError, match="encoder-weights applies to VGG"):
+        train(TrainConfig(iterations=1, encoder_weights="x.pth", **{**TINY, "crop": 32}), [im], tmp_path / "d")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("resnet")
+
+
+def test_presets():
+    assert preset("default").out_channels == 2
+    assert preset("fcn8s").optimizer == "sgd" and preset("fcn8s").momentum == 0.9
+    assert preset("fcn8s").weight_decay == 5e-5
+    assert preset("unet", arch_kwargs={"width": 8}).arch_kwargs == {"width": 8, "depth": 4}
+    cfg = preset("default")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

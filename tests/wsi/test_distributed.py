@@ -1,0 +1,266 @@
+"""run_distributed on a LocalCluster of 2 worker processes: identical to segment_slide.
+
+The reference is always :func:`segment_slide` (single process) on the same slide with
+the same settings; outputs are compared label for label (all pyramid levels), pixel for
+pixel (probability) and row for row (nucleus table).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+pytest.importorskip("distributed")
+
+import cloudpickle  # noqa: E402 - dask.distributed depends on it
+
+from nucseg.wsi import segment_slide  # noqa: E402
+from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff  # noqa: E402
+from nucseg.wsi.distributed import (  # noqa: E402
+    DistributedError,
+    apply_spill,
+    group_box,
+    group_of,
+    output_path,
+    plan_outputs,
+    run_distributed,
+    split_result,
+)
+from nucseg.wsi.predictors import HematoxylinPredictor  # noqa: E402
+
+# The predictors below are defined here: ship them to the workers by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class KillOnce(HematoxylinPredictor):
+    """Kills its own worker process on its second batch, once per run (marked by a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = str(marker)
+        self.calls = 0
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:  # noqa: D102
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().predict(rgb)
+
+
+class FailAfter(HematoxylinPredictor):
+    """Raises from its third batch on: each worker finishes one task, then the run fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:  # noqa: D102
+        self.calls += 1
+        if self.calls >= 3:
+            raise RuntimeError("simulated crash")
+        return super().predict(rgb)
+
+
+class CountLoads(HematoxylinPredictor):
+    """Appends the worker's pid to a file each time it is unpickled (= shipped to a worker)."""
+
+    def __init__(self, log: Path) -> None:
+        super().__init__()
+        self.log = str(log)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        with open(self.log, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _assert_same_store(ref: Path, out: Path, *, prob: bool = False) -> None:
+    import pyarrow.parquet as pq
+
+    nuc = zarr.open_group(str(ref / "labels" / "nuclei"), mode="r")
+    levels = [k for k in nuc.array_keys()]
+    assert len(levels) >= 2
+    for k in levels:
+        a = zarr.open_array(str(ref / "labels" / "nuclei" / k), mode="r")[...]
+        b = zarr.open_array(str(out / "labels" / "nuclei" / k), mode="r")[...]
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b, err_msg=f"labels level {k}")
+    if prob:
+        np.testing.assert_array_equal(
+            zarr.open_array(str(ref / "prob" / "0"), mode="r")[...],
+            zarr.open_array(str(out / "prob" / "0"), mode="r")[...],
+        )
+    ta = pq.read_table(ref / "nucseg" / "nuclei.parquet")
+    tb = pq.read_table(out / "nucseg" / "nuclei.parquet")
+    assert ta.num_rows > 100 and ta.equals(tb)
+    ma = zarr.open_group(str(ref), mode="r").attrs["nucseg"]
+    mb = zarr.open_group(str(out), mode="r").attrs["nucseg"]
+    assert ma["settings"] == mb["settings"]
+    assert ma["nuclei"] == mb["nuclei"] and mb["status"] == "complete"
+    assert sorted(p.name for p in (ref / "nucseg" / "tiles").iterdir()) == sorted(
+        p.name for p in (out / "nucseg" / "tiles").iterdir()
+    )
+    assert not (out / "nucseg" / "spill").exists()
+
+
+@pytest.fixture(scope="module")
+def reference(demo_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    segment_slide(demo_slide, out, model=HematoxylinPredictor(), tile=256, tissue="none", save_prob=True, threads=1)
+    return out
+
+
+def test_equals_single_process(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
+    """2 workers, 2x2 tiles per task: the same labels, probability and table."""
+    [res] = run_distributed(
+        demo_slide, tmp_path / "d.zarr", scheduler=client, model=HematoxylinPredictor(), tile=256,
+        tissue="none", save_prob=True,
+    )
+    assert res.status == "done" and res.summary is not None
+    assert res.summary.tiles_run == res.summary.tiles == 20
+    # 20 tiles in 2x2 groups: 3 x 2 tasks; nuclei crossing group borders were spilled.
+    assert res.details["tile_tasks"] == 6 and res.details["spill_chunks"] > 0
+    _assert_same_store(reference, tmp_path / "d.zarr", prob=True)
+
+
+def test_small_tiles_enlarged_halos_one_tile_per_task(client, demo_slide: Path, tmp_path: Path) -> None:
+    """Tiles of 128 px redone with larger halos (nuclei reach far into other chunks)."""
+    ref = tmp_path / "ref.zarr"
+    s = segment_slide(demo_slide, ref, model="hematoxylin", tile=128, halo=12, tissue="none", threads=1)
+    [res] = run_distributed(
+        demo_slide, tmp_path / "d.zarr", scheduler=client, model="hematoxylin", tile=128, halo=12,
+        tissue="none", group=1,
+    )
+    meta = zarr.open_group(str(ref), mode="r").attrs["nucseg"]
+    assert res.details["tiles_enlarged"] == meta["tiles_enlarged"] > 0
+    assert res.details["tile_tasks"] == 80 and res.summary.nuclei == s.nuclei
+    _assert_same_store(ref, tmp_path / "d.zarr")
+
+
+def test_killed_worker_costs_a_retry(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    n_before = len(client.scheduler_info()["workers"])
+    [res] = run_distributed(
+        demo_slide, tmp_path / "d.zarr", scheduler=client, model=KillOnce(marker), tile=256,
+        tissue="none", save_prob=True,
+    )
+    assert marker.exists()  # a worker process really died mid-task
+    assert res.status == "done"
+    _assert_same_store(reference, tmp_path / "d.zarr", prob=True)
+    client.wait_for_workers(n_before, timeout=60)  # the nanny restarted it
+
+
+def test_model_shipped_once_per_worker(client, demo_slide: Path, tmp_path: Path) -> None:
+    log = tmp_path / "loads.txt"
+    [res] = run_distributed(demo_slide, tmp_path / "d.zarr", scheduler=client, model=CountLoads(log), tile=256,
+                            tissue="none", group=1)
+    pids = log.read_text().split()
+    assert res.details["tile_tasks"] == 20
+    assert len(pids) == len(set(pids)) <= 2  # one load per worker process, not per task
+
+
+def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_distributed(demo_slide, out, scheduler=client, model=FailAfter(), tile=256, tissue="none",
+                        save_prob=True, group=1)
+    store = output_path(demo_slide, out)
+    done = len(list((store / "nucseg" / "tiles").glob("*.json")))
+    assert 0 < done < 20
+    with pytest.raises(ValueError, match="not complete; pass --resume"):
+        run_distributed(demo_slide, out, scheduler=client, model="hematoxylin", tile=256, tissue="none",
+                        save_prob=True)
+    [res] = run_distributed(demo_slide, out, scheduler=client, model="hematoxylin", tile=256, tissue="none",
+                            save_prob=True, resume=True)
+    assert res.summary.tiles_resumed == done and res.summary.tiles_run == 20 - done
+    _assert_same_store(reference, store, prob=True)
+    # A batch: the complete slide is skipped, a broken one fails alone, a new one is done.
+    other = write_pyramid_tiff(tmp_path / "other.tif", synthetic_he((384, 512), seed=4)[0], mpp=0.25, levels=2)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a slide")
+    outs = run_distributed([demo_slide, broken, other], out, scheduler=client, model="hematoxylin", tile=256,
+                           tissue="none", save_prob=True, errors="collect")
+    assert [o.status for o in outs] == ["skipped", "failed", "done"]
+    assert outs[0].summary.nuclei == res.summary.nuclei and "broken.tif" in outs[1].error
+    assert outs[2].output == out / "other.zarr" and outs[2].summary.nuclei > 10
+
+
+def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(DistributedError, match=r"worker tcp://.*cannot write to the output folder .*a_file"):
+        run_distributed(demo_slide, blocker / "results", scheduler=client, model="hematoxylin", tissue="none")
+
+
+def test_split_and_apply_spill(tmp_path: Path) -> None:
+    """Pixels outside the group's region become spill; applying it restores the whole nucleus."""
+    from nucseg.wsi.tiling import IdScheme, TileResult, make_tiles, plan_geometry
+
+    geom = plan_geometry([(64, 48)], (0.25, 0.25), 0.25, tile=16, halo=8, context=2)
+    assert geom.grid == (3, 4)
+    tiles = make_tiles(geom)
+    assert [group_of(i, geom.grid, 2) for i in range(12)] == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert group_box(3, geom, 2) == (32, 48, 32, 64)
+    # A nucleus of tile 5 (group 0, region y<32, x<32) reaching into chunks 6 (group 1) and 10 (group 3).
+    full = np.zeros((48, 64), np.uint32)
+    full[28:36, 28:36] = 7
+    res = TileResult(
+        tile=tiles[5], box=(28, 36, 28, 36), labels=full[28:36, 28:36].copy(), ids=np.array([7], np.uint32),
+        exact=np.array([True]), area=np.array([64]), mean_prob=np.array([0.9], np.float32),
+        centroid=np.zeros((1, 2)), bbox=np.zeros((1, 4), np.int64),
+    )
+    inside, spill = split_result(res, group_box(0, geom, 2), geom)
+    assert inside.box == (28, 32, 28, 32) and (inside.labels == 7).all()
+    assert sorted(spill) == [6, 9, 10]  # chunks (row, col) (1, 2), (2, 1), (2, 2)
+    assert sum(len(ids) for _, ids in spill.values()) == 64 - 16
+    # Apply to a store laid out like the runner's (chunks = tiles).
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    nuc = root.create_group("labels").create_group("nuclei")
+    lab = nuc.create_array("0", shape=(48, 64), chunks=(16, 16), dtype="uint32", fill_value=0)
+    from nucseg.wsi.distributed import _save_spill
+
+    for dest, (yx, ids) in spill.items():
+        _save_spill(tmp_path / "s.zarr", dest, 5, yx, ids)
+    lab[28:32, 28:32] = inside.labels
+    assert apply_spill(tmp_path / "s.zarr", [6, 9, 10], geom.n_tiles) == 48
+    np.testing.assert_array_equal(lab[...], full)
+
+
+def test_outputs_and_argument_checks(demo_slide: Path, tmp_path: Path) -> None:
+    assert output_path("/d/x.ome.tiff", "/o") == Path("/o/x.zarr")
+    assert output_path("/d/x.svs", "/o") == Path("/o/x.zarr")
+    assert plan_outputs([demo_slide], tmp_path / "one.zarr") == [(demo_slide, tmp_path / "one.zarr")]
+    with pytest.raises(ValueError, match="would both write"):
+        plan_outputs(["/a/s.svs", "/b/s.tif"], tmp_path)
+    with pytest.raises(ValueError, match="at least one"):
+        plan_outputs([], tmp_path)
+    for kwargs, exc, match in [
+        ({"tile": 0}, ValueError, "tile must be"),
+        ({"group": 0}, ValueError, "group must be"),
+        ({"errors": "ignore"}, ValueError, "errors must be"),
+        ({"resume": True, "overwrite": True}, ValueError, "exclusive"),
+        ({"scheduler": "tcp://x:1", "workers": 2}, ValueError, "exclusive"),
+        ({"scheduler": 5}, TypeError, "scheduler must be"),
+    ]:
+        with pytest.raises(exc, match=match):
+            run_distributed(demo_slide, tmp_path, **kwargs)
+    with pytest.raises(FileNotFoundError, match="slide not found"):
+        run_distributed(tmp_path / "missing.svs", tmp_path)
