@@ -20,12 +20,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         return
     write = terminalreporter.write_line
     write("")
-    write("watershed_dynamics throughput (Mpix/s, best of rounds; ratio = nucseg / method)")
+    if rows:
+        write("watershed_dynamics throughput (Mpix/s, best of rounds; ratio = nucseg / method)")
     for (size, dtype), methods in sorted(rows.items()):
         ours = methods.get("nucseg")
         for method, mpix in sorted(methods.items(), key=lambda kv: -kv[1]):
             ratio = f"{ours / mpix:7.2f}x" if ours else "   n/a"
             write(f"  {size}x{size} {dtype:8s} {method:32s} {mpix:9.1f} Mpix/s  {ratio}")
+    if extras:
+        write("other measurements")
     for group, info in extras:
         write(f"  {group}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in info.items()))

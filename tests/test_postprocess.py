@@ -302,7 +302,10 @@ def authors_post_process(prob: np.ndarray, param: int = 7, thresh: float = 0.5) 
 
 def test_agreement_with_authors_post_processing():
     """Measured agreement, not equality: the contracts differ on purpose (see the docstring).
-    On a 1024^2 synthetic map: object counts within 3%, object F1 at IoU 0.5 >= 0.95."""
+    On a 1024^2 synthetic map: object counts within 3%, object F1 at IoU 0.5 >= 0.95.
+    Measured (seeds 11, 12): 1745 vs 1707 and 1759 vs 1736 objects (nucseg keeps a marker in
+    every foreground component and measures dynamics inside it), object F1 0.986 and 0.992,
+    SQ 0.959 (their lines are two pixels wide, ours one)."""
     metrics = pytest.importorskip("nucseg.metrics")
     prob, _ = probability_map((1024, 1024), seed=11)
     ours = _ws(np.round(prob * 255).astype(np.uint8), 7)

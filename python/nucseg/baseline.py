@@ -3,7 +3,7 @@
 Every evaluation table of nucseg carries this baseline beside the networks:
 
 1. hematoxylin optical density by colour deconvolution (:func:`skimage.color.rgb2hed`),
-   lightly smoothed;
+   lightly smoothed, minus a fraction of its local mean (uneven staining);
 2. Otsu threshold of that channel (:func:`baseline_probability` maps it to 0.5);
 3. cleanup: holes filled, a small opening, tiny objects removed;
 4. a watershed on the smoothed distance transform, seeded by its h-maxima, splits
@@ -12,6 +12,10 @@ Every evaluation table of nucseg carries this baseline beside the networks:
 Sizes are given in micrometres and converted with ``mpp`` (micrometres per pixel),
 so the same defaults work at 40x (0.25 µm/px, TNBC) and 20x (0.5 µm/px).
 NumPy/SciPy/scikit-image only.
+
+On the 41 public TNBC images (the defaults were tuned there, so this is not a
+held-out figure) the mean AJI is 0.50, pixel F1 0.72, object F1 0.64 and
+PQ 0.48; the same images halved to 20x with ``mpp=0.5`` give AJI 0.49.
 """
 
 from __future__ import annotations
@@ -156,8 +160,14 @@ def baseline_probability(
     Otsu threshold with a slope set by the 1-99 percentile range of the
     channel. The channel is first flattened by subtracting
     ``background_weight`` times its local mean, so a pixel must be darker
-    than the image *and* than its surroundings. It is smooth and monotone in hematoxylin density, which is all
-    the watershed needs.
+    than the image *and* than its surroundings. The map is smooth and
+    increases with hematoxylin density.
+
+    It encodes colour, not shape: touching nuclei of uniform colour form one
+    plateau, which :func:`nucseg.watershed_dynamics` cannot split (use
+    :func:`segment_baseline`, which splits with the distance transform). On
+    TNBC, ``watershed_dynamics(baseline_probability(rgb, sigma_um=1.0), 0.05)``
+    reaches a mean AJI of 0.41 against 0.50 for :func:`segment_baseline`.
 
     Examples
     --------
