@@ -5,8 +5,10 @@ Run::
     python -m pytest benchmarks/bench_wsi.py --benchmark-only -q -s
 
 Two synthetic slides (0.25 um/px, about 60 % tissue) of 1x and 4x the area
-(``NUCSEG_BENCH_WSI_SIDE``, default 2048 px, and twice that side) are segmented in a
-fresh subprocess each, so ``ru_maxrss`` is the peak RSS of that run alone. Each
+(``NUCSEG_BENCH_WSI_SIDE``, default 2048 px, and twice that side) are segmented, in
+tiles of ``NUCSEG_BENCH_WSI_TILE`` px (default 512, so that even the small slide has
+enough tiles to fill the pipeline's queues), in a
+fresh subprocess each, so its ``VmHWM`` is the peak RSS of that run alone. Each
 benchmark records in ``extra_info``: megapixels per second over the whole slide and
 over its tissue, tissue square millimetres per minute at the processing resolution,
 the share of busy time per stage (read, infer, post, write; summed over threads),
@@ -31,6 +33,7 @@ import pytest
 
 SIDE = int(os.environ.get("NUCSEG_BENCH_WSI_SIDE", "2048"))
 THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
+TILE = int(os.environ.get("NUCSEG_BENCH_WSI_TILE", "512"))
 RUN_MODEL = os.environ.get("NUCSEG_BENCH_WSI_MODEL", "1") != "0"
 _RSS: dict[tuple[str, str, str], float] = {}
 
@@ -71,7 +74,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run_child(slide: Path, out: Path, model: str, device: str) -> dict:
-    cmd = [sys.executable, __file__, str(slide), str(out), model, device, str(THREADS)]
+    cmd = [sys.executable, __file__, str(slide), str(out), model, device, str(THREADS), str(TILE)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
@@ -100,10 +103,26 @@ def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, si
         assert large <= 1.10 * small, f"peak RSS grows with the slide: {small:.0f} MB -> {large:.0f} MB"
 
 
-def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
-    """Run one slide in this process and print a JSON line of figures."""
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process image in MiB.
+
+    VmHWM is reset by exec; ``ru_maxrss`` is not on Linux (it would include the
+    forked pytest parent that spawned this process).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
+    """Run one slide in this process and print a JSON line of figures."""
     if model != "hematoxylin":
         import torch
 
@@ -115,7 +134,7 @@ def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
         out,
         model=None if model == "default" else model,
         device=device,
-        tile=1024,
+        tile=TILE,
         batch_size=2,
         threads=os.cpu_count() or 1,
     )
@@ -138,11 +157,12 @@ def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
         "tissue_mpix_per_s": round(tissue_px / 1e6 / wall, 3),
         "tissue_mm2_per_min": round(s.tissue_mm2 / wall * 60, 3),
         **{f"share_{k}": round(v / busy, 3) for k, v in stages.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
         "timings": t,
     }
     print(json.dumps(figures))
 
 
 if __name__ == "__main__":
+    TILE = int(sys.argv[6])
     _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))

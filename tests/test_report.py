@@ -127,6 +127,31 @@ def test_histogram_draws_bars_proportional_to_counts() -> None:
     assert histogram(np.array([np.nan]), title="t", xlabel="x").shape == (300, 560, 3)
 
 
+def test_qc_overlay_reads_a_coarse_level_of_a_full_image(tmp_path: Path) -> None:
+    """With --save-image, level 0 is the slide at full resolution: the picture comes from a coarser level."""
+    from nucseg.export import open_result
+    from nucseg.export.report import qc_overlay
+    from nucseg.wsi import segment_slide
+    from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
+    from nucseg.wsi.predictors import HematoxylinPredictor
+
+    rgb, _, _ = synthetic_he((600, 520), seed=8)
+    slide = write_pyramid_tiff(tmp_path / "s.tif", rgb, mpp=0.25, levels=1)
+    out = tmp_path / "img.zarr"
+    segment_slide(slide, out, model=HematoxylinPredictor(), tile=256, halo=40, tissue="none", threads=1,
+                  save_image=True)
+    res = open_result(out)
+    pic, caption = qc_overlay(res, max_side=256)
+    assert max(pic.shape[:2]) <= 256 and "overview" in caption
+    # Same picture as the full-resolution image read with the same stride: the level was mapped right.
+    level1 = np.moveaxis(res.group["1"][...], 0, -1)
+    assert max(level1.shape[:2]) >= 256
+    step = -(-max(level1.shape[:2]) // 256)
+    ref = level1[::step, ::step]
+    green = np.all(pic == (0, 255, 0), axis=-1)
+    assert pic.shape == ref.shape and np.array_equal(pic[~green], ref[~green]) and green.any()
+
+
 def test_report_without_overview_uses_labels(store: Path, tmp_path: Path) -> None:
     """A store whose overview image is missing still gets a QC picture (coloured labels)."""
     copy = tmp_path / "copy.zarr"

@@ -24,18 +24,21 @@ from .data import TNBCImage
 
 __all__ = [
     "DEFAULT_LAMS",
+    "DEFAULT_MIN_AREAS",
     "DEFAULT_THRESHOLDS",
     "TABLE_COLUMNS",
     "format_table",
     "per_patient",
+    "remove_small",
     "score_images",
     "summarise",
     "tune_postprocess",
     "write_results",
 ]
 
-DEFAULT_LAMS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.18, 0.25)
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+DEFAULT_LAMS: tuple[float, ...] = (0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+DEFAULT_MIN_AREAS: tuple[int, ...] = (0, 30, 60)
 # (key in nucseg.metrics.evaluate, column title): the paper's Table 1, then object metrics.
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("accuracy", "Acc"),
@@ -55,14 +58,41 @@ def _predict_maps(model: Any, images: Sequence[TNBCImage]) -> list[np.ndarray]:
     return [model.predict(im.rgb) for im in images]
 
 
+def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop objects with fewer than ``min_area`` pixels and renumber the rest ``1..N`` in order.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``int32`` labels with consecutive ids (as :func:`nucseg.watershed_dynamics` returns).
+    min_area : int
+        Minimum object size in pixels; 0 or 1 keeps everything.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` labels.
+    """
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area}")
+    if min_area <= 1 or labels.max() == 0:
+        return labels
+    areas = np.bincount(labels.ravel())
+    keep = areas >= min_area
+    keep[0] = False
+    new_ids = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+    return new_ids[labels]
+
+
 def tune_postprocess(
     model: Any,
     images: Sequence[TNBCImage],
     *,
     lams: Iterable[float] = DEFAULT_LAMS,
     thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
+    min_areas: Iterable[int] = (0,),
     maps: Sequence[np.ndarray] | None = None,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float] | tuple[float, float, int, float]:
     """Grid-search the watershed parameters that maximise mean AJI on ``images``.
 
     Call it with *training* images only: the chosen values are then applied to
@@ -75,12 +105,16 @@ def tune_postprocess(
     images : sequence of TNBCImage
     lams, thresholds : iterable of float
         Grid.
+    min_areas : iterable of int
+        Minimum object sizes to try; with more than one value the chosen one is
+        returned too.
     maps : sequence of numpy.ndarray, optional
         Precomputed :meth:`NucleusModel.predict` maps of ``images``.
 
     Returns
     -------
-    (lam, threshold, mean_aji)
+    (lam, threshold, mean_aji) or (lam, threshold, min_area, mean_aji)
+        The second form when several ``min_areas`` are searched.
     """
     from .metrics import aji
     from .postprocess import watershed_dynamics
@@ -88,15 +122,16 @@ def tune_postprocess(
     if not images:
         raise ValueError("images is empty: tuning needs at least one image")
     maps = _predict_maps(model, images) if maps is None else list(maps)
-    best = (float("nan"), float("nan"), -1.0)
+    areas = [int(a) for a in min_areas]
+    best = (float("nan"), float("nan"), 0, -1.0)
     for thr in thresholds:
         for lam in lams:
-            score = float(
-                np.mean([aji(im.labels, watershed_dynamics(m, float(lam), threshold=float(thr))) for im, m in zip(images, maps)])
-            )
-            if score > best[2]:
-                best = (float(lam), float(thr), score)
-    return best
+            labels = [watershed_dynamics(m, float(lam), threshold=float(thr)) for m in maps]
+            for area in areas:
+                score = float(np.mean([aji(im.labels, remove_small(lab, area)) for im, lab in zip(images, labels)]))
+                if score > best[3]:
+                    best = (float(lam), float(thr), area, score)
+    return best if len(areas) > 1 else (best[0], best[1], best[3])
 
 
 def score_images(

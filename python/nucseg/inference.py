@@ -75,6 +75,9 @@ class ModelConfig:
         one-piece inference (receptive-field radius, rounded up to the stride).
     arch_kwargs : dict
         Constructor keyword arguments.
+    min_area : int
+        Objects smaller than this many pixels (at ``mpp``) are dropped after
+        the watershed (0 keeps everything); tuned with ``lam`` and ``threshold``.
     """
 
     name: str
@@ -89,6 +92,7 @@ class ModelConfig:
     threshold: float = 0.5
     halo: int = 32
     arch_kwargs: dict = field(default_factory=dict)
+    min_area: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -192,7 +196,9 @@ class NucleusModel:
                 out[i : i + batch_size] = m.float().cpu().numpy()
         return out[0] if single else out
 
-    def postprocess(self, prob_map: np.ndarray, lam: float | None = None, threshold: float | None = None) -> np.ndarray:
+    def postprocess(
+        self, prob_map: np.ndarray, lam: float | None = None, threshold: float | None = None, *, min_area: int | None = None
+    ) -> np.ndarray:
         """Instance labels from a :meth:`predict` map with the dynamics watershed.
 
         Parameters
@@ -201,12 +207,16 @@ class NucleusModel:
             2-D ``float32`` map in ``[0, 1]``.
         lam, threshold : float, optional
             Default to ``config.lam`` and ``config.threshold``.
+        min_area : int, optional
+            Drop smaller objects; defaults to ``config.min_area``.
 
         Returns
         -------
         numpy.ndarray
-            ``int32`` labels, 0 = background and watershed lines.
+            ``int32`` labels, 0 = background and watershed lines, objects
+            numbered ``1..N`` in raster order.
         """
+        from .evaluate import remove_small
         from .postprocess import watershed_dynamics
 
         prob_map = np.asarray(prob_map)
@@ -214,7 +224,9 @@ class NucleusModel:
             raise ValueError(f"prob_map must be 2-D (H, W), got shape {prob_map.shape}")
         lam = self.config.lam if lam is None else float(lam)
         threshold = self.config.threshold if threshold is None else float(threshold)
-        return watershed_dynamics(prob_map.astype(np.float32, copy=False), lam, threshold=threshold)
+        min_area = self.config.min_area if min_area is None else int(min_area)
+        labels = watershed_dynamics(prob_map.astype(np.float32, copy=False), lam, threshold=threshold)
+        return remove_small(labels, min_area)
 
 
 def _check_rgb(rgb: np.ndarray, name: str, *, allow_batch: bool = False) -> np.ndarray:

@@ -97,6 +97,31 @@ def arrow_fields(columns: tuple[str, ...] = TABLE_COLUMNS) -> list[Any]:
     return [pa.field(c, types.get(c, pa.float32())) for c in columns]
 
 
+def rows_for(measurements: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of ``measurements`` for ``ids``, in the order of ``ids``.
+
+    Parameters
+    ----------
+    measurements : dict of str to ndarray
+        A result of :func:`measure_nuclei` (rows sorted by label).
+    ids : ndarray of int
+        Labels in any order, e.g. a tile's nuclei in rank order.
+
+    Raises
+    ------
+    ValueError
+        When an id has no row (it has no pixel in the measured labels).
+    """
+    ids = np.asarray(ids)
+    have = measurements["label"]
+    pos = np.searchsorted(have, ids)
+    ok = pos < have.size
+    ok[ok] = have[pos[ok]] == ids[ok]
+    if not ok.all():
+        raise ValueError(f"ids {ids[~ok][:5].tolist()} have no pixels in the measured labels")
+    return {k: v[pos] for k, v in measurements.items()}
+
+
 def empty_measurements(label_dtype: Any = np.uint32) -> dict[str, np.ndarray]:
     """The result of :func:`measure_nuclei` for a tile without nuclei."""
     out: dict[str, np.ndarray] = {c: np.zeros(0, np.float64) for c in COLUMNS}
@@ -162,7 +187,9 @@ def measure_nuclei(
         raise TypeError(f"labels must be an integer array, got {labels.dtype}")
     rgb = np.asarray(rgb)
     if rgb.shape != (*labels.shape, 3) or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be uint8 of shape {(*labels.shape, 3)} (the labels' shape), got {rgb.dtype} {rgb.shape}")
+        raise ValueError(
+            f"rgb must be uint8 of shape {(*labels.shape, 3)} (the labels' shape), got {rgb.dtype} {rgb.shape}"
+        )
     if prob is not None:
         prob = np.asarray(prob)
         if prob.shape != labels.shape:

@@ -424,13 +424,13 @@ def train(
              "parameters": count_parameters(net), "loss_log": losses}
     path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     if tune:
-        from .evaluate import tune_postprocess
+        from .evaluate import DEFAULT_MIN_AREAS, tune_postprocess
         from .inference import load_model
 
         model = load_model(path, device="cpu")
-        lam, thr, score = tune_postprocess(model, images)
-        mconf = dataclasses.replace(mconf, lam=lam, threshold=thr)
-        extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "aji": round(score, 4)}
+        lam, thr, area, score = tune_postprocess(model, images, min_areas=DEFAULT_MIN_AREAS)
+        mconf = dataclasses.replace(mconf, lam=lam, threshold=thr, min_area=area)
+        extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)}
         path = save_model(net, mconf, path, **extra)
     return TrainResult(path, step, elapsed, losses[-1])
 

@@ -311,11 +311,11 @@ def test_write_failure_is_one_clear_error_and_resumable(
     real = OutputStore._write_tile
     calls = {"n": 0}
 
-    def flaky(self, result, table, record):  # noqa: ANN001
+    def flaky(self, result, table, record, scheme):  # noqa: ANN001
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError(28, "No space left on device")
-        return real(self, result, table, record)
+        return real(self, result, table, record, scheme)
 
     monkeypatch.setattr(OutputStore, "_write_tile", flaky)
     out = tmp_path / "o.zarr"

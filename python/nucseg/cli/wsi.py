@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=1024, help="tile core size in processing pixels (default 1024)")
     p.add_argument("--halo", type=int, default=None, help="pixels read around each tile (default: context + 96)")
     p.add_argument(
-        "--max-halo", type=int, default=None, help="largest halo a tile is retried with for big clusters (default 1024)"
+        "--max-halo", type=int, default=None, help="largest halo a tile is retried with for big clusters (default 512)"
     )
     p.add_argument(
         "--strict",

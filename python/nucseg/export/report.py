@@ -94,11 +94,18 @@ def qc_overlay(result: Any, max_side: int = MAX_PICTURE_SIDE) -> tuple[np.ndarra
     root_attrs = dict(group.attrs)
     has_overview = "0" in group and "ome" in root_attrs
     if has_overview:
-        ov = np.asarray(group["0"][...])
+        # The coarsest level still at least max_side wide (a --save-image store holds the
+        # slide at full resolution in level 0: never read that whole).
+        paths = [d["path"] for d in root_attrs["ome"]["multiscales"][0]["datasets"]]
+        k = 0
+        for i, path in enumerate(paths):
+            if path in group and max(group[path].shape[-2:]) >= max_side:
+                k = i
+        arr = group[paths[k]]
+        s, t = _ngff_transform(root_attrs, k)
+        step = max(1, int(math.ceil(max(arr.shape[-2:]) / max_side)))
+        ov = np.asarray(arr[..., ::step, ::step])
         rgb = np.moveaxis(ov, 0, -1)[..., :3].copy() if ov.ndim == 3 else np.repeat(ov[..., None], 3, -1)
-        s, t = _ngff_transform(root_attrs)
-        step = max(1, int(math.ceil(max(rgb.shape[:2]) / max_side)))
-        rgb = rgb[::step, ::step]
         s = s * step
     else:
         lab0 = result.labels
@@ -126,6 +133,93 @@ def qc_overlay(result: Any, max_side: int = MAX_PICTURE_SIDE) -> tuple[np.ndarra
         rgb[find_boundaries(labels, mode="inner")] = (0, 0, 0)
         caption = f"Nucleus labels (the store has no slide overview), {w} x {h} px at {s[1]:.2f} um/px."
     return rgb, caption
+
+
+def _detail_rgb(result: Any, box: tuple[int, int, int, int]) -> tuple[np.ndarray | None, str]:
+    """RGB under a box of label pixels: from the stored image, else from the slide file."""
+    y0, y1, x0, x1 = box
+    group = result.group
+    lab_scale, _ = _ngff_transform(dict(group["labels/nuclei"].attrs), 0)
+    attrs = dict(group.attrs)
+    if "ome" in attrs:
+        for i, d in enumerate(attrs["ome"]["multiscales"][0]["datasets"]):
+            s, _ = _ngff_transform(attrs, i)
+            arr = group[d["path"]] if d["path"] in group else None
+            if arr is not None and np.allclose(s, lab_scale) and arr.shape[-2:] == result.labels.shape:
+                return np.moveaxis(np.asarray(arr[:3, y0:y1, x0:x1]), 0, -1), "the stored slide image"
+    slide = result.meta.get("slide", {})
+    path = Path(str(slide.get("path", "")))
+    if not path.is_file():
+        return None, f"the slide {path} is not available"
+    from nucseg.wsi.reader import open_slide
+
+    proc = result.meta["processing"]
+    level = int(proc["level"])
+    sy, sx = (float(v) for v in proc["scale"])
+    with open_slide(path, mpp=1.0) as reader:  # mpp unused here: pixels only
+        if reader.fingerprint() != slide.get("fingerprint"):
+            return None, f"the slide {path} has changed since the run"
+        lv = reader.levels[level]
+        # Nearest level pixel under each label pixel centre.
+        iy = np.clip(((np.arange(y0, y1) + 0.5) / sy).astype(np.int64), 0, lv.height - 1)
+        ix = np.clip(((np.arange(x0, x1) + 0.5) / sx).astype(np.int64), 0, lv.width - 1)
+        ly0, lx0 = int(iy.min()), int(ix.min())
+        region = reader.read(level, lx0, ly0, int(ix.max()) - lx0 + 1, int(iy.max()) - ly0 + 1)
+    return region[iy - ly0][:, ix - lx0], "the slide"
+
+
+def detail_view(
+    result: Any, y_um: np.ndarray, x_um: np.ndarray, *, side: int = 256, zoom: int = 2
+) -> tuple[np.ndarray, str] | None:
+    """Outlines at full label resolution around the densest spot of nuclei.
+
+    The RGB comes from the store's image when it holds the slide at the label
+    resolution (``--save-image``), else from the slide file when it is still where the
+    run read it (checked by fingerprint), else the labels are shown coloured.
+
+    Returns
+    -------
+    (rgb, caption) or None
+        None when there are no nuclei.
+    """
+    from skimage.segmentation import find_boundaries
+
+    if len(y_um) == 0:
+        return None
+    labels = result.labels
+    h, w = labels.shape
+    my, mx = result.label_mpp
+    # Densest square of the crop's size (table centroids are in micrometres).
+    bins = (max(1, int(h * my // (side * my))), max(1, int(w * mx // (side * mx))))
+    counts, ey, ex = np.histogram2d(y_um, x_um, bins=bins, range=((0, h * my), (0, w * mx)))
+    by, bx = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    cy, cx = 0.5 * (ey[by] + ey[by + 1]) / my, 0.5 * (ex[bx] + ex[bx + 1]) / mx
+    y0 = int(np.clip(round(cy) - side // 2, 0, max(0, h - side)))
+    x0 = int(np.clip(round(cx) - side // 2, 0, max(0, w - side)))
+    box = (y0, min(h, y0 + side), x0, min(w, x0 + side))
+    lab = np.asarray(labels[box[0] : box[1], box[2] : box[3]])
+    try:
+        rgb, source = _detail_rgb(result, box)
+    except Exception as exc:  # noqa: BLE001 - a missing picture must not sink the report
+        rgb, source = None, f"the slide could not be read ({exc})"
+    edges = find_boundaries(lab, mode="inner")
+    if rgb is None:
+        pic = np.full((*lab.shape, 3), 255, np.uint8)
+        fg = lab != 0
+        pic[fg] = _hsv_to_rgb((lab[fg].astype(np.uint64) * np.uint64(2654435761) % np.uint64(360)).astype(float))
+        pic[edges] = (0, 0, 0)
+        what = f"coloured labels ({source})"
+    else:
+        pic = rgb.copy()
+        pic[edges] = _OUTLINE
+        what = f"outlines (green) over {source}"
+    pic = np.repeat(np.repeat(pic, zoom, axis=0), zoom, axis=1)
+    caption = (
+        f"Detail at full resolution ({mx:.3f} um/px, shown {zoom}x): {what}, "
+        f"{lab.shape[1] * mx:.0f} x {lab.shape[0] * my:.0f} um around the densest spot "
+        f"(label pixels y {box[0]}:{box[1]}, x {box[2]}:{box[3]})."
+    )
+    return pic, caption
 
 
 def _hsv_to_rgb(hue_deg: np.ndarray) -> np.ndarray:
@@ -310,6 +404,10 @@ def build_report(result: Any, *, bin_um: float | None = None) -> str:
     bin_um = default_bin_um(extent) if bin_um is None else bin_um
     qc, qc_caption = qc_overlay(result)
     parts = [_figure(_png(qc), qc_caption, "QC overlay")]
+    if n and "y_um" in data:
+        detail = detail_view(result, data["y_um"], data["x_um"])
+        if detail is not None:
+            parts.append(_figure(_png(detail[0]), detail[1], "QC detail"))
     dens_html = ""
     if n and "y_um" in data:
         dens, top = density_map(data["y_um"], data["x_um"], extent, bin_um=bin_um)
@@ -358,7 +456,8 @@ def build_report(result: Any, *, bin_um: float | None = None) -> str:
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="sub">{html.escape(str(result.path.resolve()))} &middot; run ended {html.escape(str(meta.get("end_time", "?")))}</p>
+<p class="sub">{html.escape(str(result.path.resolve()))} &middot; run ended {html.escape(str(meta.get("end_time", "?")))}
+</p>
 <h2>Summary</h2>
 <table>{summary_rows}</table>
 <h2>Quality control</h2>

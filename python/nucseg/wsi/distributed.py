@@ -57,11 +57,9 @@ from typing import Any
 import numpy as np
 
 try:
-    from distributed import WorkerPlugin
-except ImportError as exc:  # an optional dependency: say how to get it
-    raise ImportError(
-        "running on a Dask cluster needs dask.distributed: pip install 'nucseg[dask]'"
-    ) from exc
+    from distributed import WorkerPlugin as _PluginBase
+except ImportError:  # optional: the batch helpers work without it, run_distributed says what to install
+    _PluginBase = object
 
 from .pipeline import DEFAULT_MAX_HALO, DEFAULT_OBJECT_MARGIN, SlideSummary
 
@@ -82,7 +80,7 @@ class DistributedError(RuntimeError):
 # -- worker side: the model ------------------------------------------------------------
 
 
-class ModelPlugin(WorkerPlugin):
+class ModelPlugin(_PluginBase):
     """A Dask worker plugin that loads the model once per worker process.
 
     Registered by :func:`run_distributed`; tasks get the predictor with
@@ -167,7 +165,7 @@ class SlideJob:
         The store settings (checked again by every task before writing).
     lam, threshold : float
     connectivity, max_halo, stride, batch_size, group : int
-    save_prob : bool
+    save_prob, save_image, strict : bool
     plugin : str
         Name of the :class:`ModelPlugin`.
     """
@@ -185,6 +183,8 @@ class SlideJob:
     batch_size: int
     group: int
     save_prob: bool
+    save_image: bool
+    strict: bool
     plugin: str
 
 
@@ -232,7 +232,9 @@ class SlideOutcome:
         One line, for ``failed``.
     details : dict
         Task counts of this call: ``tile_tasks``, ``spill_chunks`` (chunks that got
-        pixels of nuclei owned by another group), ``pyramid_tasks``, ``tiles_enlarged``.
+        pixels of nuclei owned by another group), ``pyramid_tasks``, ``tiles_enlarged``;
+        and the client's wall seconds per phase: ``prepare_s``, ``tiles_s``,
+        ``spill_s``, ``pyramid_s``, ``finish_s``.
     """
 
     slide: Path
@@ -240,7 +242,7 @@ class SlideOutcome:
     status: str
     summary: SlideSummary | None = None
     error: str | None = None
-    details: dict[str, int] = field(default_factory=dict)
+    details: dict[str, float] = field(default_factory=dict)
 
 
 def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
@@ -258,6 +260,23 @@ def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) 
         if name.lower().endswith(suffix):
             return Path(out_dir) / (name[: -len(suffix)] + ".zarr")
     return Path(out_dir) / (Path(name).stem + ".zarr")
+
+
+def store_status(output: str | os.PathLike[str]) -> str:
+    """``"missing"``, ``"complete"`` or ``"partial"`` (anything else at that path) for a batch.
+
+    Reads only ``zarr.json``: cheap enough to check thousands of stores.
+    """
+    import json
+
+    p = Path(output)
+    if not p.exists():
+        return "missing"
+    try:
+        meta = json.loads((p / "zarr.json").read_text())["attributes"]["nucseg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "partial"
+    return "complete" if meta.get("status") == "complete" else "partial"
 
 
 def plan_outputs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
@@ -299,8 +318,8 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
     """Dask task: plan one slide and create (or reopen) its store; see :class:`SlidePlan`.
 
     ``options`` holds the keyword arguments of :func:`run_distributed` that shape the
-    run (``mpp, level, tile, halo, max_halo, lam, threshold, connectivity, tissue,
-    resume, overwrite, save_prob, batch_size, group``). The geometry, settings and
+    run (``mpp, level, tile, halo, max_halo, strict, lam, threshold, connectivity,
+    tissue, resume, overwrite, save_prob, save_image, batch_size, group``). The geometry, settings and
     metadata are those of :func:`nucseg.wsi.segment_slide`, so either runner can
     check the other's store.
     """
@@ -340,7 +359,7 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
         keep, fraction, tissue_mode = _select_tiles(o["tissue"], overview, geom, tiles)
         lv0 = reader.levels[0]
         tissue_mm2 = fraction * lv0.width * lv0.height * reader.mpp[0] * reader.mpp[1] / 1e6
-        fingerprint = reader.fingerprint()  # hashes slide bytes: once per slide
+        fingerprint = reader.fingerprint()
         settings = {
             "slide_fingerprint": fingerprint,
             "model_sha256": info["sha256"],
@@ -356,6 +375,7 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
             "context": geom.context,
             "tissue": tissue_mode,
             "save_prob": bool(o["save_prob"]),
+            "save_image": bool(o["save_image"]),
         }
         if out_path.exists() and not o["overwrite"]:
             complete = _complete_summary(out_path, settings, len(tiles))
@@ -404,6 +424,8 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
         batch_size=o["batch_size"],
         group=o["group"],
         save_prob=bool(o["save_prob"]),
+        save_image=bool(o["save_image"]),
+        strict=bool(o["strict"]),
         plugin=plugin,
     )
     return SlidePlan(
@@ -454,6 +476,8 @@ def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> Slid
         mpp=(float(settings["mpp"][0]), float(settings["mpp"][1])),
         size=(int(settings["size"][0]), int(settings["size"][1])),
         timings=dict(meta.get("timings", {})),
+        tiles_enlarged=int(meta.get("tiles_enlarged", 0)),
+        approximate=int(meta.get("approximate_nuclei", 0)),
     )
 
 
@@ -564,7 +588,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     from .pipeline import postprocess_tile
     from .reader import SlideError, open_slide
     from .table import tile_rows
-    from .tiling import IdScheme, ObjectTooLargeError, make_tiles, read_region, with_halo
+    from .tiling import IdScheme, ObjectTooLargeError, crop_box, make_tiles, read_region, with_halo
 
     geom = job.geom
     plugin = worker_plugin(job.plugin)
@@ -612,7 +636,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
                     threshold=job.threshold,
                     connectivity=job.connectivity,
                     save_prob=job.save_prob,
-                    approximate=halo >= job.max_halo,
+                    approximate=halo >= job.max_halo and not job.strict,
                 )
                 timings["post"] += time.perf_counter() - t0
                 n_approx = int((~res.exact).sum())
@@ -638,9 +662,12 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     reader = open_slide(job.slide, mpp=job.mpp)
     try:
         for batch in _batches([all_tiles[i] for i in tiles], job.batch_size):
-            probs = infer(np.stack([read(t) for t in batch]))
-            for t, prob in zip(batch, probs):
+            rgbs = np.stack([read(t) for t in batch])
+            probs = infer(rgbs)
+            for t, rgb, prob in zip(batch, rgbs, probs):
                 res = post(t, prob)
+                if job.save_image:
+                    res.rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)])
                 t0 = time.perf_counter()
                 table = tile_rows(res, geom, scheme.dtype)
                 inside, spill = split_result(res, region, geom)
@@ -648,7 +675,8 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
                     _save_spill(out, dest, t.index, yx, ids)
                     spill_chunks.add(dest)
                 # The completion record comes last: the spill files are on disk before it.
-                store.write_tile(inside, table, {"tile": t.index, "nuclei": int(len(res.ids))}, scheme)
+                record = {"tile": t.index, "nuclei": int(len(res.ids)), "approximate": int((~res.exact).sum())}
+                store.write_tile(inside, table, record, scheme)
                 timings["write"] += time.perf_counter() - t0
                 nuclei[t.index] = int(len(res.ids))
     finally:
@@ -725,16 +753,25 @@ def pyramid_blocks(geom: Any, level: int, group: int) -> list[Box]:
     ]
 
 
-def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box) -> None:
-    """Dask task: fill ``box`` of pyramid ``level`` from ``level - 1`` by 2x stride subsampling.
+def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, image: bool = False) -> None:
+    """Dask task: fill ``box`` of pyramid ``level`` from ``level - 1``.
 
-    The same values as :meth:`nucseg.wsi.store.OutputStore.build_pyramid`.
+    Labels by 2x stride subsampling, the RGB image (``image=True``) by 2x2 means: the
+    values of :meth:`nucseg.wsi.store.OutputStore.build_pyramid`, whose chunks these
+    boxes align with.
     """
     import zarr
 
+    y0, y1, x0, x1 = box
+    if image:
+        from .store import _mean2
+
+        root = zarr.open_group(str(output), mode="r+")
+        src, dst = root[str(level - 1)], root[str(level)]
+        dst[:, y0:y1, x0:x1] = _mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
+        return
     nuc = zarr.open_group(str(Path(output) / "labels" / "nuclei"), mode="r+")
     src, dst = nuc[str(level - 1)], nuc[str(level)]
-    y0, y1, x0, x1 = box
     dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
 
 
@@ -750,8 +787,11 @@ def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict
     store = _open_store(job)
     records = store.tile_records()
     nuclei = int(sum(r.get("nuclei", 0) for r in records.values()))
+    approximate = int(sum(r.get("approximate", 0) for r in records.values()))
     table_path = store.path / "nucseg" / "nuclei.parquet"
-    merge_parts(sorted(store.parts_dir.glob("*.parquet")), table_path, store.label_dtype)
+    # Only parts whose tile finished: a kill between part and record leaves a stale part.
+    parts = sorted(p for p in store.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in records)
+    merge_parts(parts, table_path, store.label_dtype)
     shutil.rmtree(store.path / "nucseg" / SPILL_DIR, ignore_errors=True)
     timings = dict(update.pop("timings", {}))
     timings["finish"] = time.perf_counter() - t0
@@ -762,11 +802,12 @@ def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict
             end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             nuclei=nuclei,
             tiles_done=len(records),
+            approximate_nuclei=approximate,
             timings=timings,
             status="complete",
         )
     )
-    return {"nuclei": nuclei, "table": str(table_path), "timings": timings}
+    return {"nuclei": nuclei, "approximate": approximate, "table": str(table_path), "timings": timings}
 
 
 def probe_worker(out_dirs: Sequence[str], slides: Sequence[str]) -> str | None:
@@ -824,6 +865,8 @@ class _Slide:
     timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0})
     enlarged: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"tile_tasks": 0, "spill_chunks": 0, "pyramid_tasks": 0})
+    phase_s: dict[str, float] = field(default_factory=dict)
+    t_phase: float = 0.0
     t_tiles: float = 0.0
     tiles_wall: float = 0.0
     level: int = 0
@@ -840,7 +883,10 @@ def connect(scheduler: Any = None, workers: int | None = None, threads_per_worke
     cluster : LocalCluster or None
         The cluster started here (close it after the client), None otherwise.
     """
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError("running on a Dask cluster needs dask.distributed: pip install 'nucseg[dask]'") from None
 
     if scheduler is not None and workers is not None:
         raise ValueError("scheduler and workers are exclusive: --workers starts a local cluster")
@@ -880,12 +926,14 @@ def run_distributed(
     tile: int = 1024,
     halo: int | None = None,
     max_halo: int | None = None,
+    strict: bool = False,
     device: str | None = None,
     batch_size: int = 2,
     tissue: str | os.PathLike[str] = "auto",
     resume: bool = False,
     overwrite: bool = False,
     save_prob: bool = False,
+    save_image: bool = False,
     connectivity: int = 1,
     errors: str = "raise",
     wait_for_workers: float = 300.0,
@@ -910,7 +958,7 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, device, batch_size, tissue, save_prob, connectivity
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, batch_size, tissue, save_prob, save_image, connectivity
         As for :func:`nucseg.wsi.segment_slide`.
     resume : bool
         Continue incomplete stores (tiles with a completion record are kept).
@@ -948,6 +996,7 @@ def run_distributed(
         "tile": _check_int("tile", tile, 16),
         "halo": None if halo is None else _check_int("halo", halo, 1),
         "max_halo": None if max_halo is None else _check_int("max_halo", max_halo, 1),
+        "strict": bool(strict),
         "lam": lam,
         "threshold": threshold,
         "connectivity": connectivity,
@@ -955,6 +1004,7 @@ def run_distributed(
         "resume": bool(resume),
         "overwrite": bool(overwrite),
         "save_prob": bool(save_prob),
+        "save_image": bool(save_image),
         "batch_size": _check_int("batch_size", batch_size, 1),
         "group": _check_int("group", group, 1),
     }
@@ -971,9 +1021,10 @@ def run_distributed(
         options["tissue"] = os.path.abspath(tissue)
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
         model = os.path.abspath(model)
-    for s, _ in pairs:
-        if not s.is_file():
-            raise FileNotFoundError(f"slide not found: {s}")
+    if scheduler is None:  # a local cluster sees what this process sees; remote workers are probed
+        for s, _ in pairs:
+            if not s.is_file():
+                raise FileNotFoundError(f"slide not found: {s}")
 
     client, cluster = connect(scheduler, workers, threads_per_worker)
     name = f"nucseg-model-{uuid.uuid4().hex[:12]}"
@@ -1063,13 +1114,18 @@ def _drive(
         st.pending[fut.key] = fut
         ac.add(fut)
 
+    def enter(st: _Slide, phase: str) -> None:
+        now = time.perf_counter()
+        st.phase_s[f"{st.phase}_s"] = st.phase_s.get(f"{st.phase}_s", 0.0) + now - st.t_phase
+        st.phase, st.t_phase = phase, now
+
     def next_phase(st: _Slide) -> None:
         plan = st.plan
         assert plan is not None and plan.job is not None
         job = plan.job
         if st.phase == "tiles":
             st.tiles_wall = time.perf_counter() - st.t_tiles
-            st.phase = "spill"
+            enter(st, "spill")
             dests: dict[int, list[int]] = {}
             st.counts["spill_chunks"] = len(st.spill | set(plan.spill))
             for c in sorted(st.spill | set(plan.spill)):
@@ -1079,7 +1135,7 @@ def _drive(
             if dests:
                 return
         if st.phase == "spill":
-            st.phase = "pyramid"
+            enter(st, "pyramid")
             st.n_levels = len(pyramid_shapes(job.geom.size))
             st.level = 0
         if st.phase == "pyramid":
@@ -1087,8 +1143,11 @@ def _drive(
             if st.level < st.n_levels:
                 for j, box in enumerate(pyramid_blocks(job.geom, st.level, job.group)):
                     submit(st, "pyramid", build_pyramid_block, job.output, st.level, box, tag=f"{st.level}-{j}")
+                    if job.save_image:
+                        submit(st, "pyramid", build_pyramid_block, job.output, st.level, box, True,
+                               tag=f"{st.level}-{j}-image")
                 return
-            st.phase = "finish"
+            enter(st, "finish")
             update = {"timings": dict(st.timings, tiles_wall=st.tiles_wall), "tiles_enlarged": st.enlarged}
             submit(st, "finish", finish_slide, job, update, time.perf_counter() - st.t0, tag="")
 
@@ -1099,7 +1158,7 @@ def _drive(
         groups: dict[int, list[int]] = {}
         for i in plan.todo:
             groups.setdefault(group_of(i, job.geom.grid, job.group), []).append(i)
-        st.phase = "tiles"
+        enter(st, "tiles")
         st.t_tiles = time.perf_counter()
         bar.total += len(plan.todo)
         bar.refresh()
@@ -1108,53 +1167,68 @@ def _drive(
         if not groups:
             next_phase(st)
 
-    for st in states:
-        st.t0 = time.perf_counter()
-        submit(st, "prepare", prepare_slide, str(st.slide), str(st.output), options, plugin, tag="")
+    waiting = list(reversed(states))
+    nthreads = max(1, sum(client.nthreads().values()))
+
+    def admit() -> None:
+        # Start slides while the cluster has less than two tasks per thread queued: the
+        # scheduler holds the tasks of a few slides at a time, never of the whole batch.
+        while waiting and sum(len(st.pending) for st in states) < 2 * nthreads:
+            st = waiting.pop()
+            st.t0 = st.t_phase = time.perf_counter()
+            submit(st, "prepare", prepare_slide, str(st.slide), str(st.output), options, plugin, tag="")
+
+    def handle(fut: Any) -> None:
+        nonlocal nuclei, finished, stopped, nthreads
+        st, kind, _ = owner.pop(fut.key)
+        st.pending.pop(fut.key, None)
+        if st.outcome is not None:  # the slide failed already
+            return
+        if fut.status != "finished":
+            exc = fut.exception()
+            if errors == "raise":
+                raise exc
+            st.outcome = SlideOutcome(st.slide, st.output, "failed", error=f"{type(exc).__name__}: {exc}")
+            finished += 1
+            logger.error("%s: %s", st.slide, st.outcome.error)
+            client.cancel(list(st.pending.values()))
+            st.pending.clear()
+            stopped = True
+            return
+        res = fut.result()
+        fut.release()
+        if kind == "prepare":
+            st.plan = res
+            if res.skipped is not None:
+                st.outcome = SlideOutcome(st.slide, st.output, "skipped", summary=res.skipped)
+                finished += 1
+                logger.info("%s: complete already, skipped", st.output)
+            else:
+                start_tiles(st)
+        elif kind == "tiles":
+            nuclei += sum(res["nuclei"].values())
+            for k, v in res["timings"].items():
+                st.timings[k] += v
+            st.enlarged += res["enlarged"]
+            st.spill.update(res["spill"])
+            bar.update(len(res["nuclei"]))
+            bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=False)
+        elif kind == "finish":
+            enter(st, "done")
+            details = dict(st.counts, tiles_enlarged=st.enlarged, **{k: round(v, 3) for k, v in st.phase_s.items()})
+            st.outcome = SlideOutcome(st.slide, st.output, "done", summary=_summary(st, res), details=details)
+            finished += 1
+            bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=True)
+        if kind not in ("prepare", "finish") and not st.pending and st.outcome is None:
+            next_phase(st)
+        if st.outcome is not None and waiting:
+            nthreads = max(1, sum(client.nthreads().values()))  # workers may have come or gone
 
     try:
+        admit()
         for fut in ac:
-            st, kind, _ = owner.pop(fut.key)
-            st.pending.pop(fut.key, None)
-            if st.outcome is not None:  # the slide failed already
-                continue
-            if fut.status != "finished":
-                exc = fut.exception()
-                if errors == "raise":
-                    raise exc
-                st.outcome = SlideOutcome(st.slide, st.output, "failed", error=f"{type(exc).__name__}: {exc}")
-                finished += 1
-                logger.error("%s: %s", st.slide, st.outcome.error)
-                client.cancel(list(st.pending.values()))
-                st.pending.clear()
-                stopped = True
-                continue
-            res = fut.result()
-            fut.release()
-            if kind == "prepare":
-                st.plan = res
-                if res.skipped is not None:
-                    st.outcome = SlideOutcome(st.slide, st.output, "skipped", summary=res.skipped)
-                    finished += 1
-                    logger.info("%s: complete already, skipped", st.output)
-                else:
-                    start_tiles(st)
-            elif kind == "tiles":
-                n = sum(res["nuclei"].values())
-                nuclei += n
-                for k, v in res["timings"].items():
-                    st.timings[k] += v
-                st.enlarged += res["enlarged"]
-                st.spill.update(res["spill"])
-                bar.update(len(res["nuclei"]))
-                bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=False)
-            elif kind == "finish":
-                details = dict(st.counts, tiles_enlarged=st.enlarged)
-                st.outcome = SlideOutcome(st.slide, st.output, "done", summary=_summary(st, res), details=details)
-                finished += 1
-                bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=True)
-            if kind != "prepare" and kind != "finish" and not st.pending and st.outcome is None:
-                next_phase(st)
+            handle(fut)
+            admit()
     except BaseException:
         client.cancel([f for st in states for f in st.pending.values()])
         stopped = True
@@ -1184,6 +1258,8 @@ def _summary(st: _Slide, res: dict[str, Any]) -> SlideSummary:
         mpp=geom.mpp,
         size=geom.size,
         timings=res["timings"],
+        tiles_enlarged=st.enlarged,
+        approximate=res["approximate"],
     )
 
 

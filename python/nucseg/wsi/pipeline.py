@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: touching nuclei) that cross the core's border: 24 um at 0.25 um/px.
 DEFAULT_OBJECT_MARGIN = 96
 #: Largest halo a tile is recomputed with when a cluster does not fit its margin.
-DEFAULT_MAX_HALO = 1024
+DEFAULT_MAX_HALO = 512
 _STOP = object()
 
 
@@ -173,7 +173,7 @@ def segment_slide(
         ``halo - context`` pixels beyond a core.
     max_halo : int, optional
         A tile whose foreground object reaches beyond its margin is recomputed with a
-        doubled halo, up to this many pixels (default: 1024 or ``halo`` if larger).
+        doubled halo, up to this many pixels (default: 512 or ``halo`` if larger).
     strict : bool
         At ``max_halo``, raise :class:`~nucseg.wsi.tiling.ObjectTooLargeError` instead
         of keeping the nuclei of such a cluster as *approximate* (flagged in the ids,
