@@ -127,3 +127,28 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     with open(out / "patients.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["method"], r["patient"]) for r in rows if r["method"] == "Tiny") == [("Tiny", "01"), ("Tiny", "02")]
+
+
+def test_remove_small_matches_scikit_image():
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import relabel_sequential
+
+    from nucseg.evaluate import remove_small
+
+    rng = np.random.default_rng(0)
+    labels = mask_to_instances(rng.random((60, 60)) > 0.55)
+    for area in (0, 1, 3, 10):
+        got = remove_small(labels, area)
+        ref = relabel_sequential(remove_small_objects(labels, max_size=area - 1) if area > 1 else labels)[0]
+        np.testing.assert_array_equal(got, ref)
+        assert got.dtype == np.int32
+    with pytest.raises(ValueError, match="min_area"):
+        remove_small(labels, -1)
+
+
+def test_tuning_can_choose_a_minimum_area():
+    im = _touching_pair()
+    m = (instance_distance(im.labels) > 0).astype(np.float32)
+    m[2:4, 2:4] = 1.0  # a 4-px speck that is not a nucleus
+    lam, thr, area, score = tune_postprocess(None, [im], maps=[m], lams=(0.1,), thresholds=(0.5,), min_areas=(0, 30))
+    assert area == 30 and score == pytest.approx(1.0)

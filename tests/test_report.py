@@ -21,14 +21,21 @@ from nucseg.export.report import density_map, histogram
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def slide_rgb() -> np.ndarray:
+    from nucseg.wsi.demo import synthetic_he
+
+    rgb, _, _ = synthetic_he((384, 512), seed=4)
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, slide_rgb: np.ndarray) -> Path:
     from nucseg.wsi import segment_slide
-    from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
+    from nucseg.wsi.demo import write_pyramid_tiff
     from nucseg.wsi.predictors import HematoxylinPredictor
 
     tmp = tmp_path_factory.mktemp("report")
-    rgb, _, _ = synthetic_he((384, 512), seed=4)
-    slide = write_pyramid_tiff(tmp / "slide.tif", rgb, mpp=0.25, levels=2)
+    slide = write_pyramid_tiff(tmp / "slide.tif", slide_rgb, mpp=0.25, levels=2)
     out = tmp / "out.zarr"
     segment_slide(slide, out, model=HematoxylinPredictor(), tile=256, halo=40, tissue="none", threads=1)
     return out
@@ -75,7 +82,7 @@ def test_report_is_well_formed_and_self_contained(store: Path, tmp_path: Path) -
     assert not any(tag in ("script", "link", "iframe", "object", "embed") for tag, _ in page.tags)
     assert "url(" not in text and "@import" not in text
     imgs = [a for tag, a in page.tags if tag == "img"]
-    assert len(imgs) == 3  # QC overlay, density, area histogram (no hematoxylin column yet)
+    assert len(imgs) >= 4  # QC overview, QC detail, density, area (+ hematoxylin once the table has it)
     for a in imgs:
         src = a["src"] or ""
         assert src.startswith("data:image/png;base64,")
@@ -143,25 +150,60 @@ def test_qc_overlay_reads_a_coarse_level_of_a_full_image(tmp_path: Path) -> None
     res = open_result(out)
     pic, caption = qc_overlay(res, max_side=256)
     assert max(pic.shape[:2]) <= 256 and "overview" in caption
-    # Same picture as the full-resolution image read with the same stride: the level was mapped right.
+    # The picture is level 1 (300 px, the coarsest at least 256 px) shrunk by a box filter...
     level1 = np.moveaxis(res.group["1"][...], 0, -1)
-    assert max(level1.shape[:2]) >= 256
-    step = -(-max(level1.shape[:2]) // 256)
-    ref = level1[::step, ::step]
+    assert max(level1.shape[:2]) == 300
+    ref = np.asarray(Image.fromarray(level1).resize((pic.shape[1], pic.shape[0]), Image.Resampling.BOX))
     green = np.all(pic == (0, 255, 0), axis=-1)
-    assert pic.shape == ref.shape and np.array_equal(pic[~green], ref[~green]) and green.any()
+    assert max(pic.shape[:2]) == 256 and np.array_equal(pic[~green], ref[~green])
+    # ... and the outlines sit on the dark nuclei of the picture (the labels are mapped right).
+    assert green.any() and ref[green].mean() < ref.mean() - 40
 
 
-def test_report_without_overview_uses_labels(store: Path, tmp_path: Path) -> None:
-    """A store whose overview image is missing still gets a QC picture (coloured labels)."""
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(store, copy)
-    shutil.rmtree(copy / "0")
-    g = zarr.open_group(str(copy), mode="r+")
+def _without_overview(store: Path, dest: Path) -> Path:
+    shutil.copytree(store, dest)
+    shutil.rmtree(dest / "0")
+    g = zarr.open_group(str(dest), mode="r+")
     attrs = dict(g.attrs)
     attrs.pop("ome")
     g.attrs.clear()
     g.attrs.update(attrs)
+    return dest
+
+
+def test_detail_view_shows_the_slide_pixels_under_the_labels(store: Path, slide_rgb: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from nucseg.export import open_result
+    from nucseg.export.report import detail_view
+
+    t = pq.read_table(store / "nucseg" / "nuclei.parquet", columns=["y_um", "x_um"]).to_pydict()
+    y_um, x_um = np.asarray(t["y_um"]), np.asarray(t["x_um"])
+    # From the stored image (here at the label resolution), then from the slide file.
+    bare = _without_overview(store, tmp_path / "bare.zarr")
+    for path, source in ((store, "the stored slide image"), (bare, "the slide,")):
+        res = open_result(path)
+        pic, caption = detail_view(res, y_um, x_um, side=128, zoom=1)
+        assert f"outlines (green) over {source}" in caption
+        y0, y1, x0, x1 = (int(v) for v in re.search(r"y (\d+):(\d+), x (\d+):(\d+)", caption).groups())
+        assert (y1 - y0, x1 - x0) == pic.shape[:2] == (128, 128)
+        labels = res.labels[y0:y1, x0:x1]
+        green = np.all(pic == (0, 255, 0), axis=-1)
+        assert green.any() and not green[labels == 0].any()
+        np.testing.assert_array_equal(pic[~green], slide_rgb[y0:y1, x0:x1][~green])
+    # Slide gone too: the labels, coloured, and the caption says why.
+    g = zarr.open_group(str(bare), mode="r+")
+    meta = dict(g.attrs["nucseg"])
+    meta["slide"] = dict(meta["slide"], path=str(tmp_path / "gone.tif"))
+    g.attrs["nucseg"] = meta
+    _, caption = detail_view(open_result(bare), y_um, x_um, side=64)
+    assert "coloured labels" in caption and "not available" in caption
+
+
+def test_report_without_overview_uses_labels(store: Path, tmp_path: Path) -> None:
+    """A store whose overview image is missing still gets a QC picture (coloured labels)."""
+    copy = _without_overview(store, tmp_path / "copy.zarr")
     text = write_report(copy, tmp_path / "r.html").read_text()
     assert "the store has no slide overview" in text
 

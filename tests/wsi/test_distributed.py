@@ -24,13 +24,16 @@ from nucseg.wsi import segment_slide  # noqa: E402
 from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff  # noqa: E402
 from nucseg.wsi.distributed import (  # noqa: E402
     DistributedError,
+    apply_pending_spill,
     apply_spill,
     group_box,
     group_of,
+    outcome_lines,
     output_path,
     plan_outputs,
     run_distributed,
     split_result,
+    store_status,
 )
 from nucseg.wsi.predictors import HematoxylinPredictor  # noqa: E402
 
@@ -39,7 +42,11 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class KillOnce(HematoxylinPredictor):
-    """Kills its own worker process on its second batch, once per run (marked by a file)."""
+    """Kills its own worker process on its second batch, once per run (marked by a file).
+
+    With 2x2 tiles per task and batches of 2, the second batch comes after the task has
+    written its first two tiles: the kill lands mid-task, between writes.
+    """
 
     def __init__(self, marker: Path) -> None:
         super().__init__()
@@ -192,6 +199,7 @@ def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, referenc
     store = output_path(demo_slide, out)
     done = len(list((store / "nucseg" / "tiles").glob("*.json")))
     assert 0 < done < 20
+    assert store_status(store) == "partial" and store_status(out / "nothing.zarr") == "missing"
     with pytest.raises(ValueError, match="not complete; pass --resume"):
         run_distributed(demo_slide, out, scheduler=client, model="hematoxylin", tile=256, tissue="none",
                         save_prob=True, save_image=True)
@@ -199,6 +207,7 @@ def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, referenc
                             save_prob=True, save_image=True, resume=True)
     assert res.summary.tiles_resumed == done and res.summary.tiles_run == 20 - done
     _assert_same_store(reference, store)
+    assert store_status(store) == "complete"
     # A batch: the complete slide is skipped, a broken one fails alone, a new one is done.
     other = write_pyramid_tiff(tmp_path / "other.tif", synthetic_he((384, 512), seed=4)[0], mpp=0.25, levels=2)
     broken = tmp_path / "broken.tif"
@@ -208,6 +217,20 @@ def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, referenc
     assert [o.status for o in outs] == ["skipped", "failed", "done"]
     assert outs[0].summary.nuclei == res.summary.nuclei and "broken.tif" in outs[1].error
     assert outs[2].output == out / "other.zarr" and outs[2].summary.nuclei > 10
+    lines = outcome_lines(outs)
+    assert "skipped" in lines[0] and "FAILED" in lines[1] and lines[-1] == "slides: 1 done, 1 skipped, 1 failed"
+
+
+def test_single_process_resume_of_a_dask_run(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
+    """An interrupted Dask run finished by segment_slide(resume=True) after apply_pending_spill."""
+    out = tmp_path / "d.zarr"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_distributed(demo_slide, out, scheduler=client, model=FailAfter(), tile=256, tissue="none",
+                        save_prob=True, save_image=True)
+    assert apply_pending_spill(out) > 0 and not (out / "nucseg" / "spill").exists()
+    segment_slide(demo_slide, out, model="hematoxylin", tile=256, tissue="none", save_prob=True, save_image=True,
+                  threads=1, resume=True)
+    _assert_same_store(reference, out)
 
 
 def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path) -> None:
@@ -219,7 +242,7 @@ def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path)
 
 def test_split_and_apply_spill(tmp_path: Path) -> None:
     """Pixels outside the group's region become spill; applying it restores the whole nucleus."""
-    from nucseg.wsi.tiling import IdScheme, TileResult, make_tiles, plan_geometry
+    from nucseg.wsi.tiling import TileResult, make_tiles, plan_geometry
 
     geom = plan_geometry([(64, 48)], (0.25, 0.25), 0.25, tile=16, halo=8, context=2)
     assert geom.grid == (3, 4)
@@ -271,3 +294,68 @@ def test_outputs_and_argument_checks(demo_slide: Path, tmp_path: Path) -> None:
             run_distributed(demo_slide, tmp_path, **kwargs)
     with pytest.raises(FileNotFoundError, match="slide not found"):
         run_distributed(tmp_path / "missing.svs", tmp_path)
+
+
+def test_local_cluster_is_started_and_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """workers=N: a LocalCluster of N processes, its dashboard logged, closed at the end."""
+    import logging
+
+    slide = write_pyramid_tiff(tmp_path / "s.tif", synthetic_he((384, 512), seed=2)[0], mpp=0.25, levels=2)
+    ref = tmp_path / "ref.zarr"
+    segment_slide(slide, ref, model="hematoxylin", tile=256, tissue="none", threads=1)
+    with caplog.at_level(logging.INFO, logger="nucseg.wsi.distributed"):
+        [res] = run_distributed(slide, tmp_path / "out", workers=1, model="hematoxylin", tile=256, tissue="none")
+    assert res.status == "done" and res.output == tmp_path / "out" / "s.zarr"
+    assert any("local Dask cluster: 1 workers" in r.message and "dashboard http" in r.message for r in caplog.records)
+    np.testing.assert_array_equal(_arrays(ref)["labels/nuclei/0"], _arrays(res.output)["labels/nuclei/0"])
+
+
+def test_split_result_partitions_the_owned_pixels() -> None:
+    """Property: inside + spill = the tile's owned pixels, nothing lost, nothing twice."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nucseg.wsi.tiling import TileResult, make_tiles, plan_geometry
+
+    geom = plan_geometry([(80, 72)], (0.25, 0.25), 0.25, tile=16, halo=8, context=2)
+    tiles = make_tiles(geom)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        tile=st.integers(0, len(tiles) - 1),
+        group=st.integers(1, 3),
+        dy=st.tuples(st.integers(-12, 12), st.integers(1, 30)),
+        dx=st.tuples(st.integers(-12, 12), st.integers(1, 30)),
+        seed=st.integers(0, 2**16),
+    )
+    def check(tile: int, group: int, dy: tuple, dx: tuple, seed: int) -> None:
+        t = tiles[tile]
+        y0 = min(max(0, t.core[0] + dy[0]), 71)
+        x0 = min(max(0, t.core[2] + dx[0]), 79)
+        box = (y0, min(72, y0 + dy[1]), x0, min(80, x0 + dx[1]))
+        lab = np.random.default_rng(seed).integers(0, 3, (box[1] - box[0], box[3] - box[2])).astype(np.uint32)
+        res = TileResult(tile=t, box=box, labels=lab, ids=np.array([1, 2], np.uint32), exact=np.ones(2, bool),
+                         area=np.zeros(2), mean_prob=np.zeros(2, np.float32), centroid=np.zeros((2, 2)),
+                         bbox=np.zeros((2, 4), np.int64))
+        region = group_box(group_of(t.index, geom.grid, group), geom, group)
+        inside, spill = split_result(res, region, geom)
+        full = np.zeros((72, 80), np.uint32)
+        full[box[0]:box[1], box[2]:box[3]] = lab
+        got = np.zeros_like(full)
+        count = np.zeros(full.shape, int)
+        if inside.box is not None:
+            iy0, iy1, ix0, ix1 = inside.box
+            assert region[0] <= iy0 and iy1 <= region[1] and region[2] <= ix0 and ix1 <= region[3]
+            got[iy0:iy1, ix0:ix1] = inside.labels
+            count[iy0:iy1, ix0:ix1] += inside.labels != 0
+        for chunk, (yx, ids) in spill.items():
+            assert (yx[:, 0] // 16 * geom.grid[1] + yx[:, 1] // 16 == chunk).all()
+            inside_region = (yx[:, 0] >= region[0]) & (yx[:, 0] < region[1]) & (yx[:, 1] >= region[2]) & (
+                yx[:, 1] < region[3])
+            assert not inside_region.any()
+            got[yx[:, 0], yx[:, 1]] = ids
+            count[yx[:, 0], yx[:, 1]] += 1
+        np.testing.assert_array_equal(got, full)
+        assert count.max() <= 1
+
+    check()

@@ -386,3 +386,32 @@ def test_store_validates_as_ngff_05(demo_slide: Path, demo_image: np.ndarray, tm
     np.testing.assert_array_equal(root["0"][...].transpose(1, 2, 0), demo_image)
     mean = demo_image.astype(np.uint16).reshape(512, 2, 640, 2, 3).sum(axis=(1, 3))
     np.testing.assert_array_equal(root["1"][...].transpose(1, 2, 0), ((mean + 2) // 4).astype(np.uint8))
+
+
+def test_level_selection_on_an_80x_pyramid(tmp_path: Path, demo_image: np.ndarray) -> None:
+    """0.125 um/px slide: level 1 is at the model's 0.25 and is read as it is."""
+    import pyarrow.parquet as pq
+
+    from nucseg.wsi.reader import open_slide
+
+    big = np.repeat(np.repeat(demo_image[:384, :512], 2, axis=0), 2, axis=1)  # 768 x 1024 at 0.125
+    path = write_pyramid_tiff(tmp_path / "x80.tif", big, mpp=0.125, levels=3)
+    s = segment_slide(path, tmp_path / "a.zarr", model="hematoxylin", tile=128, tissue="none")
+    assert s.level == 1 and s.size == (384, 512) and s.mpp == pytest.approx((0.25, 0.25))
+    with open_slide(path) as slide:
+        level1 = slide.read(1, 0, 0, 512, 384)
+    whole, _ = _whole(level1, HematoxylinPredictor(), pad=104)
+    lab = _labels(tmp_path / "a.zarr")
+    assert same_partition(lab, whole)
+    tab = pq.read_table(tmp_path / "a.zarr" / "nucseg" / "nuclei.parquet").to_pydict()
+    # Level-0 coordinates are twice the processing ones (pixel centres), microns the same.
+    y, y0 = np.asarray(tab["y_px"]), np.asarray(tab["y_level0"])
+    np.testing.assert_allclose(y0, (y + 0.5) * 2 - 0.5)
+    np.testing.assert_allclose(tab["y_um"], (y + 0.5) * 0.25)
+    np.testing.assert_allclose(tab["area_um2"], np.asarray(tab["area_px"]) * 0.0625)
+    # Forcing level 0 downsamples it by 2 (anti-aliased): same grid, similar nuclei.
+    f = segment_slide(path, tmp_path / "b.zarr", model="hematoxylin", tile=128, tissue="none", level=0)
+    assert f.level == 0 and f.size == (384, 512) and f.mpp == pytest.approx((0.25, 0.25))
+    from wsi_helpers import matched_fraction
+
+    assert matched_fraction(whole, _labels(tmp_path / "b.zarr"), iou=0.5) > 0.9

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", action="append", default=[], metavar="PATH", help="a single model ('default' = bundled)")
     p.add_argument("--patients", default=None, help="comma-separated patients for --model and the baseline (default: all)")
+    p.add_argument(
+        "--retune",
+        action="store_true",
+        help="re-tune lam/threshold/min_area on each fold's training patients instead of using the model JSON's",
+    )
     p.add_argument("--no-baseline", action="store_true", help="omit the non-learned baseline row")
     p.add_argument("--out", default=None, help="folder for images.csv, patients.csv, summary.csv, results.json")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
@@ -87,7 +92,15 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_tnbc
-    from ..evaluate import format_table, score_images, summarise, tune_postprocess, write_results
+    from ..evaluate import (
+        DEFAULT_MIN_AREAS,
+        format_table,
+        remove_small,
+        score_images,
+        summarise,
+        tune_postprocess,
+        write_results,
+    )
     from ..inference import load_model
     from ..postprocess import watershed_dynamics
 
@@ -138,15 +151,23 @@ def _run(args: argparse.Namespace) -> int:
             models = [load_model(w, device=args.device) for w in weights]
             test = [im for p in split["test_patients"] for im in by_patient.get(p, [])]
             if len(models) == 1:
-                lam, thr = models[0].config.lam, models[0].config.threshold
+                cfg = models[0].config
+                lam, thr, area = cfg.lam, cfg.threshold, cfg.min_area
                 predict = models[0].predict
             else:
-                # Ensemble: average maps; tune its watershed on the fold's training patients.
                 predict = lambda rgb, ms=models: np.mean([m.predict(rgb) for m in ms], axis=0)  # noqa: E731
+            if len(models) > 1 or args.retune:
+                # Tune the watershed on this fold's training patients only (never the held-out ones).
                 train = [im for p in split["train_patients"] for im in by_patient.get(p, [])]
-                lam, thr, _ = tune_postprocess(None, train, maps=[predict(im.rgb) for im in train])
-            meta["folds"].setdefault(name, []).append({**split, "lam": lam, "threshold": thr, "weights": [str(w) for w in weights]})
-            rows += score_images(test, lambda im: watershed_dynamics(predict(im.rgb), lam, threshold=thr), name)
+                maps = [predict(im.rgb) for im in train]
+                lam, thr, area, _ = tune_postprocess(None, train, maps=maps, min_areas=DEFAULT_MIN_AREAS)
+            meta["folds"].setdefault(name, []).append(
+                {**split, "lam": lam, "threshold": thr, "min_area": area, "weights": [str(w) for w in weights]}
+            )
+            seg = lambda im, lam=lam, thr=thr, area=area: remove_small(  # noqa: E731
+                watershed_dynamics(predict(im.rgb), lam, threshold=thr), area
+            )
+            rows += score_images(test, seg, name)
             if bar is not None:
                 bar.update(len(split["test_patients"]))
     chosen = [im for im in images if im.patient in wanted]

@@ -152,7 +152,7 @@ def rings_to_geometry(
     *,
     scale: tuple[float, float] = (1.0, 1.0),
     origin: tuple[float, float] = (0.0, 0.0),
-    decimals: int = 3,
+    decimals: int = 2,
     repair: bool = False,
 ) -> dict[str, Any]:
     """GeoJSON geometry (Polygon or MultiPolygon) of one label's rings.

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 #: Longest side of the embedded overview pictures, in pixels.
-MAX_PICTURE_SIDE = 1200
+MAX_PICTURE_SIDE = 680
 _OUTLINE = (0, 255, 0)
 _BAR = (70, 90, 170)
 
@@ -103,20 +103,18 @@ def qc_overlay(result: Any, max_side: int = MAX_PICTURE_SIDE) -> tuple[np.ndarra
                 k = i
         arr = group[paths[k]]
         s, t = _ngff_transform(root_attrs, k)
-        step = max(1, int(math.ceil(max(arr.shape[-2:]) / max_side)))
-        ov = np.asarray(arr[..., ::step, ::step])
-        rgb = np.moveaxis(ov, 0, -1)[..., :3].copy() if ov.ndim == 3 else np.repeat(ov[..., None], 3, -1)
-        s = s * step
+        ov = np.asarray(arr[...])
+        rgb = np.moveaxis(ov, 0, -1)[..., :3] if ov.ndim == 3 else np.repeat(ov[..., None], 3, -1)
+        rgb, f = _fit(np.ascontiguousarray(rgb, dtype=np.uint8), max_side)
+        # New pixel i averages old pixels [i f, (i + 1) f): its centre is old (i + 0.5) f - 0.5.
+        t = t + (0.5 * f - 0.5) * s
+        s = s * f
     else:
         lab0 = result.labels
-        mpp = np.asarray(result.label_mpp)
         step = max(1, int(math.ceil(max(lab0.shape) / max_side)))
-        nuc_attrs = dict(group["labels/nuclei"].attrs)
-        s0, t = _ngff_transform(nuc_attrs)
+        s0, t = _ngff_transform(dict(group["labels/nuclei"].attrs))
         s = s0 * step
-        h, w = -(-lab0.shape[0] // step), -(-lab0.shape[1] // step)
-        rgb = np.full((h, w, 3), 255, np.uint8)
-        del mpp
+        rgb = np.full((-(-lab0.shape[0] // step), -(-lab0.shape[1] // step), 3), 255, np.uint8)
     h, w = rgb.shape[:2]
     cy = t[0] + np.arange(h) * s[0]
     cx = t[1] + np.arange(w) * s[1]
@@ -126,11 +124,7 @@ def qc_overlay(result: Any, max_side: int = MAX_PICTURE_SIDE) -> tuple[np.ndarra
         rgb[edges] = _OUTLINE
         caption = f"Nucleus outlines (green) over the slide overview, {w} x {h} px at {s[1]:.2f} um/px."
     else:
-        # No overview in the store: colour each nucleus by its id.
-        fg = labels != 0
-        hue = (labels.astype(np.uint64) * np.uint64(2654435761) % np.uint64(360)).astype(float)
-        rgb[fg] = _hsv_to_rgb(hue[fg])
-        rgb[find_boundaries(labels, mode="inner")] = (0, 0, 0)
+        rgb = _colour_labels(labels)  # no overview in the store
         caption = f"Nucleus labels (the store has no slide overview), {w} x {h} px at {s[1]:.2f} um/px."
     return rgb, caption
 
@@ -190,7 +184,7 @@ def detail_view(
     h, w = labels.shape
     my, mx = result.label_mpp
     # Densest square of the crop's size (table centroids are in micrometres).
-    bins = (max(1, int(h * my // (side * my))), max(1, int(w * mx // (side * mx))))
+    bins = (max(1, h // side), max(1, w // side))
     counts, ey, ex = np.histogram2d(y_um, x_um, bins=bins, range=((0, h * my), (0, w * mx)))
     by, bx = np.unravel_index(int(np.argmax(counts)), counts.shape)
     cy, cx = 0.5 * (ey[by] + ey[by + 1]) / my, 0.5 * (ex[bx] + ex[bx + 1]) / mx
@@ -202,16 +196,12 @@ def detail_view(
         rgb, source = _detail_rgb(result, box)
     except Exception as exc:  # noqa: BLE001 - a missing picture must not sink the report
         rgb, source = None, f"the slide could not be read ({exc})"
-    edges = find_boundaries(lab, mode="inner")
     if rgb is None:
-        pic = np.full((*lab.shape, 3), 255, np.uint8)
-        fg = lab != 0
-        pic[fg] = _hsv_to_rgb((lab[fg].astype(np.uint64) * np.uint64(2654435761) % np.uint64(360)).astype(float))
-        pic[edges] = (0, 0, 0)
+        pic = _colour_labels(lab)
         what = f"coloured labels ({source})"
     else:
         pic = rgb.copy()
-        pic[edges] = _OUTLINE
+        pic[find_boundaries(lab, mode="inner")] = _OUTLINE
         what = f"outlines (green) over {source}"
     pic = np.repeat(np.repeat(pic, zoom, axis=0), zoom, axis=1)
     caption = (
@@ -222,11 +212,33 @@ def detail_view(
     return pic, caption
 
 
-def _hsv_to_rgb(hue_deg: np.ndarray) -> np.ndarray:
-    from skimage.color import hsv2rgb
+def _fit(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink (box filter) so the longest side is at most ``max_side``; returns the
+    picture and the ``(y, x)`` size ratio old / new."""
+    from PIL import Image
 
-    hsv = np.stack([hue_deg / 360.0, np.full_like(hue_deg, 0.55), np.full_like(hue_deg, 0.9)], axis=-1)
-    return np.rint(hsv2rgb(hsv[None])[0] * 255).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    f = max(h, w) / max_side
+    if f <= 1:
+        return rgb.copy(), np.ones(2)
+    nh, nw = max(1, round(h / f)), max(1, round(w / f))
+    small = np.array(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BOX))
+    return small, np.array([h / nh, w / nw])
+
+
+def _colour_labels(labels: np.ndarray) -> np.ndarray:
+    """Each nucleus in a colour of its own (hashed from its id), outlined in black, on white."""
+    from skimage.color import hsv2rgb
+    from skimage.segmentation import find_boundaries
+
+    rgb = np.full((*labels.shape, 3), 255, np.uint8)
+    fg = labels != 0
+    # Fibonacci hashing spreads consecutive ids over the hue circle.
+    hue = (labels[fg].astype(np.uint64) * np.uint64(2654435761) % np.uint64(360)).astype(float) / 360.0
+    hsv = np.stack([hue, np.full_like(hue, 0.55), np.full_like(hue, 0.9)], axis=-1)
+    rgb[fg] = np.rint(hsv2rgb(hsv[None])[0] * 255).astype(np.uint8)
+    rgb[find_boundaries(labels, mode="inner")] = (0, 0, 0)
+    return rgb
 
 
 def density_map(
@@ -369,7 +381,7 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
 _CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1280px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.sub{color:#666;font-size:13px} figure{margin:0 0 12px} figcaption{color:#555;font-size:13px}
+.sub{color:#666;font-size:13px} figure{margin:0 0 12px;max-width:100%} figcaption{color:#555;font-size:13px}
 img{max-width:100%;height:auto;border:1px solid #ccc} .row{display:flex;flex-wrap:wrap;gap:16px}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
 vertical-align:top} th{background:#f4f4f4} td.k{font-family:monospace;white-space:nowrap}
@@ -377,8 +389,9 @@ td.v{font-family:monospace;word-break:break-all}
 """
 
 
-def _figure(uri: str, caption: str, alt: str) -> str:
-    return (f'<figure><img src="{uri}" alt="{html.escape(alt)}">'
+def _figure(rgb: np.ndarray, caption: str, alt: str) -> str:
+    # The figure is as wide as its picture, so that the caption wraps under it.
+    return (f'<figure style="width:{rgb.shape[1] + 2}px"><img src="{_png(rgb)}" alt="{html.escape(alt)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -403,30 +416,30 @@ def build_report(result: Any, *, bin_um: float | None = None) -> str:
 
     bin_um = default_bin_um(extent) if bin_um is None else bin_um
     qc, qc_caption = qc_overlay(result)
-    parts = [_figure(_png(qc), qc_caption, "QC overlay")]
+    parts = [_figure(qc, qc_caption, "QC overlay")]
     if n and "y_um" in data:
         detail = detail_view(result, data["y_um"], data["x_um"])
         if detail is not None:
-            parts.append(_figure(_png(detail[0]), detail[1], "QC detail"))
+            parts.append(_figure(detail[0], detail[1], "QC detail"))
     dens_html = ""
     if n and "y_um" in data:
         dens, top = density_map(data["y_um"], data["x_um"], extent, bin_um=bin_um)
         dens_html = _figure(
-            _png(dens),
+            dens,
             f"Nuclei per mm^2 in {bin_um:g} um bins (colour scale up to the 99th percentile, {top:,.0f}/mm^2; "
             "grey: no nuclei).",
             "density heat map",
         )
     hists = []
     if "area_um2" in data:
-        hists.append(_figure(_png(histogram(data["area_um2"], title=f"Nucleus area (n = {n:,})",
-                                            xlabel="area (um^2)")), "Nucleus area.", "area histogram"))
+        pic = histogram(data["area_um2"], title=f"Nucleus area (n = {n:,})", xlabel="area (um^2)")
+        hists.append(_figure(pic, "Nucleus area.", "area histogram"))
     if "hematoxylin_od" in data:
-        hists.append(_figure(_png(histogram(data["hematoxylin_od"], title="Mean hematoxylin density per nucleus",
-                                            xlabel="hematoxylin optical density (base 10)")),
-                             "Mean hematoxylin optical density (colour deconvolution).", "hematoxylin histogram"))
+        pic = histogram(data["hematoxylin_od"], title="Mean hematoxylin density per nucleus",
+                        xlabel="hematoxylin optical density (base 10)")
+        hists.append(_figure(pic, "Mean hematoxylin optical density (colour deconvolution).", "hematoxylin histogram"))
     else:
-        hists.append("<p class=sub>Hematoxylin density: not in this run's table (no morphometrics).</p>")
+        hists.append('<p class="sub">Hematoxylin density: not in this run\'s table (no morphometrics).</p>')
 
     tissue = float(meta.get("tissue_mm2", float("nan")))
     summary = [

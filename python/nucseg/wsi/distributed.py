@@ -686,12 +686,13 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
 
 def _batches(tiles: list[Any], size: int) -> list[list[Any]]:
     """Consecutive tiles of the same read shape, at most ``size`` per batch (as the runner batches)."""
+    def shape(t: Any) -> tuple[int, int]:
+        return (t.read[1] - t.read[0], t.read[3] - t.read[2])
+
     out: list[list[Any]] = []
     for t in tiles:
-        shape = (t.read[1] - t.read[0], t.read[3] - t.read[2])
-        last = out[-1] if out else None
-        if last and len(last) < size and (last[0].read[1] - last[0].read[0], last[0].read[3] - last[0].read[2]) == shape:
-            last.append(t)
+        if out and len(out[-1]) < size and shape(out[-1][0]) == shape(t):
+            out[-1].append(t)
         else:
             out.append([t])
     return out
@@ -734,6 +735,27 @@ def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: 
             written += len(ids)
         labels[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
     return written
+
+
+def apply_pending_spill(output: str | os.PathLike[str]) -> int:
+    """Write and delete every spill file an interrupted Dask run left in a store.
+
+    For the single-process runner: call it on a resumed store before
+    :meth:`OutputStore.finish`, and a store interrupted in a Dask run completes exactly.
+    Returns the pixels read (0 when there was nothing to do).
+    """
+    import json
+
+    out = Path(output)
+    chunks = _pending_spill(out)
+    if chunks:
+        settings = json.loads((out / "zarr.json").read_text())["attributes"]["nucseg"]["settings"]
+        (h, w), tile = settings["size"], int(settings["tile"])
+        n = apply_spill(out, chunks, math.ceil(h / tile) * math.ceil(w / tile))
+    else:
+        n = 0
+    shutil.rmtree(out / "nucseg" / SPILL_DIR, ignore_errors=True)
+    return n
 
 
 def pyramid_blocks(geom: Any, level: int, group: int) -> list[Box]:
@@ -899,14 +921,15 @@ def connect(scheduler: Any = None, workers: int | None = None, threads_per_worke
             return Client(scheduler, timeout="30s"), None
         except OSError as exc:
             raise DistributedError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    n = _check_int("workers", os.cpu_count() or 1 if workers is None else workers, 1)
+    n = _check_int("workers", (os.cpu_count() or 1) if workers is None else workers, 1)
     tpw = _check_int("threads_per_worker", threads_per_worker, 1)
     cluster = LocalCluster(n_workers=n, threads_per_worker=tpw, processes=True, dashboard_address=":0")
     client = Client(cluster)
     import importlib.util
 
-    note = "" if importlib.util.find_spec("bokeh") else " (install bokeh>=3.1 to see it: pip install 'dask[diagnostics]')"
-    logger.info("started a local Dask cluster: %d workers x %d threads; dashboard %s%s", n, tpw, cluster.dashboard_link, note)
+    note = "" if importlib.util.find_spec("bokeh") else " (pip install 'bokeh>=3.1' to see it)"
+    logger.info("started a local Dask cluster: %d workers x %d threads; dashboard %s%s", n, tpw, cluster.dashboard_link,
+                note)
     return client, cluster
 
 
@@ -958,7 +981,9 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, batch_size, tissue, save_prob, save_image, connectivity
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, batch_size, tissue
+        As for :func:`nucseg.wsi.segment_slide`.
+    save_prob, save_image, connectivity
         As for :func:`nucseg.wsi.segment_slide`.
     resume : bool
         Continue incomplete stores (tiles with a completion record are kept).
@@ -984,6 +1009,14 @@ def run_distributed(
         No worker, or a worker that cannot write the output folder or read a slide.
     ValueError, TypeError, FileNotFoundError
         Invalid arguments; with ``errors="raise"``, the first failing slide's error.
+
+    Examples
+    --------
+    >>> outcomes = run_distributed(["a.svs", "b.svs"], "results", workers=2)  # doctest: +SKIP
+    >>> print("\\n".join(outcome_lines(outcomes)))  # doctest: +SKIP
+    a.svs: 51234 nuclei -> /data/results/a.zarr (2311 tiles computed, 0 resumed, 812.4s)
+    b.svs: 48890 nuclei -> /data/results/b.zarr (2176 tiles computed, 0 resumed, 790.1s)
+    slides: 2 done, 0 skipped, 0 failed
     """
     pairs = plan_outputs(slides, out)
     if resume and overwrite:
@@ -1032,7 +1065,9 @@ def run_distributed(
         try:
             client.wait_for_workers(1, timeout=wait_for_workers)
         except (TimeoutError, asyncio.TimeoutError):
-            raise DistributedError(f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s") from None
+            raise DistributedError(
+                f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
+            ) from None
         _probe(client, sorted({str(o.parent) for _, o in pairs}), [str(s) for s, _ in pairs])
         client.register_plugin(ModelPlugin(model, device, name), name=name)
         try:
@@ -1094,21 +1129,21 @@ def _drive(
 
     run = uuid.uuid4().hex[:8]
     states = [_Slide(i, s, o) for i, (s, o) in enumerate(pairs)]
-    owner: dict[str, tuple[_Slide, str, Any]] = {}
+    owner: dict[str, tuple[_Slide, str]] = {}
     ac = as_completed()
     bar = tqdm(total=0, unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles")
     nuclei = 0
     finished = 0
     stopped = False  # tasks were cancelled: wait for those still running before returning
 
-    def submit(st: _Slide, kind: str, fn: Any, *args: Any, tag: Any = "", info: Any = None) -> None:
+    def submit(st: _Slide, kind: str, fn: Any, *args: Any, tag: Any = "") -> None:
         # Earlier slides first; within a slide, later phases first (a slide completes
         # before the next one takes the workers).
         prio = {"prepare": 0, "tiles": 1, "spill": 2, "pyramid": 3, "finish": 4}[kind]
         fut = client.submit(
             fn, *args, key=f"nucseg-{run}-{kind}-{st.index}-{tag}", priority=prio - 10 * st.index, pure=False
         )
-        owner[fut.key] = (st, kind, info)
+        owner[fut.key] = (st, kind)
         if kind in ("tiles", "pyramid"):
             st.counts[f"{'tile' if kind == 'tiles' else kind}_tasks"] += 1
         st.pending[fut.key] = fut
@@ -1180,7 +1215,7 @@ def _drive(
 
     def handle(fut: Any) -> None:
         nonlocal nuclei, finished, stopped, nthreads
-        st, kind, _ = owner.pop(fut.key)
+        st, kind = owner.pop(fut.key)
         st.pending.pop(fut.key, None)
         if st.outcome is not None:  # the slide failed already
             return
