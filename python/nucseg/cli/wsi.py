@@ -21,6 +21,12 @@ examples:
       continue after a crash or a kill; finished tiles are not recomputed
   nucseg-wsi slide.svs slide.zarr --model hematoxylin --tissue mask.png
       the classical colour-deconvolution baseline, with your own tissue mask
+  nucseg-wsi slides/*.svs --out-dir results/
+      a batch, one results/NAME.zarr per slide; complete ones are skipped, --resume continues partial ones
+  nucseg-wsi slides/*.svs --out-dir results/ --workers 4
+      the batch on a local Dask cluster of 4 worker processes (its dashboard address is printed)
+  nucseg-wsi /shared/slides/*.svs --out-dir /shared/results --scheduler tcp://head:8786
+      the batch on a running Dask cluster: slides and results on a filesystem every worker reaches
 
 output (OME-NGFF 0.5, zarr v3): labels/nuclei/0.. (labels + pyramid), prob/0 (--save-prob),
 nucseg/nuclei.parquet (one row per nucleus), run metadata in the root attributes.
@@ -35,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("paths", nargs="*", metavar="SLIDE OUT.zarr", help="the slide and the output store")
+    p.add_argument(
+        "paths", nargs="*", metavar="SLIDE OUT.zarr", help="the slide and the output store (with --out-dir: slides)"
+    )
+    p.add_argument(
+        "--out-dir", default=None, metavar="DIR", help="batch: every path is a slide, written to DIR/NAME.zarr"
+    )
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", default=None, metavar="tcp://HOST:8786", help="run on this Dask cluster (see docs/SCALING.md)"
+    )
+    cluster.add_argument("--workers", type=int, default=None, metavar="N", help="start a local Dask cluster of N workers")
+    p.add_argument("--group", type=int, default=2, help="with Dask: a task computes GROUP x GROUP tiles (default 2)")
     p.add_argument("--demo", action="store_true", help="write a synthetic slide beside OUT.zarr and segment it")
     p.add_argument(
         "--model",
@@ -76,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 on success)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.demo:
+    dask = args.scheduler is not None or args.workers is not None
+    if args.out_dir is not None:
+        if args.demo or not args.paths:
+            parser.error("--out-dir takes one or more SLIDE paths (and no --demo)")
+    elif args.demo:
         if len(args.paths) != 1:
             parser.error("--demo takes exactly one path: OUT.zarr")
     elif len(args.paths) != 2:
-        parser.error("expected SLIDE and OUT.zarr (or --demo OUT.zarr)")
+        parser.error("expected SLIDE and OUT.zarr (or --demo OUT.zarr, or SLIDE... --out-dir DIR)")
+    if (dask or args.out_dir is not None) and args.qc:
+        parser.error("--qc works for one slide without --out-dir, --scheduler or --workers")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return _run(args)
@@ -109,8 +132,12 @@ def _run(args: argparse.Namespace) -> int:
             model = "hematoxylin"
             if not args.quiet:
                 print("bundled weights not found: using the classical hematoxylin model", file=sys.stderr)
-    else:
+    elif args.out_dir is None:
         slide, out = Path(args.paths[0]), Path(args.paths[1])
+    if args.scheduler is not None or args.workers is not None:
+        return _run_dask(args, model, [slide] if args.out_dir is None else args.paths, args.out_dir or out)
+    if args.out_dir is not None:
+        return _run_batch(args, model)
     summary = segment_slide(
         slide,
         out,
@@ -138,6 +165,76 @@ def _run(args: argparse.Namespace) -> int:
         for line in summary_lines(summary):
             print(line, file=sys.stderr)
     return 0
+
+
+def _options(args: argparse.Namespace, model: str | None) -> dict:
+    """The segment_slide / run_distributed keyword arguments shared by every mode."""
+    return {
+        "model": model,
+        "lam": args.lam,
+        "threshold": args.threshold,
+        "mpp": args.mpp,
+        "level": args.level,
+        "tile": args.tile,
+        "halo": args.halo,
+        "max_halo": args.max_halo,
+        "strict": args.strict,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "tissue": args.tissue,
+        "overwrite": args.overwrite,
+        "save_prob": args.save_prob,
+        "save_image": args.save_image,
+        "progress": not args.quiet,
+    }
+
+
+def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: str | Path) -> int:
+    from nucseg.wsi.distributed import outcome_lines, run_distributed
+
+    # After importing dask.distributed (its import sets its loggers): its INFO lines drown the bar.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    outcomes = run_distributed(
+        slides,
+        out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        group=args.group,
+        resume=args.resume,
+        errors="collect" if args.out_dir is not None else "raise",
+        **_options(args, model),
+    )
+    failed = [o for o in outcomes if o.status == "failed"]
+    for line in outcome_lines(outcomes) if not args.quiet else [f"{o.slide}: {o.error}" for o in failed]:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_batch(args: argparse.Namespace, model: str | None) -> int:
+    """One slide after the other in this process; complete stores are skipped."""
+    from nucseg.wsi.distributed import plan_outputs, store_status
+    from nucseg.wsi.pipeline import segment_slide, summary_lines
+
+    failed = 0
+    for slide, out in plan_outputs(args.paths, args.out_dir):
+        status = store_status(out)
+        if status == "complete" and not args.overwrite:
+            if not args.quiet:
+                print(f"{slide.name}: {out} is complete, skipped", file=sys.stderr)
+            continue
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            summary = segment_slide(
+                slide, out, threads=args.threads, resume=args.resume and status == "partial", **_options(args, model)
+            )
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            print(f"nucseg-wsi: {slide.name}: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if not args.quiet:
+            for line in [f"{slide.name}:", *summary_lines(summary)]:
+                print(line, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _default_weights_exist() -> bool:
