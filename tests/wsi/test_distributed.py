@@ -24,8 +24,6 @@ from nucseg.wsi import segment_slide  # noqa: E402
 from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff  # noqa: E402
 from nucseg.wsi.distributed import (  # noqa: E402
     DistributedError,
-    apply_pending_spill,
-    apply_spill,
     group_box,
     group_of,
     outcome_lines,
@@ -36,6 +34,7 @@ from nucseg.wsi.distributed import (  # noqa: E402
     store_status,
 )
 from nucseg.wsi.predictors import HematoxylinPredictor  # noqa: E402
+from nucseg.wsi.store import apply_pending_spill, apply_spill, pending_spill, save_spill  # noqa: E402
 
 # The predictors below are defined here: ship them to the workers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -222,15 +221,22 @@ def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, referenc
 
 
 def test_single_process_resume_of_a_dask_run(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
-    """An interrupted Dask run finished by segment_slide(resume=True) after apply_pending_spill."""
+    """An interrupted Dask run finished by segment_slide(resume=True), which merges the spill
+    files itself; the same after an explicit apply_pending_spill."""
+    import shutil
+
     out = tmp_path / "d.zarr"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_distributed(demo_slide, out, scheduler=client, model=FailAfter(), tile=256, tissue="none",
                         save_prob=True, save_image=True)
-    assert apply_pending_spill(out) > 0 and not (out / "nucseg" / "spill").exists()
-    segment_slide(demo_slide, out, model="hematoxylin", tile=256, tissue="none", save_prob=True, save_image=True,
-                  threads=1, resume=True)
-    _assert_same_store(reference, out)
+    assert pending_spill(out)  # nuclei crossing group borders are waiting in spill files
+    explicit = tmp_path / "explicit.zarr"
+    shutil.copytree(out, explicit)
+    assert apply_pending_spill(explicit) > 0 and not (explicit / "nucseg" / "spill").exists()
+    for store in (out, explicit):
+        segment_slide(demo_slide, store, model="hematoxylin", tile=256, tissue="none", save_prob=True,
+                      save_image=True, threads=1, resume=True)
+        _assert_same_store(reference, store)
 
 
 def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path) -> None:
@@ -265,10 +271,8 @@ def test_split_and_apply_spill(tmp_path: Path) -> None:
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     nuc = root.create_group("labels").create_group("nuclei")
     lab = nuc.create_array("0", shape=(48, 64), chunks=(16, 16), dtype="uint32", fill_value=0)
-    from nucseg.wsi.distributed import _save_spill
-
     for dest, (yx, ids) in spill.items():
-        _save_spill(tmp_path / "s.zarr", dest, 5, yx, ids)
+        save_spill(tmp_path / "s.zarr", dest, 5, yx, ids)
     lab[28:32, 28:32] = inside.labels
     assert apply_spill(tmp_path / "s.zarr", [6, 9, 10], geom.n_tiles) == 48
     np.testing.assert_array_equal(lab[...], full)

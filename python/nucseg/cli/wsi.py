@@ -139,27 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         return _run_batch(args, model)
     summary = segment_slide(
-        slide,
-        out,
-        model=model,
-        lam=args.lam,
-        threshold=args.threshold,
-        mpp=args.mpp,
-        level=args.level,
-        tile=args.tile,
-        halo=args.halo,
-        max_halo=args.max_halo,
-        strict=args.strict,
-        device=args.device,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        tissue=args.tissue,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        save_prob=args.save_prob,
-        save_image=args.save_image,
-        qc=args.qc,
-        progress=not args.quiet,
+        slide, out, threads=args.threads, resume=args.resume, qc=args.qc, **_options(args, model)
     )
     if not args.quiet:
         for line in summary_lines(summary):

@@ -29,7 +29,13 @@ tasks and never the recomputation of finished ones):
 No two tasks that can run at the same time write the same chunk. A worker that dies
 mid-task loses only that task: Dask runs it again elsewhere, and it rewrites the same
 pixels. An interrupted run resumes with ``resume=True`` (tiles with a completion
-record are skipped; leftover spill files are applied).
+record are skipped; leftover spill files are applied), or in a single process with
+:func:`nucseg.wsi.segment_slide` ``(resume=True)``, which applies them too.
+
+Planning and the tile computation are the single-process runner's own
+(:func:`nucseg.wsi.pipeline.prepare_output`, :func:`nucseg.wsi.pipeline.compute_tile`);
+this module adds the tasks, the split of each tile's nuclei into its group's region
+and spill, and the client's loop.
 
 Requirements
 ------------
@@ -50,7 +56,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +66,16 @@ try:
 except ImportError:  # optional: the batch helpers work without it, run_distributed says what to install
     _PluginBase = object
 
-from .pipeline import DEFAULT_MAX_HALO, DEFAULT_OBJECT_MARGIN, SlideSummary
+from .pipeline import SlideSummary, TileParams, check_int, check_run_options
+from .store import (  # apply_pending_spill: also importable from here, as documented before
+    SPILL_DIR,
+    apply_pending_spill,  # noqa: F401
+    apply_spill,
+    pending_spill,
+    save_spill,
+)
 
 logger = logging.getLogger(__name__)
-
-#: Folder of the spill files inside ``OUT.zarr/nucseg``.
-SPILL_DIR = "spill"
 #: Suffixes stripped from a slide's name to name its store in a batch.
 _DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
 
@@ -162,10 +171,11 @@ class SlideJob:
     geom : Geometry
         The processing geometry (:func:`nucseg.wsi.tiling.plan_geometry`).
     settings : dict
-        The store settings (checked again by every task before writing).
-    lam, threshold : float
-    connectivity, max_halo, stride, batch_size, group : int
-    save_prob, save_image, strict : bool
+        The store settings.
+    params : TileParams
+        How each tile is post-processed (:func:`nucseg.wsi.pipeline.compute_tile`).
+    batch_size, group : int
+    save_image : bool
     plugin : str
         Name of the :class:`ModelPlugin`.
     """
@@ -175,16 +185,10 @@ class SlideJob:
     mpp: float | None
     geom: Any
     settings: dict[str, Any]
-    lam: float
-    threshold: float
-    connectivity: int
-    max_halo: int
-    stride: int
+    params: TileParams
     batch_size: int
     group: int
-    save_prob: bool
     save_image: bool
-    strict: bool
     plugin: str
 
 
@@ -267,16 +271,13 @@ def store_status(output: str | os.PathLike[str]) -> str:
 
     Reads only ``zarr.json``: cheap enough to check thousands of stores.
     """
-    import json
+    from .store import read_meta
 
     p = Path(output)
     if not p.exists():
         return "missing"
-    try:
-        meta = json.loads((p / "zarr.json").read_text())["attributes"]["nucseg"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "partial"
-    return "complete" if meta.get("status") == "complete" else "partial"
+    meta = read_meta(p)
+    return "complete" if meta is not None and meta.get("status") == "complete" else "partial"
 
 
 def plan_outputs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
@@ -310,182 +311,52 @@ def plan_outputs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLik
 # -- prepare (worker) ---------------------------------------------------------------------
 
 
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
 def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str) -> SlidePlan:
     """Dask task: plan one slide and create (or reopen) its store; see :class:`SlidePlan`.
 
     ``options`` holds the keyword arguments of :func:`run_distributed` that shape the
-    run (``mpp, level, tile, halo, max_halo, strict, lam, threshold, connectivity,
-    tissue, resume, overwrite, save_prob, save_image, batch_size, group``). The geometry, settings and
-    metadata are those of :func:`nucseg.wsi.segment_slide`, so either runner can
-    check the other's store.
+    run: those of :func:`nucseg.wsi.pipeline.prepare_output` (``lam, threshold,
+    level, tile, halo, max_halo, strict, connectivity, tissue, resume, overwrite,
+    save_prob, save_image``) and ``mpp, batch_size, group``. Planning is
+    :func:`~nucseg.wsi.pipeline.prepare_output`'s, so either runner can continue the
+    other's store; a complete store with the same settings is skipped.
     """
-    from .pipeline import _run_meta, _select_tiles
-    from .predictors import describe
-    from .reader import SlideError, open_slide
-    from .store import OutputStore, StoreError
-    from .tiling import IdScheme, make_tiles, plan_geometry
+    from .pipeline import prepare_output
+    from .reader import open_slide
+    from .store import jsonable
 
-    o = options
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out_path = Path(output)
+    o = dict(options)
+    job_options = {k: o.pop(k) for k in ("mpp", "batch_size", "group")}
     pred = worker_plugin(plugin).predictor
-    reader = open_slide(slide, mpp=o["mpp"])
+    reader = open_slide(slide, mpp=job_options["mpp"])
     try:
-        if reader.mpp is None:
-            raise SlideError(f"{reader.path}: the slide has no microns-per-pixel metadata; pass --mpp")
-        info = describe(pred)
-        lam = info["lam"] if o["lam"] is None else float(o["lam"])
-        threshold = info["threshold"] if o["threshold"] is None else float(o["threshold"])
-        stride, context = info["stride"], info["context"]
-        halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride) if o["halo"] is None else o["halo"]
-        max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if o["max_halo"] is None else o["max_halo"]), stride)
-        geom = plan_geometry(
-            [(lv.width, lv.height) for lv in reader.levels],
-            reader.mpp,
-            info["mpp"],
-            tile=o["tile"],
-            halo=halo,
-            context=context,
-            level=o["level"],
-            stride=stride,
-        )
-        tiles = make_tiles(geom)
-        scheme = IdScheme(geom.n_tiles)
-        overview = reader.thumbnail(2048)
-        keep, fraction, tissue_mode = _select_tiles(o["tissue"], overview, geom, tiles)
-        lv0 = reader.levels[0]
-        tissue_mm2 = fraction * lv0.width * lv0.height * reader.mpp[0] * reader.mpp[1] / 1e6
-        fingerprint = reader.fingerprint()
-        settings = {
-            "slide_fingerprint": fingerprint,
-            "model_sha256": info["sha256"],
-            "model_name": info["name"],
-            "lam": lam,
-            "threshold": threshold,
-            "connectivity": o["connectivity"],
-            "level": geom.level,
-            "size": list(geom.size),
-            "mpp": list(geom.mpp),
-            "tile": geom.tile,
-            "halo": geom.halo,
-            "context": geom.context,
-            "tissue": tissue_mode,
-            "save_prob": bool(o["save_prob"]),
-            "save_image": bool(o["save_image"]),
-        }
-        if out_path.exists() and not o["overwrite"]:
-            complete = _complete_summary(out_path, settings, len(tiles))
-            if complete is not None:
-                return SlidePlan(job=None, skipped=complete)
-            if not o["resume"]:
-                raise StoreError(
-                    f"output {out_path} exists but is not complete; pass --resume to continue it or --overwrite"
-                )
-            store = OutputStore.resume(out_path, settings=settings)
-        else:
-            meta = _run_meta(reader, info, geom, started, slide, fingerprint)
-            meta.update(tissue_fraction=fraction, tissue_mm2=tissue_mm2, tiles=len(tiles), tiles_tissue=len(keep))
-            ov_ds = overview.downsample
-            my0, mx0 = reader.mpp[1], reader.mpp[0]
-            store = OutputStore.create(
-                out_path,
-                geom=geom,
-                label_dtype=scheme.dtype,
-                settings=settings,
-                meta=meta,
-                overview=overview.rgb,
-                overview_mpp=(ov_ds[0] * my0, ov_ds[1] * mx0),
-                overview_translation=(
-                    0.5 * my0 * (overview.level_downsample[0] - 1),
-                    0.5 * mx0 * (overview.level_downsample[1] - 1),
-                ),
-                overwrite=bool(o["overwrite"]),
-            )
-        done = store.done_tiles()
-        stored_settings = dict(store.meta.get("settings", settings))
-        stored_settings.pop("label_dtype", None)
+        setup = prepare_output(reader, pred, output, skip_complete=True, **o)
     finally:
         reader.close()
+    if setup.skipped is not None:
+        return SlidePlan(job=None, skipped=setup.skipped)
     job = SlideJob(
         slide=str(slide),
-        output=str(out_path),
-        mpp=o["mpp"],
-        geom=geom,
-        settings=stored_settings,
-        lam=lam,
-        threshold=threshold,
-        connectivity=o["connectivity"],
-        max_halo=max_halo,
-        stride=stride,
-        batch_size=o["batch_size"],
-        group=o["group"],
-        save_prob=bool(o["save_prob"]),
-        save_image=bool(o["save_image"]),
-        strict=bool(o["strict"]),
+        output=str(setup.output),
+        mpp=job_options["mpp"],
+        geom=setup.geom,
+        settings=jsonable(setup.settings),
+        params=setup.params,
+        batch_size=job_options["batch_size"],
+        group=job_options["group"],
+        save_image=setup.save_image,
         plugin=plugin,
     )
     return SlidePlan(
         job=job,
-        todo=[i for i in keep if i not in done],
-        tiles=len(tiles),
-        tiles_tissue=len(keep),
-        tiles_resumed=len([i for i in keep if i in done]),
-        tissue_fraction=fraction,
-        tissue_mm2=tissue_mm2,
-        spill=_pending_spill(out_path),
+        todo=setup.todo,
+        tiles=len(setup.tiles),
+        tiles_tissue=len(setup.keep),
+        tiles_resumed=setup.resumed,
+        tissue_fraction=setup.tissue_fraction,
+        tissue_mm2=setup.tissue_mm2,
+        spill=pending_spill(setup.output),
     )
-
-
-def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> SlideSummary | None:
-    """The summary of a complete store with these settings; None when it is not complete.
-
-    Raises :class:`StoreError` when the store is complete but was made with other settings.
-    """
-    import json
-
-    from .store import StoreError, _jsonable
-
-    try:
-        meta = json.loads((out / "zarr.json").read_text())["attributes"]["nucseg"]
-    except (OSError, ValueError, KeyError):
-        return None
-    if meta.get("status") != "complete":
-        return None
-    stored = dict(meta.get("settings", {}))
-    stored.pop("label_dtype", None)
-    diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != _jsonable(settings.get(k)))
-    if diff:
-        raise StoreError(
-            f"{out} is complete but was made with other settings ({', '.join(diff[:4])}); use --overwrite to redo it"
-        )
-    return SlideSummary(
-        output=out,
-        table=out / "nucseg" / "nuclei.parquet",
-        nuclei=int(meta.get("nuclei", 0)),
-        tiles=int(meta.get("tiles", n_tiles)),
-        tiles_tissue=int(meta.get("tiles_tissue", 0)),
-        tiles_run=0,
-        tiles_resumed=int(meta.get("tiles_done", 0)),
-        tissue_fraction=float(meta.get("tissue_fraction", 0.0)),
-        tissue_mm2=float(meta.get("tissue_mm2", 0.0)),
-        level=int(settings["level"]),
-        mpp=(float(settings["mpp"][0]), float(settings["mpp"][1])),
-        size=(int(settings["size"][0]), int(settings["size"][1])),
-        timings=dict(meta.get("timings", {})),
-        tiles_enlarged=int(meta.get("tiles_enlarged", 0)),
-        approximate=int(meta.get("approximate_nuclei", 0)),
-    )
-
-
-def _pending_spill(out: Path) -> list[int]:
-    d = out / "nucseg" / SPILL_DIR
-    if not d.is_dir():
-        return []
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and any(p.glob("*.npz")))
 
 
 # -- geometry of groups ------------------------------------------------------------------
@@ -551,110 +422,52 @@ def split_result(result: Any, region: Box, geom: Any) -> tuple[Any, dict[int, tu
     return inside_res, spill
 
 
-def _save_spill(out: Path, dest: int, src: int, yx: np.ndarray, ids: np.ndarray) -> None:
-    d = out / "nucseg" / SPILL_DIR / f"{dest:06d}"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{src:06d}.npz"
-    tmp = d / f"{src:06d}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, yx=yx, ids=ids)
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
-
-
 # -- tile groups (worker) -------------------------------------------------------------------
-
-
-def _open_store(job: SlideJob) -> Any:
-    """Open the store for writing tiles (not :meth:`OutputStore.resume`: that one drops
-    the temporary files of a killed run, which here may be another worker's live ones)."""
-    import zarr
-
-    from .store import OutputStore, StoreError
-
-    try:
-        root = zarr.open_group(job.output, mode="r+", zarr_format=3)
-    except Exception as exc:  # noqa: BLE001 - store errors come in many types
-        raise StoreError(f"cannot open {job.output} on this worker: {exc}") from exc
-    return OutputStore(Path(job.output), root)
 
 
 def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[str, Any]:
     """Dask task: compute ``tiles`` (all in group ``group_index``) and write them.
 
-    Owned pixels inside the group's region are written to the labels; the others go to
-    spill files; then the runner's :meth:`OutputStore.write_tile` writes the table part
-    and the completion record. Returns counts and stage timings (small).
+    Each tile is computed by :func:`nucseg.wsi.pipeline.compute_tile`, as in the
+    single-process runner. Owned pixels inside the group's region are written to the
+    labels; the others go to spill files; then :meth:`OutputStore.write_tile` writes
+    the table part and the completion record. Returns counts and stage timings (small).
     """
-    from .pipeline import postprocess_tile
-    from .reader import SlideError, open_slide
-    from .table import tile_rows
-    from .tiling import IdScheme, ObjectTooLargeError, crop_box, make_tiles, read_region, with_halo
+    from .pipeline import compute_tile, read_tile
+    from .reader import open_slide
+    from .store import OutputStore
+    from .tiling import IdScheme, crop_box, make_tiles
 
     geom = job.geom
     plugin = worker_plugin(job.plugin)
     scheme = IdScheme(geom.n_tiles)
     all_tiles = make_tiles(geom)
     region = group_box(group_index, geom, job.group)
-    store = _open_store(job)
-    out = Path(job.output)
+    store = OutputStore.open(job.output)
     timings = {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0}
     nuclei: dict[int, int] = {}
     spill_chunks: set[int] = set()
     enlarged = 0
 
+    def clock(stage: str, seconds: float) -> None:
+        timings[stage] += seconds
+
     def read(t: Any) -> np.ndarray:
         t0 = time.perf_counter()
-        try:
-            rgb = read_region(reader, geom, t.read)
-        except SlideError as exc:
-            raise SlideError(
-                f"{exc} (tile {t.index}, processing box y={t.read[0]}:{t.read[1]} x={t.read[2]}:{t.read[3]})"
-            ) from exc
-        timings["read"] += time.perf_counter() - t0
+        rgb = read_tile(reader, geom, t)
+        clock("read", time.perf_counter() - t0)
         return rgb
 
     def infer(batch: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         prob = plugin.predict(batch)
-        timings["infer"] += time.perf_counter() - t0
+        clock("infer", time.perf_counter() - t0)
         if prob.shape != batch.shape[:3]:
             raise ValueError(f"model.predict returned shape {prob.shape}, expected {batch.shape[:3]}")
         return prob
 
-    def post(t: Any, prob: np.ndarray) -> Any:
-        nonlocal enlarged
-        halo = geom.halo
-        while True:
-            t0 = time.perf_counter()
-            try:
-                res = postprocess_tile(
-                    prob,
-                    t,
-                    geom,
-                    scheme,
-                    lam=job.lam,
-                    threshold=job.threshold,
-                    connectivity=job.connectivity,
-                    save_prob=job.save_prob,
-                    approximate=halo >= job.max_halo and not job.strict,
-                )
-                timings["post"] += time.perf_counter() - t0
-                n_approx = int((~res.exact).sum())
-                if n_approx:
-                    logger.warning(
-                        "tile %d: %d nuclei of clusters larger than the %d px halo are approximate",
-                        t.index, n_approx, job.max_halo,
-                    )
-                return res
-            except ObjectTooLargeError:
-                timings["post"] += time.perf_counter() - t0
-                if halo >= job.max_halo:
-                    raise
-            # Same rule as the runner: redo the tile with a doubled halo.
-            halo = min(job.max_halo, _round_up(2 * halo, job.stride))
-            t = with_halo(t, geom, halo)
-            enlarged += 1
-            prob = infer(read(t)[None])[0]
+    def recompute(t: Any) -> np.ndarray:
+        return infer(read(t)[None])[0]
 
     for i in tiles:
         if group_of(i, geom.grid, job.group) != group_index:
@@ -665,20 +478,19 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
             rgbs = np.stack([read(t) for t in batch])
             probs = infer(rgbs)
             for t, rgb, prob in zip(batch, rgbs, probs):
-                res = post(t, prob)
-                if job.save_image:
-                    res.rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)])
+                rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if job.save_image else None
+                out = compute_tile(t, prob, geom, scheme, job.params, recompute=recompute, rgb_core=rgb_core,
+                                   clock=clock)
+                enlarged += out.enlarged
                 t0 = time.perf_counter()
-                table = tile_rows(res, geom, scheme.dtype)
-                inside, spill = split_result(res, region, geom)
+                inside, spill = split_result(out.result, region, geom)
                 for dest, (yx, ids) in spill.items():
-                    _save_spill(out, dest, t.index, yx, ids)
+                    save_spill(store.path, dest, t.index, yx, ids)
                     spill_chunks.add(dest)
                 # The completion record comes last: the spill files are on disk before it.
-                record = {"tile": t.index, "nuclei": int(len(res.ids)), "approximate": int((~res.exact).sum())}
-                store.write_tile(inside, table, record, scheme)
-                timings["write"] += time.perf_counter() - t0
-                nuclei[t.index] = int(len(res.ids))
+                store.write_tile(inside, out.table, out.record, scheme)
+                clock("write", time.perf_counter() - t0)
+                nuclei[t.index] = out.record["nuclei"]
     finally:
         reader.close()
     return {"nuclei": nuclei, "spill": sorted(spill_chunks), "timings": timings, "enlarged": enlarged}
@@ -699,63 +511,6 @@ def _batches(tiles: list[Any], size: int) -> list[list[Any]]:
 
 
 # -- spill, pyramid, finish (worker) ------------------------------------------------------
-
-
-def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: int) -> int:
-    """Dask task: write the spill files of ``chunks`` into the labels; returns the pixels read.
-
-    Pixels are merged as the runner merges tiles (:func:`~nucseg.wsi.tiling.merge_claims`:
-    a pixel claimed twice keeps the claim of highest priority), so the order of the
-    files does not matter. Run only when no tile task of the slide is running: it
-    rewrites whole chunks. Idempotent (the files stay until :func:`finish_slide`).
-    """
-    import zarr
-
-    from .tiling import IdScheme, merge_claims
-
-    scheme = IdScheme(n_tiles)
-    out = Path(output)
-    labels = zarr.open_array(str(out / "labels" / "nuclei" / "0"), mode="r+")
-    ch, cw = labels.chunks
-    n_cols = -(-labels.shape[1] // cw)
-    written = 0
-    for c in chunks:
-        files = sorted((out / "nucseg" / SPILL_DIR / f"{int(c):06d}").glob("*.npz"))
-        if not files:
-            continue
-        r, col = divmod(int(c), n_cols)
-        y0, x0 = r * ch, col * cw
-        block = labels[y0 : y0 + ch, x0 : x0 + cw]
-        for f in files:
-            with np.load(f) as z:
-                yx, ids = z["yx"], z["ids"]
-            new = np.zeros_like(block)
-            new[yx[:, 0] - y0, yx[:, 1] - x0] = ids
-            block = merge_claims(block, new, scheme)
-            written += len(ids)
-        labels[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
-    return written
-
-
-def apply_pending_spill(output: str | os.PathLike[str]) -> int:
-    """Write and delete every spill file an interrupted Dask run left in a store.
-
-    For the single-process runner: call it on a resumed store before
-    :meth:`OutputStore.finish`, and a store interrupted in a Dask run completes exactly.
-    Returns the pixels read (0 when there was nothing to do).
-    """
-    import json
-
-    out = Path(output)
-    chunks = _pending_spill(out)
-    if chunks:
-        settings = json.loads((out / "zarr.json").read_text())["attributes"]["nucseg"]["settings"]
-        (h, w), tile = settings["size"], int(settings["tile"])
-        n = apply_spill(out, chunks, math.ceil(h / tile) * math.ceil(w / tile))
-    else:
-        n = 0
-    shutil.rmtree(out / "nucseg" / SPILL_DIR, ignore_errors=True)
-    return n
 
 
 def pyramid_blocks(geom: Any, level: int, group: int) -> list[Box]:
@@ -786,11 +541,11 @@ def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, im
 
     y0, y1, x0, x1 = box
     if image:
-        from .store import _mean2
+        from .store import mean2
 
         root = zarr.open_group(str(output), mode="r+")
         src, dst = root[str(level - 1)], root[str(level)]
-        dst[:, y0:y1, x0:x1] = _mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
+        dst[:, y0:y1, x0:x1] = mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
         return
     nuc = zarr.open_group(str(Path(output) / "labels" / "nuclei"), mode="r+")
     src, dst = nuc[str(level - 1)], nuc[str(level)]
@@ -798,38 +553,28 @@ def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, im
 
 
 def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict[str, Any]:
-    """Dask task: merge the table parts, mark the store complete, drop the spill files.
+    """Dask task: drop the spill files (applied), merge the table parts, mark the store complete.
 
     ``update`` is merged into the run metadata (timings, enlarged tiles...);
     ``t_client`` is the client's elapsed seconds so far (for ``timings["wall"]``).
+    The pyramid was built by :func:`build_pyramid_block` tasks.
     """
-    from .table import merge_parts
+    from .store import OutputStore
 
     t0 = time.perf_counter()
-    store = _open_store(job)
-    records = store.tile_records()
-    nuclei = int(sum(r.get("nuclei", 0) for r in records.values()))
-    approximate = int(sum(r.get("approximate", 0) for r in records.values()))
-    table_path = store.path / "nucseg" / "nuclei.parquet"
-    # Only parts whose tile finished: a kill between part and record leaves a stale part.
-    parts = sorted(p for p in store.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in records)
-    merge_parts(parts, table_path, store.label_dtype)
+    store = OutputStore.open(job.output)
     shutil.rmtree(store.path / "nucseg" / SPILL_DIR, ignore_errors=True)
-    timings = dict(update.pop("timings", {}))
+    table_path = store.finish(update, pyramid=False)
+    timings = dict(update.get("timings", {}))
     timings["finish"] = time.perf_counter() - t0
     timings["wall"] = t_client + timings["finish"]
-    store.update_meta(
-        dict(
-            update,
-            end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            nuclei=nuclei,
-            tiles_done=len(records),
-            approximate_nuclei=approximate,
-            timings=timings,
-            status="complete",
-        )
-    )
-    return {"nuclei": nuclei, "approximate": approximate, "table": str(table_path), "timings": timings}
+    store.update_meta({"timings": timings})
+    return {
+        "nuclei": int(store.meta["nuclei"]),
+        "approximate": int(store.meta["approximate_nuclei"]),
+        "table": str(table_path),
+        "timings": timings,
+    }
 
 
 def probe_worker(out_dirs: Sequence[str], slides: Sequence[str]) -> str | None:
@@ -864,12 +609,6 @@ def probe_worker(out_dirs: Sequence[str], slides: Sequence[str]) -> str | None:
 
 
 # -- client -------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -921,8 +660,8 @@ def connect(scheduler: Any = None, workers: int | None = None, threads_per_worke
             return Client(scheduler, timeout="30s"), None
         except OSError as exc:
             raise DistributedError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    n = _check_int("workers", (os.cpu_count() or 1) if workers is None else workers, 1)
-    tpw = _check_int("threads_per_worker", threads_per_worker, 1)
+    n = check_int("workers", (os.cpu_count() or 1) if workers is None else workers, 1)
+    tpw = check_int("threads_per_worker", threads_per_worker, 1)
     cluster = LocalCluster(n_workers=n, threads_per_worker=tpw, processes=True, dashboard_address=":0")
     client = Client(cluster)
     import importlib.util
@@ -1019,16 +758,15 @@ def run_distributed(
     slides: 2 done, 0 skipped, 0 failed
     """
     pairs = plan_outputs(slides, out)
-    if resume and overwrite:
-        raise ValueError("resume and overwrite are exclusive: pick one")
+    checked = check_run_options(
+        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
+        overwrite=overwrite,
+    )
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     options = {
         "mpp": mpp,
         "level": level,
-        "tile": _check_int("tile", tile, 16),
-        "halo": None if halo is None else _check_int("halo", halo, 1),
-        "max_halo": None if max_halo is None else _check_int("max_halo", max_halo, 1),
         "strict": bool(strict),
         "lam": lam,
         "threshold": threshold,
@@ -1038,11 +776,9 @@ def run_distributed(
         "overwrite": bool(overwrite),
         "save_prob": bool(save_prob),
         "save_image": bool(save_image),
-        "batch_size": _check_int("batch_size", batch_size, 1),
-        "group": _check_int("group", group, 1),
+        "group": check_int("group", group, 1),
+        **checked,
     }
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
     for name, v in (("lam", lam), ("threshold", threshold)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
             raise ValueError(f"{name} must be a finite number, got {v!r}")

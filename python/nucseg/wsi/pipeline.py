@@ -14,6 +14,10 @@ Stages and queues
 Memory is bounded by the queue sizes and the tile size, never by the slide size.
 The result does not depend on the order in which tiles finish (every nucleus is owned
 by exactly one tile, and owned pixels never overlap).
+
+The Dask runner (:mod:`nucseg.wsi.distributed`) shares the two steps that decide the
+result: :func:`prepare_output` (geometry, tissue, settings, the store) and
+:func:`compute_tile` (watershed, ownership, halo enlargement, table rows).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,14 +119,336 @@ class _Timer:
             self.total[stage] = self.total.get(stage, 0.0) + seconds
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
+def check_run_options(
+    *,
+    tile: int,
+    halo: int | None,
+    max_halo: int | None,
+    batch_size: int,
+    connectivity: int,
+    resume: bool,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Validate the options both runners share; returns them with ints normalised.
+
+    Raises
+    ------
+    ValueError
+        Naming the first invalid option.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite are exclusive: pick one")
+    checked = {
+        "tile": check_int("tile", tile, 16),
+        "halo": None if halo is None else check_int("halo", halo, 1),
+        "max_halo": None if max_halo is None else check_int("max_halo", max_halo, 1),
+        "batch_size": check_int("batch_size", batch_size, 1),
+    }
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
+    return checked
+
+
 def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """How every tile of a run is post-processed (small: the Dask runner sends it with each task).
+
+    Attributes
+    ----------
+    lam, threshold : float
+        Watershed dynamics and foreground threshold.
+    max_halo, stride : int
+        Largest halo a tile is enlarged to, and the step halos are rounded up to.
+    connectivity : int
+        Watershed connectivity.
+    strict : bool
+        Raise :class:`~nucseg.wsi.tiling.ObjectTooLargeError` at ``max_halo`` instead of
+        keeping the nuclei of such a cluster as approximate.
+    save_prob : bool
+        Keep the core's probability as uint8 for the store.
+    """
+
+    lam: float
+    threshold: float
+    max_halo: int
+    stride: int
+    connectivity: int = 1
+    strict: bool = False
+    save_prob: bool = False
+
+
+@dataclass
+class SlideSetup:
+    """What a run of one slide decided before its first tile (see :func:`prepare_output`).
+
+    Both runners (:func:`segment_slide` and :func:`nucseg.wsi.distributed.run_distributed`)
+    start from it, so they compute the same tiles into the same store.
+
+    Attributes
+    ----------
+    output : Path
+        The store.
+    geom : Geometry
+        The processing geometry (:func:`nucseg.wsi.tiling.plan_geometry`).
+    tiles : list of Tile
+        The whole tile grid, by index.
+    scheme : IdScheme
+        The label id scheme of the grid.
+    keep : list of int
+        Indices of the tiles that overlap tissue, in raster order.
+    done : set of int
+        Tiles finished by an earlier run (empty for a new store).
+    tissue_fraction, tissue_mm2 : float
+        Fraction of the overview detected as tissue, and its area.
+    settings : dict
+        What a later ``--resume`` must match (stored in the run metadata).
+    store : OutputStore or None
+        The created or reopened store; None only when ``skipped``.
+    overview : Overview
+        The slide overview tissue was detected on.
+    info : dict
+        The model's description (:func:`nucseg.wsi.predictors.describe`).
+    params : TileParams
+        How each tile is post-processed: ``lam`` and ``threshold`` (the model's
+        unless given), ``max_halo`` and ``stride`` (rounded to the model's stride),
+        ``connectivity``, ``strict``, ``save_prob``.
+    save_image : bool
+        Also store the RGB.
+    skipped : SlideSummary or None
+        With ``skip_complete``: the summary of a complete store, left untouched.
+    """
+
+    output: Path
+    geom: Any
+    tiles: list[Any]
+    scheme: Any
+    keep: list[int]
+    done: set[int]
+    tissue_fraction: float
+    tissue_mm2: float
+    settings: dict[str, Any]
+    store: Any
+    overview: Any
+    info: dict[str, Any]
+    params: TileParams
+    save_image: bool
+    skipped: SlideSummary | None = None
+
+    @property
+    def todo(self) -> list[int]:
+        """Indices of the tiles still to compute, in raster order."""
+        return [i for i in self.keep if i not in self.done]
+
+    @property
+    def resumed(self) -> int:
+        """Tiles with tissue found finished by an earlier run."""
+        return len([i for i in self.keep if i in self.done])
+
+
+def prepare_output(
+    reader: Any,
+    pred: Any,
+    output: str | os.PathLike[str],
+    *,
+    lam: float | None = None,
+    threshold: float | None = None,
+    level: int | None = None,
+    tile: int = 1024,
+    halo: int | None = None,
+    max_halo: int | None = None,
+    strict: bool = False,
+    connectivity: int = 1,
+    tissue: str | os.PathLike[str] = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    save_prob: bool = False,
+    save_image: bool = False,
+    skip_complete: bool = False,
+    started: str | None = None,
+) -> SlideSetup:
+    """Plan a slide's run and create (or reopen) its store.
+
+    Plans the geometry and the tile grid, detects tissue on an overview, and creates
+    the store, or with ``resume`` reopens it after checking its settings.
+
+    Parameters
+    ----------
+    reader : SlideReader
+        The open slide (:func:`nucseg.wsi.reader.open_slide`); the caller closes it.
+    pred : predictor
+        The model (:func:`nucseg.wsi.predictors.resolve_model`).
+    output : path-like
+        The ``.zarr`` store.
+    lam, threshold, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
+        As for :func:`segment_slide` (the ints already checked).
+    resume, overwrite : bool
+        Reopen an existing store, or replace it; with neither an existing store is refused.
+    skip_complete : bool
+        Leave a complete store with the same settings untouched and return its summary
+        in ``skipped`` (``store`` is then None). A complete store made with other
+        settings raises :class:`~nucseg.wsi.store.StoreError`.
+    started : str, optional
+        ISO start time for the run metadata (default: now).
+
+    Returns
+    -------
+    SlideSetup
+
+    Raises
+    ------
+    ValueError
+        :class:`~nucseg.wsi.reader.SlideError` (no microns per pixel),
+        :class:`~nucseg.wsi.store.StoreError` (existing, mismatched or unwritable
+        store), a non-finite ``lam`` or ``threshold``.
+    TypeError
+        An invalid ``tissue``.
+    """
+    from .predictors import describe
+    from .store import OutputStore, StoreError
+    from .tiling import IdScheme, make_tiles, plan_geometry
+
+    if started is None:
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    mpp_x, mpp_y = reader.require_mpp()
+    info = describe(pred)
+    lam = info["lam"] if lam is None else float(lam)
+    threshold = info["threshold"] if threshold is None else float(threshold)
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    stride, context = info["stride"], info["context"]
+    if halo is None:
+        halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride)
+    max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if max_halo is None else max_halo), stride)
+    geom = plan_geometry(
+        [(lv.width, lv.height) for lv in reader.levels],
+        (mpp_x, mpp_y),
+        info["mpp"],
+        tile=tile,
+        halo=halo,
+        context=context,
+        level=level,
+        stride=stride,
+    )
+    tiles = make_tiles(geom)
+    overview = reader.thumbnail(2048)
+    keep, fraction, tissue_mode = _select_tiles(tissue, overview, geom, tiles)
+    lv0 = reader.levels[0]
+    fingerprint = reader.fingerprint()
+    settings = {
+        "slide_fingerprint": fingerprint,
+        "model_sha256": info["sha256"],
+        "model_name": info["name"],
+        "lam": lam,
+        "threshold": threshold,
+        "connectivity": connectivity,
+        "level": geom.level,
+        "size": list(geom.size),
+        "mpp": list(geom.mpp),
+        "tile": geom.tile,
+        "halo": geom.halo,
+        "context": geom.context,
+        "tissue": tissue_mode,
+        "save_prob": bool(save_prob),
+        "save_image": bool(save_image),
+    }
+    setup = SlideSetup(
+        output=Path(output),
+        geom=geom,
+        tiles=tiles,
+        scheme=IdScheme(geom.n_tiles),
+        keep=keep,
+        done=set(),
+        tissue_fraction=fraction,
+        tissue_mm2=fraction * lv0.width * lv0.height * mpp_x * mpp_y / 1e6,
+        settings=settings,
+        store=None,
+        overview=overview,
+        info=info,
+        params=TileParams(
+            lam=lam,
+            threshold=threshold,
+            max_halo=max_halo,
+            stride=stride,
+            connectivity=connectivity,
+            strict=bool(strict),
+            save_prob=bool(save_prob),
+        ),
+        save_image=bool(save_image),
+    )
+    out_path = setup.output
+    if out_path.exists() and not overwrite:
+        if skip_complete:
+            setup.skipped = _complete_summary(out_path, settings, len(tiles))
+            if setup.skipped is not None:
+                return setup
+        if not resume:
+            state = "exists but is not complete" if skip_complete else "already exists"
+            raise StoreError(f"output {out_path} {state}; pass --resume to continue it or --overwrite to replace it")
+        setup.store = OutputStore.resume(out_path, settings=settings)
+    else:
+        meta = _run_meta(reader, info, geom, started, fingerprint)
+        meta.update(tissue_fraction=fraction, tissue_mm2=setup.tissue_mm2, tiles=len(tiles), tiles_tissue=len(keep))
+        ov_ds, ov_lds = overview.downsample, overview.level_downsample
+        setup.store = OutputStore.create(
+            out_path,
+            geom=geom,
+            label_dtype=setup.scheme.dtype,
+            settings=settings,
+            meta=meta,
+            overview=overview.rgb,
+            overview_mpp=(ov_ds[0] * mpp_y, ov_ds[1] * mpp_x),
+            overview_translation=(0.5 * mpp_y * (ov_lds[0] - 1), 0.5 * mpp_x * (ov_lds[1] - 1)),
+            overwrite=overwrite,
+        )
+    setup.done = setup.store.done_tiles()
+    return setup
+
+
+def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> SlideSummary | None:
+    """The summary of a complete store with these settings; None when it is not complete.
+
+    Raises :class:`StoreError` when the store is complete but was made with other settings.
+    """
+    from .store import StoreError, read_meta, settings_diff
+
+    meta = read_meta(out)
+    if meta is None or meta.get("status") != "complete":
+        return None
+    diff = settings_diff(dict(meta.get("settings", {})), settings)
+    if diff:
+        raise StoreError(
+            f"{out} is complete but was made with other settings ({', '.join(diff[:4])}); use --overwrite to redo it"
+        )
+    return SlideSummary(
+        output=out,
+        table=out / "nucseg" / "nuclei.parquet",
+        nuclei=int(meta.get("nuclei", 0)),
+        tiles=int(meta.get("tiles", n_tiles)),
+        tiles_tissue=int(meta.get("tiles_tissue", 0)),
+        tiles_run=0,
+        tiles_resumed=int(meta.get("tiles_done", 0)),
+        tissue_fraction=float(meta.get("tissue_fraction", 0.0)),
+        tissue_mm2=float(meta.get("tissue_mm2", 0.0)),
+        level=int(settings["level"]),
+        mpp=(float(settings["mpp"][0]), float(settings["mpp"][1])),
+        size=(int(settings["size"][0]), int(settings["size"][1])),
+        timings=dict(meta.get("timings", {})),
+        tiles_enlarged=int(meta.get("tiles_enlarged", 0)),
+        approximate=int(meta.get("approximate_nuclei", 0)),
+    )
 
 
 def segment_slide(
@@ -188,8 +515,9 @@ def segment_slide(
         Tissue detection on an overview, no detection, or a mask image (non-zero =
         tissue) covering the slide.
     resume, overwrite : bool
-        Continue an interrupted store, or replace an existing one. Without either an
-        existing output is refused.
+        Continue an interrupted store (also one left by
+        :func:`~nucseg.wsi.distributed.run_distributed`: its spill files are merged),
+        or replace an existing one. Without either an existing output is refused.
     save_prob : bool
         Also store the probability map as uint8.
     save_image : bool
@@ -215,146 +543,59 @@ def segment_slide(
         missing resolution), :class:`~nucseg.wsi.store.StoreError` (existing or
         unwritable output), :class:`~nucseg.wsi.tiling.ObjectTooLargeError`.
     """
-    from .predictors import describe, resolve_model
-    from .reader import SlideError, open_slide
-    from .store import OutputStore, StoreError
-    from .tiling import IdScheme, make_tiles, plan_geometry
+    from .predictors import resolve_model
+    from .reader import open_slide
+    from .store import StoreError, apply_pending_spill
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if resume and overwrite:
-        raise ValueError("resume and overwrite are exclusive: pick one")
-    tile = _check_int("tile", tile, 16)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    threads = _check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
-    if halo is not None:
-        halo = _check_int("halo", halo, 1)
-    if max_halo is not None:
-        max_halo = _check_int("max_halo", max_halo, 1)
+    checked = check_run_options(
+        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
+        overwrite=overwrite,
+    )
+    batch_size = checked.pop("batch_size")
+    threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
     out_path = Path(output)
     if out_path.exists() and not (resume or overwrite):
         raise StoreError(f"output {out_path} already exists; pass --resume to continue it or --overwrite to replace it")
 
     reader = open_slide(slide, mpp=mpp)
     try:
-        if reader.mpp is None:
-            raise SlideError(f"{reader.path}: the slide has no microns-per-pixel metadata; pass --mpp")
+        reader.require_mpp()  # before loading the model: the cheaper error first
         pred = resolve_model(model, device=device)
-        info = describe(pred)
-        lam = info["lam"] if lam is None else float(lam)
-        threshold = info["threshold"] if threshold is None else float(threshold)
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-        if not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold}")
-        stride = info["stride"]
-        context = info["context"]
-        if halo is None:
-            halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride)
-        max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if max_halo is None else max_halo), stride)
-        geom = plan_geometry(
-            [(lv.width, lv.height) for lv in reader.levels],
-            reader.mpp,
-            info["mpp"],
-            tile=tile,
-            halo=halo,
-            context=context,
-            level=level,
-            stride=stride,
-        )
-        tiles = make_tiles(geom)
-        scheme = IdScheme(geom.n_tiles)
-
-        overview = reader.thumbnail(2048)
-        keep, fraction, tissue_mode = _select_tiles(tissue, overview, geom, tiles)
-        lv0 = reader.levels[0]
-        tissue_mm2 = fraction * lv0.width * lv0.height * reader.mpp[0] * reader.mpp[1] / 1e6
-        fingerprint = reader.fingerprint()
-        settings = {
-            "slide_fingerprint": fingerprint,
-            "model_sha256": info["sha256"],
-            "model_name": info["name"],
-            "lam": lam,
-            "threshold": threshold,
-            "connectivity": connectivity,
-            "level": geom.level,
-            "size": list(geom.size),
-            "mpp": list(geom.mpp),
-            "tile": geom.tile,
-            "halo": geom.halo,
-            "context": geom.context,
-            "tissue": tissue_mode,
-            "save_prob": bool(save_prob),
-            "save_image": bool(save_image),
-        }
-        if resume and out_path.exists():
-            store = OutputStore.resume(out_path, settings=settings)
-        else:
-            meta = _run_meta(reader, info, geom, started, slide, fingerprint)
-            meta.update(tissue_fraction=fraction, tissue_mm2=tissue_mm2, tiles=len(tiles), tiles_tissue=len(keep))
-            ov_ds = overview.downsample
-            my0, mx0 = reader.mpp[1], reader.mpp[0]
-            store = OutputStore.create(
-                out_path,
-                geom=geom,
-                label_dtype=scheme.dtype,
-                settings=settings,
-                meta=meta,
-                overview=overview.rgb,
-                overview_mpp=(ov_ds[0] * my0, ov_ds[1] * mx0),
-                overview_translation=(
-                    0.5 * my0 * (overview.level_downsample[0] - 1),
-                    0.5 * mx0 * (overview.level_downsample[1] - 1),
-                ),
-                overwrite=overwrite,
-            )
-        done = store.done_tiles()
-        todo = [tiles[i] for i in keep if i not in done]
-        timer = _Timer()
-        t_tiles = time.perf_counter()
-        _run_tiles(
+        setup = prepare_output(
             reader,
             pred,
-            store,
-            geom,
-            scheme,
-            todo,
-            max_halo=max_halo,
-            strict=strict,
+            out_path,
             lam=lam,
             threshold=threshold,
+            level=level,
+            strict=strict,
             connectivity=connectivity,
-            batch_size=batch_size,
-            threads=threads,
+            tissue=tissue,
+            resume=resume,
+            overwrite=overwrite,
             save_prob=save_prob,
             save_image=save_image,
-            timer=timer,
-            progress=progress,
+            started=started,
+            **checked,
         )
+        store = setup.store
+        todo = [setup.tiles[i] for i in setup.todo]
+        timer = _Timer()
+        t_tiles = time.perf_counter()
+        _run_tiles(reader, pred, setup, todo, batch_size=batch_size, threads=threads, timer=timer, progress=progress)
         tiles_wall = time.perf_counter() - t_tiles
         t_finish = time.perf_counter()
-        records = store.tile_records()
-        nuclei = int(sum(r.get("nuclei", 0) for r in records.values()))
-        approximate = int(sum(r.get("approximate", 0) for r in records.values()))
+        if resume:  # a run interrupted on Dask may have left nuclei for other chunks
+            apply_pending_spill(out_path)
         timings = dict(timer.total, tiles_wall=tiles_wall)
-        enlarged = timer.enlarged
-        table_path = store.finish(
-            {
-                "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "nuclei": nuclei,
-                "tiles_done": len(records),
-                "tiles_enlarged": enlarged,
-                "approximate_nuclei": approximate,
-                "timings": timings,
-            }
-        )
+        table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
         qc_path = None
         if qc is not None:
             from .qc import write_qc
 
-            qc_path = write_qc(qc, store, overview, geom, table_path)
+            qc_path = write_qc(qc, store, setup.overview, setup.geom, table_path)
         timings["finish"] = time.perf_counter() - t_finish
         timings["wall"] = time.perf_counter() - t_start
         store.update_meta({"timings": timings})
@@ -363,33 +604,31 @@ def segment_slide(
     return SlideSummary(
         output=out_path,
         table=table_path,
-        nuclei=nuclei,
-        tiles=len(tiles),
-        tiles_tissue=len(keep),
+        nuclei=int(store.meta["nuclei"]),
+        tiles=len(setup.tiles),
+        tiles_tissue=len(setup.keep),
         tiles_run=len(todo),
-        tiles_resumed=len([i for i in keep if i in done]),
-        tissue_fraction=fraction,
-        tissue_mm2=tissue_mm2,
-        level=geom.level,
-        mpp=geom.mpp,
-        size=geom.size,
+        tiles_resumed=setup.resumed,
+        tissue_fraction=setup.tissue_fraction,
+        tissue_mm2=setup.tissue_mm2,
+        level=setup.geom.level,
+        mpp=setup.geom.mpp,
+        size=setup.geom.size,
         timings=timings,
         qc=qc_path,
-        tiles_enlarged=enlarged,
-        approximate=approximate,
+        tiles_enlarged=timer.enlarged,
+        approximate=int(store.meta["approximate_nuclei"]),
     )
 
 
-def _run_meta(
-    reader: Any, info: dict[str, Any], geom: Any, started: str, slide: Any, fingerprint: str
-) -> dict[str, Any]:
+def _run_meta(reader: Any, info: dict[str, Any], geom: Any, started: str, fingerprint: str) -> dict[str, Any]:
     import nucseg
 
     return {
         "nucseg_version": getattr(nucseg, "__version__", "unknown"),
         "model": info,
         "slide": {
-            "path": str(Path(slide).resolve()),
+            "path": str(Path(reader.path).resolve()),
             "backend": reader.backend,
             "vendor": reader.vendor,
             "fingerprint": fingerprint,
@@ -432,23 +671,22 @@ def _select_tiles(tissue: Any, overview: Any, geom: Any, tiles: list[Any]) -> tu
     return [t.index for t, h in zip(tiles, hit) if h], float(mask.mean()), mode
 
 
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
+def read_tile(reader: Any, geom: Any, tile: Any) -> np.ndarray:
+    """The RGB of ``tile``'s read box at the processing resolution.
 
+    Raises
+    ------
+    SlideError
+        The slide cannot be read there; the message names the tile and its box.
+    """
+    from .reader import SlideError
+    from .tiling import read_region
 
-def _get(q: queue.Queue, stop: threading.Event) -> Any:
-    while not stop.is_set():
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return _STOP
+    try:
+        return read_region(reader, geom, tile.read)
+    except SlideError as exc:
+        y0, y1, x0, x1 = tile.read
+        raise SlideError(f"{exc} (tile {tile.index}, processing box y={y0}:{y1} x={x0}:{x1})") from exc
 
 
 def postprocess_tile(
@@ -479,35 +717,148 @@ def postprocess_tile(
     return result
 
 
+@dataclass
+class TileOutput:
+    """One computed tile, ready for :meth:`~nucseg.wsi.store.OutputStore.write_tile`.
+
+    Attributes
+    ----------
+    result : TileResult
+        The owned nuclei (:func:`nucseg.wsi.tiling.own_objects`).
+    table : pyarrow.Table
+        Their rows of the nucleus table.
+    record : dict
+        The tile's completion record (``tile``, ``nuclei``, ``approximate``).
+    enlarged : int
+        Times the tile was recomputed with a doubled halo.
+    """
+
+    result: Any
+    table: Any
+    record: dict[str, int]
+    enlarged: int = 0
+
+
+def compute_tile(
+    tile: Any,
+    prob: np.ndarray,
+    geom: Any,
+    scheme: Any,
+    params: TileParams,
+    *,
+    recompute: Callable[[Any], np.ndarray],
+    rgb_core: np.ndarray | None = None,
+    clock: Callable[[str, float], None] | None = None,
+) -> TileOutput:
+    """Post-process one tile: watershed, ownership, halo enlargement, table rows.
+
+    While a foreground cluster reaches beyond the tile's margin
+    (:class:`~nucseg.wsi.tiling.ObjectTooLargeError`), the tile is recomputed with a
+    doubled halo (rounded up to ``params.stride``), up to ``params.max_halo``; there
+    the nuclei of such a cluster are kept as approximate, or with ``params.strict`` the
+    error is raised. Both runners call this, so they own, number and tabulate nuclei
+    alike.
+
+    Parameters
+    ----------
+    tile : Tile
+        The tile, with the runner's default halo.
+    prob : ndarray of float32, shape of ``tile.read``
+        The model's probability on the tile's read box.
+    geom : Geometry
+    scheme : IdScheme
+    params : TileParams
+        Watershed parameters, halo limits, ``strict`` and ``save_prob``.
+    recompute : callable
+        ``recompute(enlarged_tile) -> prob``: reads and predicts a larger read box.
+    rgb_core : ndarray of uint8, optional
+        The core's RGB, for a store with the image.
+    clock : callable, optional
+        ``clock("post", seconds)`` receives the time spent here (not in ``recompute``).
+
+    Returns
+    -------
+    TileOutput
+    """
+    from .table import tile_rows
+    from .tiling import ObjectTooLargeError, with_halo
+
+    max_halo = params.max_halo
+    halo = geom.halo
+    enlarged = 0
+    spent = 0.0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            res = postprocess_tile(
+                prob, tile, geom, scheme, lam=params.lam, threshold=params.threshold,
+                connectivity=params.connectivity, save_prob=params.save_prob,
+                approximate=halo >= max_halo and not params.strict,
+            )
+            break
+        except ObjectTooLargeError:
+            if halo >= max_halo:
+                raise
+        finally:
+            spent += time.perf_counter() - t0
+        # A cluster reaches beyond the margin: redo this tile with a doubled halo.
+        halo = min(max_halo, _round_up(2 * halo, params.stride))
+        tile = with_halo(tile, geom, halo)
+        logger.info("tile %d: recomputing with halo %d px for a large object", tile.index, halo)
+        enlarged += 1
+        prob = recompute(tile)
+    t0 = time.perf_counter()
+    res.rgb_core = rgb_core
+    table = tile_rows(res, geom, scheme.dtype)
+    if clock is not None:
+        clock("post", spent + time.perf_counter() - t0)
+    n_approx = int((~res.exact).sum())
+    if n_approx:
+        logger.warning(
+            "tile %d: %d nuclei of clusters larger than the %d px halo are approximate", tile.index, n_approx, max_halo
+        )
+    record = {"tile": tile.index, "nuclei": int(len(res.ids)), "approximate": n_approx}
+    return TileOutput(result=res, table=table, record=record, enlarged=enlarged)
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _STOP
+
+
 def _run_tiles(
     reader: Any,
     pred: Any,
-    store: Any,
-    geom: Any,
-    scheme: Any,
+    setup: SlideSetup,
     todo: list[Any],
     *,
-    max_halo: int,
-    strict: bool,
-    lam: float,
-    threshold: float,
-    connectivity: int,
     batch_size: int,
     threads: int,
-    save_prob: bool,
-    save_image: bool,
     timer: _Timer,
     progress: bool,
 ) -> None:
     from tqdm.auto import tqdm
 
     from .reader import SlideError
-    from .table import tile_rows
-    from .tiling import ObjectTooLargeError, crop_box, read_region, with_halo
+    from .tiling import crop_box
 
     if not todo:
         return
-    stride = int(getattr(pred.config, "stride", 1) or 1)
+    geom, scheme, store = setup.geom, setup.scheme, setup.store
     stop = threading.Event()
     errors: list[BaseException] = []
     err_lock = threading.Lock()
@@ -537,15 +888,10 @@ def _run_tiles(
                     break
                 t0 = time.perf_counter()
                 try:
-                    rgb = read_region(reader, geom, t.read)
+                    rgb = read_tile(reader, geom, t)
                 except SlideError as exc:
                     with err_lock:
-                        read_errors.append(
-                            SlideError(
-                                f"{exc} (tile {t.index}, processing box y={t.read[0]}:{t.read[1]} "
-                                f"x={t.read[2]}:{t.read[3]})"
-                            )
-                        )
+                        read_errors.append(exc)
                     break
                 timer.add("read", time.perf_counter() - t0)
                 if not _put(q_rgb, (t, rgb), stop):
@@ -563,47 +909,22 @@ def _run_tiles(
         with predict_lock:
             return np.asarray(pred.predict(batch), dtype=np.float32)
 
-    def post_job(t: Any, prob: np.ndarray, rgb_core: np.ndarray | None) -> Any:
-        halo = geom.halo
-        while True:
-            t0 = time.perf_counter()
-            try:
-                res = postprocess_tile(
-                    prob,
-                    t,
-                    geom,
-                    scheme,
-                    lam=lam,
-                    threshold=threshold,
-                    connectivity=connectivity,
-                    save_prob=save_prob,
-                    approximate=halo >= max_halo and not strict,
-                )
-                break
-            except ObjectTooLargeError:
-                if halo >= max_halo:
-                    raise
-                timer.add("post", time.perf_counter() - t0)
-            # A cluster reaches beyond the margin: redo this tile with a doubled halo.
-            halo = min(max_halo, _round_up(2 * halo, stride))
-            t = with_halo(t, geom, halo)
-            logger.info("tile %d: recomputing with halo %d px for a large object", t.index, halo)
-            with timer.lock:
-                timer.enlarged += 1
-            t0 = time.perf_counter()
-            rgb = read_region(reader, geom, t.read)
-            timer.add("read", time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            prob = predict(rgb[None])[0]
-            timer.add("infer", time.perf_counter() - t0)
-        res.rgb_core = rgb_core
-        table = tile_rows(res, geom, scheme.dtype)
-        timer.add("post", time.perf_counter() - t0)
-        n_approx = int((~res.exact).sum())
-        if n_approx:
-            logger.warning("tile %d: %d nuclei of clusters larger than the %d px halo are approximate",
-                           t.index, n_approx, max_halo)
-        return res, table
+    def recompute(t: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        rgb = read_tile(reader, geom, t)
+        timer.add("read", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        prob = predict(rgb[None])[0]
+        timer.add("infer", time.perf_counter() - t0)
+        return prob
+
+    params = setup.params
+
+    def post_job(t: Any, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
+        out = compute_tile(t, prob, geom, scheme, params, recompute=recompute, rgb_core=rgb_core, clock=timer.add)
+        with timer.lock:
+            timer.enlarged += out.enlarged
+        return out
 
     def submit(items: list[tuple[Any, np.ndarray]]) -> None:
         t0 = time.perf_counter()
@@ -617,7 +938,7 @@ def _run_tiles(
             while not in_flight.acquire(timeout=0.1):
                 if stop.is_set():
                     return
-            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if save_image else None
+            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if setup.save_image else None
             fut: Future = pool.submit(post_job, t, prob, rgb_core)
             counts["submitted"] += 1
             fut.add_done_callback(q_done.put)
@@ -664,14 +985,13 @@ def _run_tiles(
             except queue.Empty:
                 continue
             try:
-                res, table = fut.result()
+                out = fut.result()
                 t0 = time.perf_counter()
-                record = {"tile": res.tile.index, "nuclei": int(len(res.ids)), "approximate": int((~res.exact).sum())}
-                store.write_tile(res, table, record, scheme)
+                store.write_tile(out.result, out.table, out.record, scheme)
                 timer.add("write", time.perf_counter() - t0)
             finally:
                 in_flight.release()
-            nuclei += len(res.ids)
+            nuclei += out.record["nuclei"]
             written += 1
             bar.update(1)
             bar.set_postfix(nuclei=nuclei, refresh=False)

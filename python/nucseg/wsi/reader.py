@@ -186,13 +186,24 @@ class SlideReader:
             )
         return rgb
 
-    def level_mpp(self, level: int) -> tuple[float, float]:
-        """Microns per pixel ``(x, y)`` of one level (needs :attr:`mpp`)."""
+    def require_mpp(self) -> tuple[float, float]:
+        """Level-0 microns per pixel ``(x, y)``.
+
+        Raises
+        ------
+        SlideError
+            When the slide has none and no override was given (the message asks for ``--mpp``).
+        """
         if self.mpp is None:
             raise SlideError(f"{self.path}: the slide has no microns-per-pixel metadata; pass --mpp")
+        return self.mpp
+
+    def level_mpp(self, level: int) -> tuple[float, float]:
+        """Microns per pixel ``(x, y)`` of one level (needs :attr:`mpp`)."""
+        mx, my = self.require_mpp()
         lv0, lv = self.levels[0], self.levels[level]
         # Per-axis downsample from the sizes: OpenSlide's scalar downsample is rounded.
-        return (self.mpp[0] * lv0.width / lv.width, self.mpp[1] * lv0.height / lv.height)
+        return (mx * lv0.width / lv.width, my * lv0.height / lv.height)
 
     def thumbnail(self, max_side: int = 2048) -> Overview:
         """A small RGB overview, from the coarsest level with a side of ``max_side / 2`` or more.

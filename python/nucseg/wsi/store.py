@@ -14,6 +14,9 @@ Layout of ``OUT.zarr``::
     prob/0                    with --save-prob: probability as uint8 (0..255)
     nucseg/tiles/NNNNNN.json  completion record of each finished tile
     nucseg/parts/NNNNNN.parquet  that tile's rows of the nucleus table
+    nucseg/spill/DEST/SRC.npz pixels of nuclei owned by tile SRC that lie in label
+                              chunk DEST, left by a Dask run (nucseg.wsi.distributed)
+                              until they are merged into the labels
     nucseg/nuclei.parquet     the per-nucleus table, written at the end
 
 Coordinates are in micrometres with the slide's level-0 pixel centres at
@@ -27,8 +30,11 @@ zarr emits one "not recognized" warning for that folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,8 @@ import numpy as np
 NGFF_VERSION = "0.5"
 LABEL_NAME = "nuclei"
 MIN_PYRAMID_SIDE = 256
+#: Folder of the spill files inside ``OUT.zarr/nucseg``.
+SPILL_DIR = "spill"
 
 
 class StoreError(ValueError):
@@ -107,7 +115,8 @@ def _translation(pixel_mpp: tuple[float, float], level0_mpp: tuple[float, float]
 class OutputStore:
     """The output of one slide run: create, resume, write tiles, finalise.
 
-    Use :meth:`create` or :meth:`resume`; not thread-safe (one writer thread).
+    Use :meth:`create`, :meth:`resume` or (for one of several concurrent writers)
+    :meth:`open`; an instance is not thread-safe (one writer thread each).
     """
 
     def __init__(self, path: Path, group: Any) -> None:
@@ -231,23 +240,23 @@ class OutputStore:
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str], *, settings: dict[str, Any]) -> OutputStore:
-        """Reopen a store written by an earlier run with the same ``settings``."""
-        import zarr
+        """Reopen a store written by an earlier run with the same ``settings``.
 
+        Drops the temporary files of a killed run: use it only when no other process
+        writes the store (see :meth:`open`).
+        """
         p = Path(path)
         if not p.exists():
             raise StoreError(f"cannot resume: output {p} does not exist (run without --resume first)")
         try:
-            root = zarr.open_group(str(p), mode="r+", zarr_format=3)
-            stored = dict(root.attrs["nucseg"]["settings"])
-        except Exception:  # noqa: BLE001
+            store = cls.open(p)
+            stored = dict(store.meta["settings"])
+        except (StoreError, KeyError, TypeError, ValueError):
             raise StoreError(f"cannot resume: {p} is not an output of nucseg-wsi") from None
-        stored.pop("label_dtype", None)
-        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != _jsonable(settings.get(k)))
+        diff = settings_diff(stored, settings)
         if diff:
-            show = ", ".join(f"{k}: {stored.get(k)!r} -> {_jsonable(settings.get(k))!r}" for k in diff[:4])
+            show = ", ".join(f"{k}: {stored.get(k)!r} -> {jsonable(settings.get(k))!r}" for k in diff[:4])
             raise StoreError(f"cannot resume {p}: the settings differ from the first run ({show}); use --overwrite")
-        store = cls(p, root)
         store.tiles_dir.mkdir(parents=True, exist_ok=True)
         store.parts_dir.mkdir(parents=True, exist_ok=True)
         # Temporary files of a killed run: never renamed into place, safe to drop.
@@ -255,6 +264,26 @@ class OutputStore:
             for tmp in d.glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
         return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> OutputStore:
+        """Open an existing store to write tiles, as one of several concurrent writers.
+
+        Unlike :meth:`resume`, neither checks the settings nor deletes the ``*.tmp``
+        files of a killed run: here they may be another writer's live ones.
+
+        Raises
+        ------
+        StoreError
+            ``path`` is not a readable, writable nucseg-wsi output.
+        """
+        import zarr
+
+        p = Path(path)
+        try:
+            return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3))
+        except Exception as exc:  # noqa: BLE001 - store errors come in many types
+            raise StoreError(f"cannot open {p} for writing: {exc}") from exc
 
     # -- tiles ---------------------------------------------------------------------
     def done_tiles(self) -> set[int]:
@@ -327,35 +356,151 @@ class OutputStore:
             _, ch, cw = dst.chunks
             for y in range(0, dst.shape[1], ch):
                 for x in range(0, dst.shape[2], cw):
-                    dst[:, y : y + ch, x : x + cw] = _mean2(src[:, 2 * y : 2 * (y + ch), 2 * x : 2 * (x + cw)])
+                    dst[:, y : y + ch, x : x + cw] = mean2(src[:, 2 * y : 2 * (y + ch), 2 * x : 2 * (x + cw)])
             k += 1
 
-    def finish(self, update: dict[str, Any]) -> Path:
-        """Merge the table, build the pyramid and mark the run complete."""
+    def finish(self, update: dict[str, Any], *, pyramid: bool = True) -> Path:
+        """Merge the table, build the pyramid and mark the run complete.
+
+        Parameters
+        ----------
+        update : dict
+            Merged into the run metadata, with the totals of the completion records
+            (``nuclei``, ``tiles_done``, ``approximate_nuclei``) and ``end_time``.
+        pyramid : bool
+            Build the pyramid levels here; False when they were built elsewhere (the
+            Dask runner builds them block by block on its workers).
+
+        Returns
+        -------
+        Path
+            The per-nucleus Parquet table.
+        """
+        from datetime import datetime, timezone
+
         from .table import merge_parts
 
-        self.build_pyramid()
-        done = self.done_tiles()
+        if pyramid:
+            self.build_pyramid()
+        records = self.tile_records()
         # Only parts whose tile finished: a kill between part and record leaves a stale part.
-        parts = sorted(p for p in self.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in done)
+        parts = sorted(p for p in self.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in records)
         table_path = self.path / "nucseg" / "nuclei.parquet"
         merge_parts(parts, table_path, self.label_dtype)
-        meta = dict(self.group.attrs["nucseg"])
-        meta.update(_jsonable(update))
-        meta["status"] = "complete"
-        self.group.attrs["nucseg"] = meta
-        self.meta = meta
+        totals = {
+            "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "nuclei": int(sum(r.get("nuclei", 0) for r in records.values())),
+            "tiles_done": len(records),
+            "approximate_nuclei": int(sum(r.get("approximate", 0) for r in records.values())),
+        }
+        self.update_meta({**totals, **update, "status": "complete"})
         return table_path
 
     def update_meta(self, update: dict[str, Any]) -> None:
         """Merge ``update`` into the run metadata."""
         meta = dict(self.group.attrs["nucseg"])
-        meta.update(_jsonable(update))
+        meta.update(jsonable(update))
         self.group.attrs["nucseg"] = meta
         self.meta = meta
 
 
-def _mean2(block: np.ndarray) -> np.ndarray:
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run metadata of a store, read from its ``zarr.json`` alone (cheap for thousands
+    of stores); None when ``path`` holds no nucseg-wsi output."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["nucseg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def settings_diff(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """Keys whose value differs between a store's ``stored`` settings and new ``settings``."""
+    stored = {k: v for k, v in stored.items() if k != "label_dtype"}  # chosen by the store, not the user
+    return sorted(k for k in set(stored) | set(settings) if stored.get(k) != jsonable(settings.get(k)))
+
+
+# -- spill: pixels a Dask tile task owns in another task's chunks --------------------------
+
+
+def save_spill(out: str | os.PathLike[str], dest: int, src: int, yx: np.ndarray, ids: np.ndarray) -> None:
+    """Save the pixels ``yx`` (global ``(y, x)``, shape ``(n, 2)``) with labels ``ids`` that
+    tile ``src`` owns in label chunk ``dest``, atomically."""
+    d = Path(out) / "nucseg" / SPILL_DIR / f"{dest:06d}"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{src:06d}.npz"
+    tmp = d / f"{src:06d}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, yx=yx, ids=ids)
+    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+
+
+def pending_spill(out: str | os.PathLike[str]) -> list[int]:
+    """Label chunks that have spill files waiting to be merged."""
+    d = Path(out) / "nucseg" / SPILL_DIR
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and any(p.glob("*.npz")))
+
+
+def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: int) -> int:
+    """Write the spill files of ``chunks`` into the labels; returns the pixels read.
+
+    Pixels are merged as tiles are (:func:`~nucseg.wsi.tiling.merge_claims`: a pixel
+    claimed twice keeps the claim of highest priority), so the order of the files does
+    not matter. Run only when no other writer is running: it rewrites whole chunks.
+    Idempotent (the files stay until the run finishes).
+    """
+    import zarr
+
+    from .tiling import IdScheme, merge_claims
+
+    scheme = IdScheme(n_tiles)
+    out = Path(output)
+    labels = zarr.open_array(str(out / "labels" / LABEL_NAME / "0"), mode="r+")
+    ch, cw = labels.chunks
+    n_cols = -(-labels.shape[1] // cw)
+    written = 0
+    for c in chunks:
+        files = sorted((out / "nucseg" / SPILL_DIR / f"{int(c):06d}").glob("*.npz"))
+        if not files:
+            continue
+        r, col = divmod(int(c), n_cols)
+        y0, x0 = r * ch, col * cw
+        block = labels[y0 : y0 + ch, x0 : x0 + cw]
+        for f in files:
+            with np.load(f) as z:
+                yx, ids = z["yx"], z["ids"]
+            new = np.zeros_like(block)
+            new[yx[:, 0] - y0, yx[:, 1] - x0] = ids
+            block = merge_claims(block, new, scheme)
+            written += len(ids)
+        labels[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+    return written
+
+
+def apply_pending_spill(output: str | os.PathLike[str]) -> int:
+    """Write and delete every spill file an interrupted Dask run left in a store.
+
+    :func:`nucseg.wsi.segment_slide` calls it when resuming, before
+    :meth:`OutputStore.finish`, so a store interrupted in a Dask run completes exactly.
+    Returns the pixels read (0 when there was nothing to do).
+    """
+    out = Path(output)
+    chunks = pending_spill(out)
+    if chunks:
+        meta = read_meta(out)
+        if meta is None or "settings" not in meta:
+            raise StoreError(f"{out} has spill files but is not an output of nucseg-wsi")
+        (h, w), tile = meta["settings"]["size"], int(meta["settings"]["tile"])
+        n = apply_spill(out, chunks, math.ceil(h / tile) * math.ceil(w / tile))
+    else:
+        n = 0
+    shutil.rmtree(out / "nucseg" / SPILL_DIR, ignore_errors=True)
+    return n
+
+
+def mean2(block: np.ndarray) -> np.ndarray:
     """2x2 mean of a (c, h, w) uint8 block; an odd last row or column is averaged alone."""
     c, h, w = block.shape
     padded = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge").astype(np.uint16)
@@ -380,16 +525,22 @@ def _remove_store(p: Path) -> None:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj)))
+    tmp.write_text(json.dumps(jsonable(obj)))
     os.replace(tmp, path)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars, tuples and paths so stored and new values compare equal."""
+def jsonable(obj: Any) -> Any:
+    """Convert numpy scalars, tuples and paths so stored and new values compare equal.
+
+    Examples
+    --------
+    >>> jsonable({"size": (2, np.int64(3)), "path": Path("/a")})
+    {'size': [2, 3], 'path': '/a'}
+    """
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Path):

@@ -1,0 +1,166 @@
+"""The steps both whole-slide runners share: prepare_output, compute_tile, the store's open/finish."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from nucseg.wsi import segment_slide
+from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
+from nucseg.wsi.pipeline import TileParams, check_run_options, compute_tile, prepare_output
+from nucseg.wsi.predictors import HematoxylinPredictor
+from nucseg.wsi.reader import open_slide
+from nucseg.wsi.store import OutputStore, StoreError
+from nucseg.wsi.tiling import IdScheme, ObjectTooLargeError, make_tiles, plan_geometry
+
+LAM, THRESHOLD = 0.03, 0.5
+
+
+def _chain_prob() -> np.ndarray:
+    """A 64 x 64 probability map: six touching blobs in a row (one foreground component
+    from x ~1 to ~46, crossing tile 0's core and its valid box at halos 4 and 8), and a
+    lone blob in tile 3."""
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float64)
+    prob = np.zeros((64, 64))
+    for cy, cx in [(12, 6), (12, 13), (12, 20), (12, 27), (12, 34), (12, 41), (48, 48)]:
+        prob = np.maximum(prob, np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2)))
+    return prob.astype(np.float32)
+
+
+def _tile_case(halo: int) -> tuple:
+    geom = plan_geometry([(64, 64)], (0.25, 0.25), 0.25, tile=32, halo=halo, context=0)
+    return geom, make_tiles(geom), IdScheme(geom.n_tiles)
+
+
+def _crop(prob: np.ndarray, box: tuple[int, int, int, int], pad: int = 64) -> np.ndarray:
+    """``prob`` on a read box that may leave the image (zeros outside: never trusted)."""
+    padded = np.pad(prob, pad)
+    y0, y1, x0, x1 = box
+    return padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+
+
+def test_compute_tile_enlarges_the_halo_until_the_cluster_fits() -> None:
+    """Tile 0 owns a cluster wider than its margin: recomputed with halos 8 then 16, its nuclei
+    then equal those of one watershed over the whole map (an independent reference)."""
+    from nucseg import watershed_dynamics
+
+    prob = _chain_prob()
+    geom, tiles, scheme = _tile_case(halo=4)
+    asked: list[int] = []
+    clocked: dict[str, float] = {}
+
+    def recompute(t):
+        asked.append(t.read[1] - t.core[1])  # the halo of the enlarged tile
+        return _crop(prob, t.read)
+
+    out = compute_tile(
+        tiles[0], _crop(prob, tiles[0].read), geom, scheme, TileParams(LAM, THRESHOLD, max_halo=16, stride=1),
+        recompute=recompute, clock=lambda stage, s: clocked.__setitem__(stage, clocked.get(stage, 0.0) + s),
+    )
+    assert asked == [8, 16] and out.enlarged == 2
+    assert set(clocked) == {"post"} and clocked["post"] > 0
+    res = out.result
+    assert out.record == {"tile": 0, "nuclei": len(res.ids), "approximate": 0} and res.exact.all()
+    whole = watershed_dynamics(prob, LAM, threshold=THRESHOLD)
+    canvas = np.zeros(prob.shape, np.int64)
+    y0, y1, x0, x1 = res.box
+    canvas[y0:y1, x0:x1] = res.labels
+    # Owned: the whole map's nuclei whose first pixel in raster order lies in tile 0's core.
+    first = {lab: divmod(int(np.argmax((whole == lab).ravel())), 64) for lab in np.unique(whole[whole > 0])}
+    owned = sorted(lab for lab, (y, x) in first.items() if y < 32 and x < 32)
+    assert len(owned) >= 4 and len(res.ids) == len(owned)
+    got = []
+    for nid in res.ids:
+        under = np.unique(whole[canvas == nid])
+        assert len(under) == 1 and under[0] != 0
+        np.testing.assert_array_equal(canvas == nid, whole == under[0])
+        got.append(int(under[0]))
+    assert sorted(got) == owned
+    assert out.table.num_rows == len(owned) and sorted(out.table.column("label").to_pylist()) == sorted(res.ids.tolist())
+
+
+def test_compute_tile_at_the_largest_halo_strict_or_approximate() -> None:
+    prob = _chain_prob()
+    geom, tiles, scheme = _tile_case(halo=4)
+
+    def never(t):
+        raise AssertionError("no recomputation at max_halo")
+
+    at_max = TileParams(LAM, THRESHOLD, max_halo=4, stride=1)
+    with pytest.raises(ObjectTooLargeError):
+        compute_tile(tiles[0], _crop(prob, tiles[0].read), geom, scheme, replace(at_max, strict=True),
+                     recompute=never)
+    out = compute_tile(tiles[0], _crop(prob, tiles[0].read), geom, scheme, replace(at_max, save_prob=True),
+                       recompute=never, rgb_core=np.zeros((32, 32, 3), np.uint8))
+    n_approx = int((~out.result.exact).sum())
+    assert n_approx > 0 and out.record["approximate"] == n_approx and out.enlarged == 0
+    assert scheme.is_approximate(out.result.ids[~out.result.exact]).all()
+    np.testing.assert_array_equal(out.result.prob_core, np.rint(prob[:32, :32] * 255).astype(np.uint8))
+    assert out.result.rgb_core.shape == (32, 32, 3)
+
+
+def test_check_run_options() -> None:
+    ok = check_run_options(tile=64, halo=None, max_halo=32, batch_size=2, connectivity=2, resume=True,
+                           overwrite=False)
+    assert ok == {"tile": 64, "halo": None, "max_halo": 32, "batch_size": 2}
+    base = {"tile": 64, "halo": None, "max_halo": None, "batch_size": 1, "connectivity": 1, "resume": False,
+            "overwrite": False}
+    for bad, match in [({"tile": 8}, "tile must be"), ({"halo": 0}, "halo must be"), ({"max_halo": 1.5}, "max_halo"),
+                       ({"batch_size": True}, "batch_size"), ({"connectivity": 4}, "connectivity"),
+                       ({"resume": True, "overwrite": True}, "exclusive")]:
+        with pytest.raises(ValueError, match=match):
+            check_run_options(**{**base, **bad})
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> tuple[Path, Path, object]:
+    slide = write_pyramid_tiff(tmp_path / "s.tif", synthetic_he((256, 384), seed=3)[0], mpp=0.25, levels=1)
+    out = tmp_path / "s.zarr"
+    summary = segment_slide(slide, out, model=HematoxylinPredictor(), tile=128, tissue="none", threads=1)
+    return slide, out, summary
+
+
+def test_prepare_output_reopens_skips_or_refuses(small_store: tuple) -> None:
+    slide, out, summary = small_store
+    pred = HematoxylinPredictor()
+    with open_slide(slide) as reader:
+        skipped = prepare_output(reader, pred, out, tile=128, tissue="none", skip_complete=True)
+        assert skipped.store is None and skipped.skipped is not None
+        assert skipped.skipped.nuclei == summary.nuclei and skipped.skipped.tiles == summary.tiles == 6
+        with pytest.raises(StoreError, match="complete but was made with other settings .*lam"):
+            prepare_output(reader, pred, out, tile=128, tissue="none", lam=0.5, skip_complete=True)
+        with pytest.raises(StoreError, match="already exists; pass --resume"):
+            prepare_output(reader, pred, out, tile=128, tissue="none")
+        again = prepare_output(reader, pred, out, tile=128, tissue="none", resume=True)
+        assert again.done == set(range(6)) and again.todo == [] and again.resumed == 6
+        assert again.settings["tile"] == 128 and again.geom.size == (256, 384) and again.skipped is None
+        params = again.params
+        assert (params.lam, params.threshold) == (pred.config.lam, pred.config.threshold) and not params.strict
+        assert params.max_halo % params.stride == 0 and params.max_halo >= again.geom.halo
+
+
+def test_open_keeps_other_writers_tmp_files_and_finish_without_pyramid(small_store: tuple) -> None:
+    _, out, summary = small_store
+    live = out / "nucseg" / "tiles" / "000003.json.4242.tmp"  # another writer's file, mid-write
+    live.write_text("{")
+    store = OutputStore.open(out)
+    assert live.exists()
+    lvl1 = zarr.open_array(str(out / "labels" / "nuclei" / "1"), mode="r+")
+    lvl0 = zarr.open_array(str(out / "labels" / "nuclei" / "0"), mode="r")
+    assert lvl1[...].any()
+    lvl1[...] = 0
+    table = store.finish({"tiles_enlarged": 0}, pyramid=False)
+    assert not lvl1[...].any()  # built elsewhere (by the Dask tasks), not here
+    assert table.is_file() and store.meta["status"] == "complete"
+    assert store.meta["nuclei"] == summary.nuclei and store.meta["tiles_done"] == 6
+    store.finish({})
+    np.testing.assert_array_equal(lvl1[...], lvl0[::2, ::2])
+    settings = {k: v for k, v in store.meta["settings"].items() if k != "label_dtype"}
+    OutputStore.resume(out, settings=settings)  # the same settings: accepted
+    assert not live.exists()  # resume (a lone writer) drops leftovers
+    with pytest.raises(StoreError, match="cannot open .* for writing"):
+        OutputStore.open(out / "nucseg")
