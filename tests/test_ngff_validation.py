@@ -30,7 +30,7 @@ def _run(tmp: Path, **kwargs) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default output: a one-level slide overview as the image, labels under it."""
+    """The default output: the slide overview (a pyramid level for level with the labels) as the image."""
     return _run(tmp_path_factory.mktemp("ngff"))
 
 
@@ -127,13 +127,56 @@ def test_store_with_image_validates_as_an_ngff_image(image_store: Path) -> None:
     assert [tuple(d.shape[-2:]) for d in img.data] == [tuple(d.shape) for d in nuc.data]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NGFF 0.5 'labels': a label image MUST have as many multiscale levels as its parent image; "
-    "without --save-image the runner writes a 1-level overview image over a multi-level label pyramid "
-    "(nucseg/wsi/store.py)",
-)
 def test_default_store_validates_as_an_ngff_image(store: Path) -> None:
+    """Without --save-image too: the overview is a pyramid with as many levels as the labels."""
     from ome_zarr_models.v05.image import Image
 
-    Image.from_zarr(zarr.open_group(str(store), mode="r"))
+    image = Image.from_zarr(zarr.open_group(str(store), mode="r"))  # checks the level counts match
+    assert image.labels is not None and image.labels.label_paths == ["nuclei"]
+    nodes = _nodes(store)
+    by_name = {n.metadata.get("name"): n for n in nodes if n.metadata.get("name")}
+    ov, nuc = by_name["slide overview"], by_name["nuclei"]
+    assert len(ov.data) == len(nuc.data) >= 2
+
+
+def _mean2(a: np.ndarray) -> np.ndarray:
+    """Reference 2x2 mean of (c, h, w) uint8, rounding half up, odd edges repeated."""
+    c, h, w = a.shape
+    p = np.pad(a.astype(np.int64), ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    return ((p[:, 0::2, 0::2] + p[:, 1::2, 0::2] + p[:, 0::2, 1::2] + p[:, 1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def test_overview_pyramid_levels_are_2x2_means_placed_at_their_block_centres(store: Path) -> None:
+    root = zarr.open_group(str(store), mode="r")
+    ms = root.attrs["ome"]["multiscales"][0]
+    n = len(root["labels/nuclei"].attrs["ome"]["multiscales"][0]["datasets"])
+    assert [d["path"] for d in ms["datasets"]] == [str(k) for k in range(n)]
+    levels = [root[str(k)][...] for k in range(n)]
+    transforms = [{t["type"]: t[t["type"]] for t in d["coordinateTransformations"]} for d in ms["datasets"]]
+    s0, t0 = np.asarray(transforms[0]["scale"]), np.asarray(transforms[0]["translation"])
+    for k in range(1, n):
+        assert levels[k].dtype == np.uint8 and levels[k].shape[0] == 3
+        np.testing.assert_array_equal(levels[k], _mean2(levels[k - 1]), err_msg=f"level {k}")
+        assert transforms[k]["scale"] == pytest.approx(s0 * [1, 2**k, 2**k])
+        # Pixel 0 of level k averages level-0 pixels 0 .. 2**k - 1: its centre is theirs.
+        centre = t0[1:] + 0.5 * (2**k - 1) * s0[1:]
+        assert transforms[k]["translation"] == pytest.approx([0.0, *centre])
+
+
+def test_root_image_has_rgb_omero_channels(store: Path, image_store: Path) -> None:
+    from ome_zarr_models.common.omero import Omero
+
+    for path in (store, image_store):
+        omero = zarr.open_group(str(path), mode="r").attrs["ome"]["omero"]
+        Omero.model_validate(omero)
+        chans = omero["channels"]
+        assert [c["color"] for c in chans] == ["FF0000", "00FF00", "0000FF"]
+        assert [c["label"] for c in chans] == ["red", "green", "blue"]
+        assert all((c["window"]["start"], c["window"]["end"]) == (0, 255) for c in chans)
+        assert all((c["window"]["min"], c["window"]["max"]) == (0, 255) for c in chans)
+        assert zarr.open_group(str(path), mode="r")["0"].shape[0] == len(chans)
+    # ome-zarr-py reads the rendering settings as napari's plugin does: one coloured channel each.
+    ov = next(n for n in _nodes(store) if n.metadata.get("name") == "slide overview")
+    assert ov.metadata.get("channel_names") == ["red", "green", "blue"]
+    assert [cmap[-1] for cmap in ov.metadata["colormap"]] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert ov.metadata["contrast_limits"] == [[0, 255]] * 3

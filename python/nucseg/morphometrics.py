@@ -1,8 +1,11 @@
 """Per-nucleus morphometrics: shape in micrometres, stain optical densities, probability.
 
 :func:`measure_nuclei` is meant to be called once per tile while the tile's RGB is in
-memory (the slide is never re-read for it). Shapes come from
-:func:`skimage.measure.regionprops_table`; stain densities from the Ruifrok-Johnston
+memory (the slide is never re-read for it). Perimeter and solidity come from
+:func:`skimage.measure.regionprops_table`; the moment-based shape (axes, eccentricity,
+orientation) from scikit-image's formulas evaluated for all nuclei at once with
+:func:`numpy.bincount` (the same values, without a Python loop per nucleus: the runner
+measures millions); stain densities from the Ruifrok-Johnston
 colour deconvolution :func:`skimage.color.rgb2hed`.
 
 Columns
@@ -130,6 +133,37 @@ def empty_measurements(label_dtype: Any = np.uint32) -> dict[str, np.ndarray]:
     return out
 
 
+def _moment_shape(
+    idx: np.ndarray, dy: np.ndarray, dx: np.ndarray, area_px: np.ndarray, mpp: tuple[float, float]
+) -> dict[str, np.ndarray]:
+    """Axes, eccentricity and orientation of every nucleus from its second central moments.
+
+    ``idx`` is each pixel's nucleus index, ``dy, dx`` its offset from the nucleus
+    centroid in pixels. These are :class:`skimage.measure.RegionProperties`'
+    ``axis_major_length``, ``axis_minor_length``, ``eccentricity`` and ``orientation``
+    (with ``spacing=mpp``), for all nuclei at once.
+    """
+    n = area_px.size
+    dy, dx = dy * mpp[0], dx * mpp[1]
+    vyy = np.bincount(idx, weights=dy * dy, minlength=n) / area_px
+    vxx = np.bincount(idx, weights=dx * dx, minlength=n) / area_px
+    vxy = np.bincount(idx, weights=dy * dx, minlength=n) / area_px
+    # scikit-image's inertia tensor [[a, b], [b, c]] and its eigenvalues l1 >= l2 >= 0.
+    a, b, c = vxx, -vxy, vyy
+    mid, half = 0.5 * (a + c), np.hypot(0.5 * (a - c), b)
+    l1, l2 = np.maximum(mid + half, 0.0), np.maximum(mid - half, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / l1, 0.0, 1.0)), 0.0)
+    diagonal = np.where(b < 0, math.pi / 4, -math.pi / 4)  # as scikit-image 0.26 decides a - c == 0
+    orientation = np.where(a - c == 0, diagonal, 0.5 * np.arctan2(-2.0 * b, c - a))
+    return {
+        "major_axis_um": 4.0 * np.sqrt(l1),
+        "minor_axis_um": 4.0 * np.sqrt(l2),
+        "eccentricity": ecc,
+        "orientation_deg": np.degrees(orientation),
+    }
+
+
 def measure_nuclei(
     labels: np.ndarray,
     rgb: np.ndarray,
@@ -224,28 +258,15 @@ def measure_nuclei(
     else:
         mean_prob = np.full(n, np.nan)
 
-    # regionprops indexes by label value: measure on the compact ids 1..n.
+    axes = _moment_shape(idx, ys - cy[idx], xs - cx[idx], area_px, (my, mx))
+
+    # regionprops indexes by label value: measure on the compact ids 1..n. Solidity is a
+    # ratio of areas (any pixel size); it measures perimeters on isotropic grids only.
     compact = compact.astype(np.int64 if n >= 2**31 else np.int32)
-    shape_props = (
-        "label",
-        "equivalent_diameter_area",
-        "axis_major_length",
-        "axis_minor_length",
-        "eccentricity",
-        "orientation",
-        "solidity",
-    )
-    iso = abs(my / mx - 1.0) < 1e-3  # resampled grids are isotropic up to rounding of the size
-    unit = math.sqrt(my * mx)
-    if iso:
-        props = regionprops_table(compact, properties=(*shape_props, "perimeter"))
-        perim_px, length = props["perimeter"], unit  # lengths come in pixels
-    else:
-        props = regionprops_table(compact, properties=shape_props, spacing=(my, mx))
-        # regionprops measures perimeters on isotropic grids only.
-        perim_px, length = regionprops_table(compact, properties=("label", "perimeter"))["perimeter"], 1.0
+    props = regionprops_table(compact, properties=("label", "perimeter", "solidity"))
     if not np.array_equal(props["label"], np.arange(1, n + 1)):
         raise RuntimeError("regionprops returned regions out of order")  # defensive: never seen
+    unit = math.sqrt(my * mx)
     area_um2 = area_px * (my * mx)
     return {
         "label": ids.astype(labels.dtype),
@@ -253,13 +274,10 @@ def measure_nuclei(
         "centroid_x_px": cx + float(offset[1]),
         "area_px": area_px,
         "area_um2": area_um2,
-        "perimeter_um": perim_px * unit,
-        "equivalent_diameter_um": props["equivalent_diameter_area"] * length,
-        "major_axis_um": props["axis_major_length"] * length,
-        "minor_axis_um": props["axis_minor_length"] * length,
-        "eccentricity": props["eccentricity"],
+        "perimeter_um": props["perimeter"] * unit,
+        "equivalent_diameter_um": np.sqrt(4.0 * area_um2 / math.pi),
+        **axes,
         "solidity": props["solidity"],
-        "orientation_deg": np.degrees(props["orientation"]),
         "hematoxylin_od": h_od,
         "eosin_od": e_od,
         "mean_prob": mean_prob,

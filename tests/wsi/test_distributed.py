@@ -20,6 +20,7 @@ pytest.importorskip("distributed")
 
 import cloudpickle  # noqa: E402 - dask.distributed depends on it
 
+from nucseg.morphometrics import TABLE_COLUMNS  # noqa: E402
 from nucseg.wsi import segment_slide  # noqa: E402
 from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff  # noqa: E402
 from nucseg.wsi.distributed import (  # noqa: E402
@@ -120,6 +121,9 @@ def _assert_same_store(ref: Path, out: Path) -> None:
     ta = pq.read_table(ref / "nucseg" / "nuclei.parquet")
     tb = pq.read_table(out / "nucseg" / "nuclei.parquet")
     assert ta.num_rows > 100 and ta.equals(tb)
+    # Both runners measure every nucleus (NaN would also make equals() fail).
+    for c in TABLE_COLUMNS:
+        assert np.isfinite(tb.column(c).to_numpy()).all(), c
     ma = zarr.open_group(str(ref), mode="r").attrs["nucseg"]
     mb = zarr.open_group(str(out), mode="r").attrs["nucseg"]
     assert ma["settings"] == mb["settings"]

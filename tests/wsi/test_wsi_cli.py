@@ -75,6 +75,51 @@ def test_user_errors_are_one_line(tmp_path: Path, demo_image: np.ndarray, capsys
         main([str(nompp), out, "--resume", "--overwrite"])
 
 
+def test_geojson_checked_before_and_written_after_the_run(
+    tmp_path: Path, demo_image: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from nucseg.morphometrics import TABLE_COLUMNS
+
+    slide = str(write_pyramid_tiff(tmp_path / "s.tif", demo_image[:256, :320], mpp=0.25, levels=1))
+    out, geo = tmp_path / "o.zarr", tmp_path / "nuclei.geojson"
+    base = [slide, str(out), "--model", "hematoxylin", "--tile", "128", "--tissue", "none", "--threads", "1"]
+    # Refused before any work: no store is created.
+    err = _one_line_error([*base, "--geojson", str(tmp_path / "no" / "n.geojson")], capsys)
+    assert "destination folder" in err and "does not exist" in err and not out.exists()
+    geo.write_text("keep me")
+    err = _one_line_error([*base, "--geojson", str(geo)], capsys)
+    assert "already exists; pass --overwrite" in err and not out.exists() and geo.read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        main([slide, "--out-dir", str(tmp_path / "batch"), "--geojson", str(geo)])
+    assert capsys.readouterr().err.count("--geojson works for one slide") == 1
+
+    assert main([*base, "--geojson", str(geo), "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    table = pq.read_table(out / "nucseg" / "nuclei.parquet")
+    assert f"geojson: {table.num_rows} nuclei -> {geo}" in err and table.num_rows > 50
+    doc = json.loads(geo.read_text())
+    feats = doc["features"]
+    assert doc["type"] == "FeatureCollection" and len(feats) == table.num_rows
+    assert sorted(f["properties"]["nucleus_id"] for f in feats) == sorted(table.column("label").to_pylist())
+    # The table's morphometrics travel with each nucleus into QuPath.
+    row = {lab: k for k, lab in enumerate(table.column("label").to_pylist())}
+    for f in feats[:20]:
+        m, k = f["properties"]["measurements"], row[f["properties"]["nucleus_id"]]
+        for c in (*TABLE_COLUMNS, "area_um2"):
+            assert m[c] == pytest.approx(table.column(c)[k].as_py(), rel=1e-5, abs=1e-6), c
+
+    # --resume cannot take --overwrite: an existing GeoJSON is refused with a way out.
+    err = _one_line_error([*base, "--resume", "--geojson", str(geo)], capsys)
+    assert "remove it or choose another file" in err
+    again = tmp_path / "again.geojson"
+    assert main([*base, "--resume", "--quiet", "--geojson", str(again)]) == 0
+    assert json.loads(again.read_text()) == doc and capsys.readouterr().err == ""
+
+
 def test_demo_runs_on_a_fresh_machine(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo.zarr"
     assert main(["--demo", str(out), "--model", "hematoxylin", "--tile", "512", "--qc", str(tmp_path / "qc.png")]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,6 +82,55 @@ def test_compute_tile_enlarges_the_halo_until_the_cluster_fits() -> None:
         got.append(int(under[0]))
     assert sorted(got) == owned
     assert out.table.num_rows == len(owned) and sorted(out.table.column("label").to_pylist()) == sorted(res.ids.tolist())
+
+
+def _chain_rgb(prob: np.ndarray) -> np.ndarray:
+    """An H&E-like RGB under ``_chain_prob``: darker purple where the probability is high,
+    with a horizontal ramp so that each nucleus has its own stain density."""
+    ramp = np.linspace(0.6, 1.0, prob.shape[1])[None, :]
+    od = 1.2 * prob * ramp
+    rgb = 255.0 * 10.0 ** -(od[..., None] * np.array([0.65, 0.70, 0.29]))
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def test_compute_tile_measures_its_nuclei_after_enlarging() -> None:
+    """With the RGB, the table's morphometrics of an enlarged tile are those measured on the
+    whole image's watershed, nucleus by nucleus (the recomputed read box's RGB is used)."""
+    from nucseg import watershed_dynamics
+    from nucseg.morphometrics import TABLE_COLUMNS, measure_nuclei
+
+    prob = _chain_prob()
+    rgb = _chain_rgb(prob)
+    geom, tiles, scheme = _tile_case(halo=4)
+    params = TileParams(LAM, THRESHOLD, max_halo=16, stride=1)
+
+    def crop_rgb(box):
+        return np.stack([_crop(rgb[..., c], box) for c in range(3)], axis=-1)
+
+    out = compute_tile(tiles[0], _crop(prob, tiles[0].read), geom, scheme, params,
+                       recompute=lambda t: (crop_rgb(t.read), _crop(prob, t.read)), rgb=crop_rgb(tiles[0].read))
+    assert out.enlarged == 2 and out.table.num_rows >= 4
+    whole = watershed_dynamics(prob, LAM, threshold=THRESHOLD)
+    ref = measure_nuclei(whole, rgb, mpp=geom.mpp)
+    res = out.result
+    y0, y1, x0, x1 = res.box
+    table = out.table.to_pydict()
+    for k, nid in enumerate(table["label"]):
+        under = np.unique(whole[y0:y1, x0:x1][res.labels == nid])
+        assert len(under) == 1 and under[0] != 0
+        row = int(np.searchsorted(ref["label"], under[0]))
+        for c in TABLE_COLUMNS:
+            assert table[c][k] == pytest.approx(ref[c][row], rel=1e-5, abs=1e-6), c
+    # The ramp gives each nucleus of the row its own hematoxylin density.
+    assert len(set(np.round(table["hematoxylin_od"], 4))) == out.table.num_rows
+    # Without the RGB the columns are there, NaN; a recompute that drops the RGB is refused.
+    bare = compute_tile(tiles[0], _crop(prob, tiles[0].read), geom, scheme, params,
+                        recompute=lambda t: _crop(prob, t.read))
+    assert bare.table.column_names == out.table.column_names
+    assert all(np.isnan(bare.table.column(c).to_numpy()).all() for c in TABLE_COLUMNS)
+    with pytest.raises(TypeError, match=r"recompute must return \(rgb, prob\)"):
+        compute_tile(tiles[0], _crop(prob, tiles[0].read), geom, scheme, params,
+                     recompute=lambda t: _crop(prob, t.read), rgb=crop_rgb(tiles[0].read))
 
 
 def test_compute_tile_at_the_largest_halo_strict_or_approximate() -> None:
@@ -164,3 +214,54 @@ def test_open_keeps_other_writers_tmp_files_and_finish_without_pyramid(small_sto
     assert not live.exists()  # resume (a lone writer) drops leftovers
     with pytest.raises(StoreError, match="cannot open .* for writing"):
         OutputStore.open(out / "nucseg")
+
+
+def test_resume_of_parts_without_morphometrics_fills_nan(small_store: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    """A store begun before the table had morphometrics, then resumed: the old tiles' nuclei get
+    NaN there (with a warning), the recomputed tiles are measured as in a fresh run."""
+    import pyarrow.parquet as pq
+
+    from nucseg.morphometrics import TABLE_COLUMNS
+
+    slide, out, summary = small_store
+    fresh = pq.read_table(out / "nucseg" / "nuclei.parquet")
+    root = zarr.open_group(str(out), mode="r+")
+    fresh_ome = dict(root.attrs["ome"])
+    levels = [root[str(k)][...] for k in range(len(fresh_ome["multiscales"][0]["datasets"]))]
+    assert len(levels) >= 2
+    # An earlier nucseg wrote a one-level overview without rendering metadata.
+    for k in range(1, len(levels)):
+        shutil.rmtree(out / str(k))
+    first = fresh_ome["multiscales"][0]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{**first, "datasets": first["datasets"][:1]}]}
+    old_tiles, redo = {0, 1, 2}, {3, 4, 5}
+    for i in old_tiles:  # as an earlier nucseg wrote them
+        part = out / "nucseg" / "parts" / f"{i:06d}.parquet"
+        t = pq.read_table(part)
+        pq.write_table(t.drop_columns(list(TABLE_COLUMNS)), part)
+    for i in redo:
+        (out / "nucseg" / "tiles" / f"{i:06d}.json").unlink()
+    with caplog.at_level("WARNING", logger="nucseg.wsi.table"):
+        s = segment_slide(slide, out, model=HematoxylinPredictor(), tile=128, tissue="none", threads=1, resume=True)
+    assert s.tiles_run == 3 and s.nuclei == summary.nuclei
+    assert "3 tile(s) were computed by an earlier nucseg without morphometrics" in caplog.text
+    table = pq.read_table(out / "nucseg" / "nuclei.parquet")
+    assert table.column_names == fresh.column_names and table.num_rows == fresh.num_rows
+    tile = table.column("tile").to_numpy()
+    assert set(np.unique(tile)) == old_tiles | redo
+    old_rows = np.isin(tile, list(old_tiles))
+    for c in TABLE_COLUMNS:
+        col = table.column(c).to_numpy(zero_copy_only=False)
+        assert table.column(c).null_count == 0 and np.isnan(col[old_rows]).all(), c
+        assert np.isfinite(col[~old_rows]).all(), c
+    # Remeasured tiles equal the fresh run's rows.
+    by_label = {lab: k for k, lab in enumerate(fresh.column("label").to_pylist())}
+    rows = [by_label[lab] for lab in np.asarray(table.column("label"))[~old_rows].tolist()]
+    for c in TABLE_COLUMNS:
+        np.testing.assert_array_equal(table.column(c).to_numpy()[~old_rows], fresh.column(c).to_numpy()[rows])
+    # The overview got its pyramid and rendering back: the store is as a fresh run's.
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["ome"] == fresh_ome
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(root[str(k)][...], level, err_msg=f"level {k}")
+    assert not OutputStore.open(out).complete_overview()  # nothing left to do

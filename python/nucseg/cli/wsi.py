@@ -15,6 +15,8 @@ examples:
       the bundled model, tissue detection, 1024 px tiles
   nucseg-wsi slide.svs slide.zarr --qc slide_qc.png --save-prob
       also a QC picture and the probability map
+  nucseg-wsi slide.svs slide.zarr --geojson slide.geojson
+      also every nucleus as a QuPath GeoJSON polygon with its measurements
   nucseg-wsi slide.tif slide.zarr --mpp 0.25
       a TIFF without resolution metadata: say its microns per pixel
   nucseg-wsi slide.svs slide.zarr --resume
@@ -28,8 +30,9 @@ examples:
   nucseg-wsi /shared/slides/*.svs --out-dir /shared/results --scheduler tcp://head:8786
       the batch on a running Dask cluster: slides and results on a filesystem every worker reaches
 
-output (OME-NGFF 0.5, zarr v3): labels/nuclei/0.. (labels + pyramid), prob/0 (--save-prob),
-nucseg/nuclei.parquet (one row per nucleus), run metadata in the root attributes.
+output (OME-NGFF 0.5, zarr v3): 0.. (slide overview pyramid), labels/nuclei/0.. (labels +
+pyramid), prob/0 (--save-prob), nucseg/nuclei.parquet (one row per nucleus: position, area,
+shape, stain densities), run metadata in the root attributes.
 """
 
 
@@ -82,9 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")
     p.add_argument("--save-prob", action="store_true", help="also store the probability map (uint8)")
     p.add_argument(
-        "--save-image", action="store_true", help="also store the RGB at the processing resolution (NGFF image)"
+        "--save-image",
+        action="store_true",
+        help="store the RGB at the processing resolution as the NGFF image (default: a slide overview)",
     )
     p.add_argument("--qc", default=None, metavar="QC.png", help="write a QC picture (outlines + density)")
+    p.add_argument(
+        "--geojson",
+        default=None,
+        metavar="FILE",
+        help="after the run, write every nucleus to FILE as QuPath GeoJSON (checked before the run; "
+        "--overwrite replaces it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("expected SLIDE and OUT.zarr (or --demo OUT.zarr, or SLIDE... --out-dir DIR)")
     if (dask or args.out_dir is not None) and args.qc:
         parser.error("--qc works for one slide without --out-dir, --scheduler or --workers")
+    if args.out_dir is not None and args.geojson:
+        parser.error("--geojson works for one slide, not with --out-dir (export each store with nucseg export)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return _run(args)
@@ -134,17 +148,45 @@ def _run(args: argparse.Namespace) -> int:
                 print("bundled weights not found: using the classical hematoxylin model", file=sys.stderr)
     elif args.out_dir is None:
         slide, out = Path(args.paths[0]), Path(args.paths[1])
-    if args.scheduler is not None or args.workers is not None:
-        return _run_dask(args, model, [slide] if args.out_dir is None else args.paths, args.out_dir or out)
     if args.out_dir is not None:
+        if args.scheduler is not None or args.workers is not None:
+            return _run_dask(args, model, args.paths, args.out_dir)
         return _run_batch(args, model)
-    summary = segment_slide(
-        slide, out, threads=args.threads, resume=args.resume, qc=args.qc, **_options(args, model)
-    )
-    if not args.quiet:
-        for line in summary_lines(summary):
-            print(line, file=sys.stderr)
-    return 0
+    if args.geojson is not None:  # before hours of work, not after
+        _check_geojson(Path(args.geojson), overwrite=args.overwrite, resume=args.resume)
+    if args.scheduler is not None or args.workers is not None:
+        status = _run_dask(args, model, [slide], out)
+    else:
+        summary = segment_slide(
+            slide, out, threads=args.threads, resume=args.resume, qc=args.qc, **_options(args, model)
+        )
+        if not args.quiet:
+            for line in summary_lines(summary):
+                print(line, file=sys.stderr)
+        status = 0
+    if status == 0 and args.geojson is not None:
+        _write_geojson(out, Path(args.geojson), overwrite=args.overwrite, quiet=args.quiet)
+    return status
+
+
+def _check_geojson(path: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse a --geojson destination that cannot be written, before the run."""
+    from nucseg.export.result import check_destination
+
+    if resume and path.exists() and not path.is_dir():
+        raise ValueError(
+            f"--geojson destination {path} already exists; remove it or choose another file "
+            "(--overwrite cannot be combined with --resume)"
+        )
+    check_destination(path, overwrite=overwrite)
+
+
+def _write_geojson(out: Path, path: Path, *, overwrite: bool, quiet: bool) -> None:
+    from nucseg.export import write_geojson
+
+    stats = write_geojson(out, path, overwrite=overwrite, progress=not quiet)
+    if not quiet:
+        print(f"geojson: {stats.features} nuclei -> {path}", file=sys.stderr)
 
 
 def _options(args: argparse.Namespace, model: str | None) -> dict:

@@ -466,8 +466,9 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
             raise ValueError(f"model.predict returned shape {prob.shape}, expected {batch.shape[:3]}")
         return prob
 
-    def recompute(t: Any) -> np.ndarray:
-        return infer(read(t)[None])[0]
+    def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
+        rgb = read(t)
+        return rgb, infer(rgb[None])[0]
 
     for i in tiles:
         if group_of(i, geom.grid, job.group) != group_index:
@@ -479,8 +480,8 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
             probs = infer(rgbs)
             for t, rgb, prob in zip(batch, rgbs, probs):
                 rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if job.save_image else None
-                out = compute_tile(t, prob, geom, scheme, job.params, recompute=recompute, rgb_core=rgb_core,
-                                   clock=clock)
+                out = compute_tile(t, prob, geom, scheme, job.params, recompute=recompute, rgb=rgb,
+                                   rgb_core=rgb_core, clock=clock)
                 enlarged += out.enlarged
                 t0 = time.perf_counter()
                 inside, spill = split_result(out.result, region, geom)

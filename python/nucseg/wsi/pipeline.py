@@ -7,8 +7,10 @@ Stages and queues
   ``2 * batch_size`` tiles.
 * One inference thread groups tiles of the same shape into batches and calls
   ``model.predict``.
-* A thread pool runs :func:`nucseg.watershed_dynamics` (which releases the GIL) and the
-  ownership step; a semaphore bounds the tiles in flight between inference and writing.
+* A thread pool runs :func:`nucseg.watershed_dynamics` (which releases the GIL), the
+  ownership step and the morphometrics of the owned nuclei (measured on the tile's RGB
+  while it is in memory); a semaphore bounds the tiles in flight between inference and
+  writing.
 * The calling thread writes finished tiles to the store and drives the progress bar.
 
 Memory is bounded by the queue sizes and the tile size, never by the slide size.
@@ -521,8 +523,9 @@ def segment_slide(
     save_prob : bool
         Also store the probability map as uint8.
     save_image : bool
-        Also store the slide's RGB at the processing resolution (with a pyramid) as the
-        root image, so the store is a complete NGFF image with its labels.
+        Store the slide's RGB at the processing resolution (with a pyramid) as the root
+        image instead of the slide overview (a 2x2 mean pyramid, as many levels as the
+        labels). Either way the store is a valid NGFF 0.5 image with its labels.
     qc : path-like, optional
         Write a QC picture (PNG) there.
     connectivity : int
@@ -717,6 +720,38 @@ def postprocess_tile(
     return result
 
 
+def measure_tile(result: Any, tile: Any, geom: Any, rgb_read: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Morphometrics of the nuclei ``result`` owns (:func:`nucseg.morphometrics.measure_nuclei`).
+
+    Parameters
+    ----------
+    result : TileResult
+        The owned nuclei of ``tile``.
+    tile : Tile
+        The tile (with the halo it was computed with).
+    geom : Geometry
+    rgb_read : ndarray of uint8, shape of ``tile.read`` plus (3,)
+        The RGB the tile's probability was predicted from.
+
+    Returns
+    -------
+    dict or None
+        One row per owned nucleus (sorted by id), None when the tile owns none.
+    """
+    from nucseg.morphometrics import measure_nuclei
+
+    from .tiling import crop_box
+
+    if result.box is None:
+        return None
+    shape = (tile.read[1] - tile.read[0], tile.read[3] - tile.read[2], 3)
+    if rgb_read.shape != shape:
+        raise ValueError(f"rgb of tile {tile.index} must have its read box's shape {shape}, got {rgb_read.shape}")
+    y0, _, x0, _ = result.box
+    # The owned labels hold each exact nucleus whole (0 on other tiles' pixels).
+    return measure_nuclei(result.labels, rgb_read[crop_box(result.box, tile.read)], mpp=geom.mpp, offset=(y0, x0))
+
+
 @dataclass
 class TileOutput:
     """One computed tile, ready for :meth:`~nucseg.wsi.store.OutputStore.write_tile`.
@@ -746,11 +781,12 @@ def compute_tile(
     scheme: Any,
     params: TileParams,
     *,
-    recompute: Callable[[Any], np.ndarray],
+    recompute: Callable[[Any], Any],
+    rgb: np.ndarray | None = None,
     rgb_core: np.ndarray | None = None,
     clock: Callable[[str, float], None] | None = None,
 ) -> TileOutput:
-    """Post-process one tile: watershed, ownership, halo enlargement, table rows.
+    """Post-process one tile: watershed, ownership, halo enlargement, morphometrics, table rows.
 
     While a foreground cluster reaches beyond the tile's margin
     (:class:`~nucseg.wsi.tiling.ObjectTooLargeError`), the tile is recomputed with a
@@ -770,7 +806,11 @@ def compute_tile(
     params : TileParams
         Watershed parameters, halo limits, ``strict`` and ``save_prob``.
     recompute : callable
-        ``recompute(enlarged_tile) -> prob``: reads and predicts a larger read box.
+        ``recompute(enlarged_tile) -> (rgb, prob)``: reads and predicts a larger read
+        box. Without ``rgb`` it may return ``prob`` alone.
+    rgb : ndarray of uint8, shape of ``tile.read`` plus (3,), optional
+        The RGB ``prob`` was predicted from: the owned nuclei are measured on it
+        (:func:`measure_tile`) into the table's morphometric columns, NaN without it.
     rgb_core : ndarray of uint8, optional
         The core's RGB, for a store with the image.
     clock : callable, optional
@@ -806,10 +846,11 @@ def compute_tile(
         tile = with_halo(tile, geom, halo)
         logger.info("tile %d: recomputing with halo %d px for a large object", tile.index, halo)
         enlarged += 1
-        prob = recompute(tile)
+        rgb, prob = _recomputed(recompute(tile), tile, measure=rgb is not None)
     t0 = time.perf_counter()
     res.rgb_core = rgb_core
-    table = tile_rows(res, geom, scheme.dtype)
+    measurements = measure_tile(res, tile, geom, rgb) if rgb is not None else None
+    table = tile_rows(res, geom, scheme.dtype, measurements)
     if clock is not None:
         clock("post", spent + time.perf_counter() - t0)
     n_approx = int((~res.exact).sum())
@@ -819,6 +860,18 @@ def compute_tile(
         )
     record = {"tile": tile.index, "nuclei": int(len(res.ids)), "approximate": n_approx}
     return TileOutput(result=res, table=table, record=record, enlarged=enlarged)
+
+
+def _recomputed(value: Any, tile: Any, *, measure: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(rgb, prob)`` from what a ``recompute`` callback returned."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return value[0], value[1]
+    if measure:
+        raise TypeError(
+            f"recompute must return (rgb, prob) when compute_tile measures the nuclei (rgb given); "
+            f"got {type(value).__name__} for tile {tile.index}"
+        )
+    return None, value
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -909,19 +962,21 @@ def _run_tiles(
         with predict_lock:
             return np.asarray(pred.predict(batch), dtype=np.float32)
 
-    def recompute(t: Any) -> np.ndarray:
+    def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
         rgb = read_tile(reader, geom, t)
         timer.add("read", time.perf_counter() - t0)
         t0 = time.perf_counter()
         prob = predict(rgb[None])[0]
         timer.add("infer", time.perf_counter() - t0)
-        return prob
+        return rgb, prob
 
     params = setup.params
 
-    def post_job(t: Any, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
-        out = compute_tile(t, prob, geom, scheme, params, recompute=recompute, rgb_core=rgb_core, clock=timer.add)
+    def post_job(t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
+        out = compute_tile(
+            t, prob, geom, scheme, params, recompute=recompute, rgb=rgb, rgb_core=rgb_core, clock=timer.add
+        )
         with timer.lock:
             timer.enlarged += out.enlarged
         return out
@@ -939,7 +994,7 @@ def _run_tiles(
                 if stop.is_set():
                     return
             rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if setup.save_image else None
-            fut: Future = pool.submit(post_job, t, prob, rgb_core)
+            fut: Future = pool.submit(post_job, t, rgb, prob, rgb_core)
             counts["submitted"] += 1
             fut.add_done_callback(q_done.put)
 

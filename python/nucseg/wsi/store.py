@@ -2,11 +2,15 @@
 
 Layout of ``OUT.zarr``::
 
-    zarr.json                 root image group: "ome" (NGFF 0.5 multiscales of the
-                              image) and "nucseg" (run metadata)
-    0/                        RGB overview of the slide (c, y, x), uint8; with
-    0/, 1/, ...               --save-image: the RGB at the processing resolution and
-                              its 2x mean pyramid, level for level with the labels
+    zarr.json                 root image group: "ome" (NGFF 0.5 multiscales and
+                              "omero" red/green/blue channels of the image) and
+                              "nucseg" (run metadata)
+    0/, 1/, ...               RGB overview of the slide (c, y, x), uint8, and its 2x2
+                              mean pyramid with as many levels as the labels (NGFF
+                              wants a label image level for level with its image);
+                              with --save-image instead: the RGB at the processing
+                              resolution and its 2x2 mean pyramid, level for level with
+                              the labels
     labels/zarr.json          {"ome": {"version": "0.5", "labels": ["nuclei"]}}
     labels/nuclei/zarr.json   NGFF multiscales + image-label
     labels/nuclei/0, 1, ...   nucleus labels (y, x) at the processing resolution, then
@@ -43,6 +47,8 @@ import numpy as np
 NGFF_VERSION = "0.5"
 LABEL_NAME = "nuclei"
 MIN_PYRAMID_SIDE = 256
+#: Chunk side of the overview pyramid (the overview is at most a few thousand pixels).
+OVERVIEW_CHUNK = 1024
 #: Folder of the spill files inside ``OUT.zarr/nucseg``.
 SPILL_DIR = "spill"
 
@@ -76,16 +82,20 @@ def multiscales(
     *,
     channel: bool = False,
     factor: int = 2,
+    mean: bool = False,
 ) -> list[dict[str, Any]]:
     """NGFF 0.5 ``multiscales`` for ``n_levels`` levels, each ``factor`` times coarser.
 
-    Level ``k`` has pixel size ``mpp * factor**k``; stride subsampling keeps the first
-    pixel of every block, so all levels share ``translation``.
+    Level ``k`` has pixel size ``mpp * factor**k``. Stride subsampling keeps the first
+    pixel of every block, so all levels share ``translation``; with ``mean`` (block
+    means) pixel 0 of level ``k`` sits at the centre of its block,
+    ``translation + (factor**k - 1) / 2 * mpp``.
     """
     datasets = []
     for k in range(n_levels):
         scale = [mpp[0] * factor**k, mpp[1] * factor**k]
-        trans = [translation[0], translation[1]]
+        shift = 0.5 * (factor**k - 1) if mean else 0.0
+        trans = [translation[0] + shift * mpp[0], translation[1] + shift * mpp[1]]
         if channel:
             scale, trans = [1.0, *scale], [0.0, *trans]
         datasets.append(
@@ -102,9 +112,91 @@ def multiscales(
             "name": name,
             "axes": _axes(channel),
             "datasets": datasets,
-            "type": "stride subsampling",
+            "type": "mean" if mean else "stride subsampling",
         }
     ]
+
+
+def omero_rgb(name: str) -> dict[str, Any]:
+    """NGFF ``omero`` rendering metadata of a 3-channel uint8 RGB image.
+
+    Viewers (napari, OMERO, Vizarr) then show channels 0, 1, 2 as red, green and blue
+    with the full 0..255 window, which blends back into the RGB picture.
+    """
+    window = {"min": 0, "max": 255, "start": 0, "end": 255}
+    return {
+        "name": name,
+        "channels": [
+            {
+                "label": label,
+                "color": color,
+                "window": dict(window),
+                "active": True,
+                "coefficient": 1.0,
+                "family": "linear",
+                "inverted": False,
+            }
+            for label, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
+        ],
+        "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
+    }
+
+
+def image_shapes(size: tuple[int, int], n_levels: int) -> list[tuple[int, int]]:
+    """Shapes of ``n_levels`` levels of a 2x2 mean pyramid (halved, rounded up; at least 1 px)."""
+    shapes = [(int(size[0]), int(size[1]))]
+    while len(shapes) < n_levels:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def fill_mean_level(src: Any, dst: Any) -> None:
+    """Fill a (c, y, x) pyramid level ``dst`` with the 2x2 means of ``src``, one chunk of
+    ``dst`` at a time (memory: one chunk and its four source chunks)."""
+    _, ch, cw = dst.chunks
+    for y in range(0, dst.shape[1], ch):
+        for x in range(0, dst.shape[2], cw):
+            dst[:, y : y + ch, x : x + cw] = mean2(src[:, 2 * y : 2 * (y + ch), 2 * x : 2 * (x + cw)])
+
+
+def write_overview_pyramid(
+    group: Any, overview: np.ndarray, n_levels: int, *, chunk: int = OVERVIEW_CHUNK
+) -> list[tuple[int, int]]:
+    """Write ``overview`` (h, w, 3) as arrays ``0..n_levels-1`` of ``group``: level 0 as
+    given, each next one the 2x2 mean of the one before, built chunk by chunk from the
+    stored level (never a whole level in memory). Returns the level shapes."""
+    if overview.ndim != 3 or overview.shape[2] != 3 or overview.dtype != np.uint8:
+        raise ValueError(f"overview must be uint8 of shape (h, w, 3), got {overview.dtype} {overview.shape}")
+    top = _create_rgb_level(group, 0, overview.shape[:2], chunk)
+    for y in range(0, top.shape[1], top.chunks[1]):  # chunk rows: no (c, h, w) copy of the whole
+        rows = overview[y : y + top.chunks[1]]
+        top[:, y : y + rows.shape[0], :] = np.moveaxis(rows, 2, 0)
+    return add_mean_levels(group, n_levels, chunk=chunk)
+
+
+def add_mean_levels(group: Any, n_levels: int, *, chunk: int = OVERVIEW_CHUNK) -> list[tuple[int, int]]:
+    """(Re)create arrays ``1..n_levels-1`` of ``group`` as the 2x2 mean pyramid of its
+    (c, y, x) array ``0``, level by level, chunk by chunk. Returns the level shapes."""
+    shapes = image_shapes(group["0"].shape[1:], n_levels)
+    prev = group["0"]
+    for k in range(1, len(shapes)):
+        dst = _create_rgb_level(group, k, shapes[k], chunk)
+        fill_mean_level(prev, dst)
+        prev = dst
+    return shapes
+
+
+def _create_rgb_level(group: Any, k: int, shape: tuple[int, int], chunk: int) -> Any:
+    return group.create_array(
+        str(k),
+        shape=(3, *shape),
+        chunks=(3, min(chunk, shape[0]), min(chunk, shape[1])),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=("c", "y", "x"),
+        overwrite=True,  # a level left by a killed upgrade (OutputStore.finish)
+    )
 
 
 def _translation(pixel_mpp: tuple[float, float], level0_mpp: tuple[float, float]) -> tuple[float, float]:
@@ -223,13 +315,13 @@ class OutputStore:
                 )
             image_ms = multiscales("slide", len(shapes), geom.mpp, trans, channel=True)
         else:
-            ov = np.ascontiguousarray(np.moveaxis(overview, 2, 0))
-            img = root.create_array(
-                "0", shape=ov.shape, chunks=ov.shape, dtype="uint8", fill_value=0, dimension_names=("c", "y", "x")
+            # As many levels as the labels: NGFF wants a label image level for level with its image.
+            write_overview_pyramid(root, np.asarray(overview), len(shapes))
+            image_ms = multiscales(
+                "slide overview", len(shapes), overview_mpp, overview_translation, channel=True, mean=True
             )
-            img[...] = ov
-            image_ms = multiscales("slide overview", 1, overview_mpp, overview_translation, channel=True)
-        root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": image_ms}
+        name = image_ms[0]["name"]
+        root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": image_ms, "omero": omero_rgb(name)}
         full = dict(meta)
         full["settings"] = dict(settings, label_dtype=label_dtype)
         full["status"] = "running"
@@ -352,15 +444,35 @@ class OutputStore:
             k += 1
         k = 1
         while self.image is not None and str(k) in self.group:
-            src, dst = self.group[str(k - 1)], self.group[str(k)]
-            _, ch, cw = dst.chunks
-            for y in range(0, dst.shape[1], ch):
-                for x in range(0, dst.shape[2], cw):
-                    dst[:, y : y + ch, x : x + cw] = mean2(src[:, 2 * y : 2 * (y + ch), 2 * x : 2 * (x + cw)])
+            fill_mean_level(self.group[str(k - 1)], self.group[str(k)])
             k += 1
 
+    def complete_overview(self) -> bool:
+        """Give the overview of a store begun by an earlier nucseg (one level, no ``omero``)
+        as many levels as the labels and its RGB rendering, so a resumed store is a valid
+        NGFF image too. Returns True when it changed the store."""
+        if self.image is not None:
+            return False
+        ome = dict(self.group.attrs.get("ome", {}))
+        ms = ome["multiscales"][0]
+        n = len(self.group["labels/nuclei"].attrs["ome"]["multiscales"][0]["datasets"])
+        if len(ms["datasets"]) == n and "omero" in ome:
+            return False
+        tr = {t["type"]: t[t["type"]] for t in ms["datasets"][0]["coordinateTransformations"]}
+        scale, trans = tr["scale"], tr.get("translation", [0.0, 0.0, 0.0])
+        add_mean_levels(self.group, n)
+        name = ms.get("name", "slide overview")
+        mpp, origin = (scale[1], scale[2]), (trans[1], trans[2])
+        self.group.attrs["ome"] = {
+            **ome,
+            "multiscales": multiscales(name, n, mpp, origin, channel=True, mean=True),
+            "omero": omero_rgb(name),
+        }
+        return True
+
     def finish(self, update: dict[str, Any], *, pyramid: bool = True) -> Path:
-        """Merge the table, build the pyramid and mark the run complete.
+        """Merge the table, build the pyramid (and the overview's, for a store begun by an
+        earlier nucseg: :meth:`complete_overview`) and mark the run complete.
 
         Parameters
         ----------
@@ -382,6 +494,7 @@ class OutputStore:
 
         if pyramid:
             self.build_pyramid()
+        self.complete_overview()
         records = self.tile_records()
         # Only parts whose tile finished: a kill between part and record leaves a stale part.
         parts = sorted(p for p in self.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in records)

@@ -12,15 +12,32 @@ Columns
 ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` half-open bounding box in processing pixels
 ``mean_prob``        mean model probability over the nucleus
 ``exact``            False for approximate nuclei (clusters larger than the largest halo)
+
+then the morphometrics of :mod:`nucseg.morphometrics` (its ``TABLE_COLUMNS``), measured
+per tile while the tile's RGB is in memory, float32:
+
+``perimeter_um, equivalent_diameter_um, major_axis_um, minor_axis_um``  micrometres
+``eccentricity, solidity``  0..1
+``orientation_deg``  major axis against the image rows, degrees in [-90, 90]
+``hematoxylin_od, eosin_od``  mean base-10 optical density along the stain vectors
+
+An approximate nucleus is measured on the pixels its tile owns. Parts written without
+these columns (a store begun by an earlier nucseg version, then resumed) are merged
+with NaN in them, and a warning says how many such parts there were.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nucseg.morphometrics import TABLE_COLUMNS as MORPHOMETRICS
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "label",
@@ -39,6 +56,7 @@ COLUMNS = (
     "bbox_x1",
     "mean_prob",
     "exact",
+    *MORPHOMETRICS,
 )
 
 
@@ -57,13 +75,35 @@ def schema(label_dtype: str) -> Any:
         "bbox_x1": i64,
         "mean_prob": pa.float32(),
         "exact": pa.bool_(),
+        **{c: pa.float32() for c in MORPHOMETRICS},
     }
     return pa.schema([(c, types.get(c, f64)) for c in COLUMNS])
 
 
-def tile_rows(result: Any, geom: Any, label_dtype: str) -> Any:
-    """Arrow table of the nuclei of one :class:`~nucseg.wsi.tiling.TileResult`."""
+def tile_rows(
+    result: Any, geom: Any, label_dtype: str, measurements: dict[str, np.ndarray] | None = None
+) -> Any:
+    """Arrow table of the nuclei of one :class:`~nucseg.wsi.tiling.TileResult`.
+
+    Parameters
+    ----------
+    result : TileResult
+    geom : Geometry
+    label_dtype : str
+        ``"uint32"`` or ``"uint64"``.
+    measurements : dict, optional
+        :func:`nucseg.morphometrics.measure_nuclei` of the tile's owned labels (rows in
+        any order; every owned id must have one); without it the morphometric columns
+        are NaN.
+
+    Raises
+    ------
+    ValueError
+        An owned nucleus has no row in ``measurements``.
+    """
     import pyarrow as pa
+
+    from nucseg.morphometrics import rows_for
 
     n = len(result.ids)
     cen = np.asarray(result.centroid, np.float64).reshape(n, 2)
@@ -87,6 +127,10 @@ def tile_rows(result: Any, geom: Any, label_dtype: str) -> Any:
         "mean_prob": np.asarray(result.mean_prob, np.float32),
         "exact": np.asarray(result.exact, bool),
     }
+    # measure_nuclei sorts by id; the tile lists its nuclei by rank.
+    m = rows_for(measurements, cols["label"]) if measurements is not None and n else None
+    for c in MORPHOMETRICS:
+        cols[c] = np.asarray(m[c], np.float32) if m is not None else np.full(n, np.nan, np.float32)
     return pa.Table.from_pydict(cols, schema=schema(label_dtype))
 
 
@@ -100,17 +144,42 @@ def write_atomic(table: Any, path: Path) -> None:
 
 
 def merge_parts(parts: list[Path], out: Path, label_dtype: str) -> int:
-    """Concatenate part files (in the given order) into ``out``; returns the row count."""
+    """Concatenate part files (in the given order) into ``out``; returns the row count.
+
+    Parts without the morphometric columns (written by an earlier nucseg version) get
+    NaN there; parts missing any other column are refused.
+
+    Raises
+    ------
+    ValueError
+        A part lacks a column other than the morphometrics.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     sch = schema(label_dtype)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     rows = 0
+    old_parts = 0
     with pq.ParquetWriter(tmp, sch) as writer:
         for p in parts:
-            t = pq.read_table(p, schema=sch)
+            have = set(pq.read_schema(p).names)
+            missing = [c for c in COLUMNS if c not in have]
+            if any(c not in MORPHOMETRICS for c in missing):
+                raise ValueError(f"table part {p} lacks the columns {missing}: not written by nucseg-wsi")
+            t = pq.read_table(p, columns=[c for c in COLUMNS if c in have])
+            for c in missing:
+                t = t.append_column(sch.field(c), pa.array(np.full(t.num_rows, np.nan, np.float32)))
+            old_parts += bool(missing)
+            t = t.select(list(COLUMNS)).cast(sch)
             rows += t.num_rows
             if t.num_rows:
                 writer.write_table(t)
     os.replace(tmp, out)
+    if old_parts:
+        logger.warning(
+            "%d tile(s) were computed by an earlier nucseg without morphometrics: their nuclei have NaN "
+            "perimeter, axes, solidity and stain densities; rerun with --overwrite to measure every nucleus",
+            old_parts,
+        )
     return rows
