@@ -166,8 +166,7 @@ def cases(draw) -> tuple[np.ndarray, float, float | None, int, bool, str]:
     threshold = draw(st.one_of(st.none(), st.sampled_from(candidates)))
     connectivity = draw(st.sampled_from([1, 2]))
     line = draw(st.booleans())
-    # "swapped" (non-native byte order) is left out: see test_non_canonical_dtypes_are_accepted.
-    layout = draw(st.sampled_from(["C", "F", "negative", "step2", "readonly"]))
+    layout = draw(st.sampled_from(["C", "F", "negative", "step2", "readonly", "swapped"]))
     return prob, float(lam), threshold, connectivity, line, layout
 
 
@@ -220,12 +219,6 @@ def test_contract_against_the_references(tally: Counter, case) -> None:
         np.testing.assert_array_equal(got > 0, fg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in the test reference: marker_groups keeps maxima with dynamics > lam, and the "
-    "highest maximum of a component has dynamics inf, so at lam=inf (documented: one nucleus "
-    "per component) it returns no marker at all",
-)
 def test_reference_marker_groups_at_infinite_lam() -> None:
     from nucseg._reference import marker_groups
 
@@ -233,13 +226,6 @@ def test_reference_marker_groups_at_infinite_lam() -> None:
     assert len(marker_groups(prob, float("inf"), 127, 1)) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in the test reference: marker_groups tests prob >= height - lam, and the "
-    "subtraction rounds: 254 - 125.99999999999999 == 128.0 in float64, so a saddle whose drop "
-    "(126) exceeds lam is taken as connecting; the C++ kernel and reference_watershed compare "
-    "peak - level > lam and keep two objects",
-)
 def test_reference_marker_groups_rounds_height_minus_lam() -> None:
     from nucseg._reference import marker_groups
 
@@ -268,13 +254,6 @@ def test_nan_and_inf_always_raise(tally: Counter, case, lam: float, threshold: f
     tally["nan_inf"] += 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the binding dispatches on dtype identity (py::dtype::is), so a float32/uint8 "
-    "array whose dtype object is not numpy's canonical instance (non-native byte order, dtype "
-    "metadata, dtype.newbyteorder() on uint8) passes the Python check and then fails in _core "
-    "with 'prob must be uint8, uint16, float32 or float64'",
-)
 @pytest.mark.parametrize(
     "make",
     [

@@ -104,7 +104,12 @@ def marker_groups(
     """
     fg = _foreground(prob, threshold)
     offsets = _offsets(connectivity)
-    markers = [m for m in regional_maxima(prob, fg, connectivity) if _dynamics(prob, fg, m, offsets) > lam]
+    # A component's highest maximum (dynamics inf) is a marker even for lam = inf.
+    markers = [
+        m
+        for m in regional_maxima(prob, fg, connectivity)
+        if (d := _dynamics(prob, fg, m, offsets)) == math.inf or d > lam
+    ]
     groups: list[set[tuple[int, int]]] = []
     assigned: set[tuple[int, int]] = set()
     for plateau in markers:
@@ -116,7 +121,8 @@ def marker_groups(
         while stack:
             p = stack.pop()
             for q in _neighbours(p, prob.shape, offsets):
-                if fg[q] and q not in reach and float(prob[q]) >= height - lam:
+                # drop <= lam, written as the kernel computes it (no rounding of height - lam)
+                if fg[q] and q not in reach and height - float(prob[q]) <= lam:
                     reach.add(q)
                     stack.append(q)
         group = set()

@@ -48,6 +48,9 @@ def _check_prob(prob: object) -> np.ndarray:
         raise ValueError(f"prob must not be empty, got shape {prob.shape}")
     if prob.size > _MAX_PIXELS:
         raise ValueError(f"prob has {prob.size} pixels; at most {_MAX_PIXELS} fit int32 labels (tile the image)")
+    canonical = np.dtype(prob.dtype.type)  # native byte order, no metadata: what the kernel takes
+    if prob.dtype is not canonical:
+        prob = prob.view(canonical) if prob.dtype == canonical else prob.astype(canonical)
     if prob.dtype.kind == "f":
         # min/max propagate NaN and expose inf without allocating a mask.
         lo, hi = prob.min(), prob.max()
