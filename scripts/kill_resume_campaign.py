@@ -143,7 +143,7 @@ def classify(out: Path, n_tiles: int) -> tuple[str, int, int]:
     from nucseg.wsi.store import read_meta
 
     meta = read_meta(out)
-    if meta is None:  # the store's folder exists, its run metadata not yet
+    if meta is None or meta.get("status") == "creating":  # the store's folder exists, its run metadata not yet
         return "creating-store", 0, 0
     records = {p.stem for p in (out / "nucseg" / "tiles").glob("*.json")}
     parts = {p.stem for p in (out / "nucseg" / "parts").glob("*.parquet")}

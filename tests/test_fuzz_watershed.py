@@ -138,13 +138,6 @@ def relayout(a: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(how)
 
 
-def _near_a_drop(prob: np.ndarray, lam: float) -> bool:
-    """True when lam is within a few ulps of a difference of two map values."""
-    v = np.unique(prob.astype(np.float64))
-    drops = np.abs(np.subtract.outer(v, v)).ravel()
-    return bool(np.any(np.abs(drops - lam) <= 4 * np.spacing(np.maximum(drops, abs(lam)))))
-
-
 @st.composite
 def cases(draw) -> tuple[np.ndarray, float, float | None, int, bool, str]:
     prob = draw(maps())
@@ -193,17 +186,12 @@ def test_contract_against_the_references(tally: Counter, case) -> None:
     np.testing.assert_array_equal(got, expected)
 
     # Objects: exactly one per marker group of the definition, each group inside its object.
-    # (marker_groups misses the infinite-dynamics maxima at lam=inf, see
-    # test_reference_marker_groups_at_infinite_lam; the component check below covers it.)
-    # It also rounds height - lam, so lam within an ulp of a drop is left to reference_watershed
-    # (see test_reference_marker_groups_rounds_height_minus_lam).
-    if lam != float("inf") and not _near_a_drop(prob, lam):
-        groups = marker_groups(prob, lam, t, connectivity)
-        assert int(got.max()) == len(groups)
-        owners = sorted({int(got[next(iter(g))]) for g in groups})
-        assert owners == list(range(1, len(groups) + 1))
-        for g in groups:
-            assert len({int(got[p]) for p in g}) == 1
+    groups = marker_groups(prob, lam, t, connectivity)
+    assert int(got.max()) == len(groups)
+    owners = sorted({int(got[next(iter(g))]) for g in groups})
+    assert owners == list(range(1, len(groups) + 1))
+    for g in groups:
+        assert len({int(got[p]) for p in g}) == 1
     # Labels are consecutive in raster order of first pixel; background stays 0.
     fg = _foreground(prob, t)
     assert not got[~fg].any()

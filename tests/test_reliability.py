@@ -120,13 +120,6 @@ segment_slide(sys.argv[1], sys.argv[2], model="hematoxylin", tile=128, halo=64, 
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: OutputStore.create makes the store's folder (zarr.open_group mode='w-') and writes the "
-    "'nucseg' run metadata only at its end; a kill in between leaves a folder that --resume refuses "
-    "('is not an output of nucseg-wsi'), --overwrite refuses ('refusing to overwrite') and a plain run "
-    "refuses ('already exists'): the user must delete it by hand",
-)
 def test_kill_during_store_creation_is_resumable(slide: Path, reference: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -137,6 +130,49 @@ def test_kill_during_store_creation_is_resumable(slide: Path, reference: Path, t
     assert done.returncode == -9 and out.is_dir()  # killed, leaving a half-made store
     segment_slide(slide, out, resume=True, **RUN)
     assert _open_campaign_compare(reference, out) == []
+
+
+@pytest.mark.parametrize("how", ["resume", "overwrite", "partial-only"])
+def test_half_created_store_is_redone_by_resume_or_overwrite_and_refused_by_a_plain_run(
+    slide: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """In-process variant of the kill above (an exception where the kill landed), plus a
+    folder holding only zarr's temporary file (killed before the first ``zarr.json``)."""
+    from nucseg.wsi.store import is_unfinished_creation
+
+    out = tmp_path / "o.zarr"
+    if how == "partial-only":
+        out.mkdir()
+        (out / "zarr.81f0.partial").write_bytes(b'{"zarr_form')
+    else:
+        real = zarr.Group.create_group
+
+        def die(self, *a, **k):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(zarr.Group, "create_group", die)
+        with pytest.raises(KeyboardInterrupt):
+            segment_slide(slide, out, **RUN)
+        monkeypatch.setattr(zarr.Group, "create_group", real)
+        assert _status(out) == "creating"
+    assert is_unfinished_creation(out)
+    with pytest.raises(StoreError, match="already exists"):
+        segment_slide(slide, out, **RUN)
+    mode = {"overwrite": True} if how == "overwrite" else {"resume": True}
+    s = segment_slide(slide, out, **mode, **RUN)
+    assert s.tiles_run == 12 and s.tiles_resumed == 0
+    assert not is_unfinished_creation(out)
+    assert _open_campaign_compare(reference, out) == []
+
+
+def test_a_folder_that_is_not_a_store_is_still_refused(slide: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for mode in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(StoreError, match="not an output of nucseg-wsi"):
+            segment_slide(slide, out, **mode, **RUN)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------- decode failures
@@ -278,12 +314,6 @@ def test_output_becoming_read_only_mid_run_is_one_clear_error_and_resumable(
     assert _open_campaign_compare(reference, out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: segment_slide wraps write errors of tiles in StoreError (with the --resume hint) but not "
-    "those of store.finish (pyramid, table, metadata): a read-only or full disk at the end escapes as a "
-    "bare PermissionError/OSError without the hint",
-)
 def test_read_only_at_finish_is_a_store_error_with_the_resume_hint(
     slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,6 +330,31 @@ def test_read_only_at_finish_is_a_store_error_with_the_resume_hint(
     monkeypatch.setattr(OutputStore, "finish", finish)
     with pytest.raises(StoreError, match="Permission denied.*--resume"):
         segment_slide(slide, out, **RUN)
+
+
+def test_dask_finish_steps_turn_write_errors_into_store_errors(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Dask runner's spill merge, pyramid blocks and finish task (run here directly)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from nucseg.wsi.distributed import build_pyramid_block, finish_slide, merge_spill
+    from nucseg.wsi.store import save_spill
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    save_spill(out, 0, 1, np.array([[0, 0]]), np.array([5], np.uint32))
+    switch = ReadOnlySwitch(out, monkeypatch)
+    switch.on = True
+    hint = rf"cannot finish {out}: .*Permission denied.*nothing finished is lost, rerun with --resume"
+    with pytest.raises(StoreError, match=hint):
+        merge_spill(str(out), [0], 12)
+    with pytest.raises(StoreError, match=hint):
+        build_pyramid_block(str(out), 1, (0, 64, 0, 64))
+    with pytest.raises(StoreError, match=hint):
+        finish_slide(SimpleNamespace(output=str(out)), {}, 0.0)
+    assert switch.refused >= 3
 
 
 # ---------------------------------------------------------------- absurd slide metadata
@@ -330,20 +385,25 @@ def no_pixel_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("width", "height", "match"),
+    ("width", "height", "tile", "match"),
     [
-        (2**32 - 1, 64, "invalid size 4294967295x64"),  # beyond any level side
-        (2**31 - 1, 2**31 - 1, "tiles; check the slide's mpp"),  # 4e12 tiles of 1024 px
+        (2**32 - 1, 64, 1024, "invalid size 4294967295x64"),  # beyond any level side
+        # 4e12 tiles of 1024 px, but first 536,871 mm wide: the physical check comes first
+        (2**31 - 1, 2**31 - 1, 1024, r"2147483647x2147483647 px .* = 536870\.9x536870\.9 mm, .* 200 mm limit"),
+        # 200 mm (the limit) at 0.25 um/px in tiles of 16 px: 2.5e9 tiles
+        (800_000, 800_000, 16, "2500000000 tiles; check the slide's mpp"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.usefixtures("no_pixel_reads")
-def test_absurd_dimensions_are_rejected_before_allocation(tmp_path: Path, width: int, height: int, match: str) -> None:
+def test_absurd_dimensions_are_rejected_before_allocation(
+    tmp_path: Path, width: int, height: int, tile: int, match: str
+) -> None:
     path = _tiff_claiming(tmp_path / "absurd.tif", width, height)
     tracemalloc.start()
     try:
         with pytest.raises(ValueError, match=match):
-            segment_slide(path, tmp_path / "o.zarr", model="hematoxylin")
+            segment_slide(path, tmp_path / "o.zarr", model="hematoxylin", tile=tile)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -351,12 +411,6 @@ def test_absurd_dimensions_are_rejected_before_allocation(tmp_path: Path, width:
     assert not (tmp_path / "o.zarr").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a slide claiming 1,000,000 x 1,000,000 px at 0.25 um/px (25 cm x 25 cm, far larger "
-    "than any glass slide) passes validation: segment_slide builds its ~60,000-tile grid and then "
-    "reads the whole level for the overview (hours); no check on the physical extent",
-)
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.usefixtures("no_pixel_reads")
 def test_physically_impossible_slide_is_rejected_before_reading(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_LAMS: tuple[float, ...] = (0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3)
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_MIN_AREAS: tuple[int, ...] = (0, 30, 60)
 # (key in nucseg.metrics.evaluate, column title): the paper's Table 1, then object metrics.
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (

@@ -97,6 +97,60 @@ def test_thumbnail_is_bounded(demo_slide: Path, demo_image: np.ndarray) -> None:
     assert ov.downsample == (8.0, 8.0)
 
 
+@pytest.mark.parametrize("max_pixels", [20, 300, 2**22], ids=["rows", "small-blocks", "default"])
+def test_thumbnail_reads_are_bounded_and_read_only_sampled_rows(
+    demo_slide: Path, monkeypatch: pytest.MonkeyPatch, max_pixels: int
+) -> None:
+    """Whatever the stride, no read holds more than OVERVIEW_READ_PIXELS pixels, and the
+    overview is the level subsampled by the stride (independent reference: numpy slicing)."""
+    import nucseg.wsi.reader as reader_mod
+
+    monkeypatch.setattr(reader_mod, "OVERVIEW_READ_PIXELS", max_pixels)
+    reads: list[tuple[int, int, int, int, int]] = []
+    with open_slide(demo_slide) as s:
+        level2 = s.read(2, 0, 0, 320, 256)  # the whole level, in one read
+        real = s.read
+
+        def spy(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+            reads.append((level, x, y, w, h))
+            return real(level, x, y, w, h)
+
+        s.read = spy  # type: ignore[method-assign]
+        ov = s.thumbnail(64)  # level 2 (320 x 256 px), stride 5
+    assert ov.level == 2 and ov.stride == 5
+    np.testing.assert_array_equal(ov.rgb, level2[::5, ::5])
+    assert all(w * h <= max_pixels for _, _, _, w, h in reads)
+    rows = {y + i for _, _, y, _, h in reads for i in range(h)}
+    if max_pixels == 20:  # a 5x5 block is too large: one sampled row per read, 20 px wide
+        assert rows == set(range(0, 256, 5))
+        assert all(h == 1 and x % 5 == 0 for _, x, _, _, h in reads)
+    else:
+        assert rows == set(range(256))
+
+
+@pytest.mark.parametrize(
+    ("stride", "max_pixels", "block"),
+    [(1, 2**22, (2048, 2048)), (5, 2**22, (2045, 2045)), (2048, 2**22, (2048, 2048)),
+     (2049, 2**22, (1, 2**22 // 2049 * 2049)), (10**7, 2**22, (1, 10**7))],
+)
+def test_overview_block(stride: int, max_pixels: int, block: tuple[int, int]) -> None:
+    from nucseg.wsi.reader import overview_block
+
+    got = overview_block(stride, max_pixels)
+    assert got == block
+    assert got[1] % stride == 0 and (got[0] == 1 or got[0] % stride == 0)
+
+
+def test_check_extent_names_the_slide_its_size_in_mm_and_the_limit(demo_slide: Path) -> None:
+    with open_slide(demo_slide) as s:
+        assert s.check_extent() == pytest.approx((1280 * 0.25e-3, 1024 * 0.25e-3))
+        msg = r"demo\.tif: level 0 is 1280x1024 px .* = 0\.3x0\.3 mm, larger than the 0\.2 mm limit"
+        with pytest.raises(SlideError, match=msg):
+            s.check_extent(0.2)
+    with open_slide(demo_slide, mpp=50) as s:  # 64 x 51.2 mm: a plausible whole-mount slide
+        assert s.check_extent() == pytest.approx((64.0, 51.2))
+
+
 def test_real_aperio_slide(cmu_slide: Path) -> None:
     with open_slide(cmu_slide) as s:
         assert s.backend == "openslide" and s.vendor == "aperio"

@@ -531,13 +531,30 @@ def pyramid_blocks(geom: Any, level: int, group: int) -> list[Box]:
     ]
 
 
+def merge_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: int) -> int:
+    """Dask task: :func:`~nucseg.wsi.store.apply_spill`, a write error as one
+    :class:`~nucseg.wsi.store.StoreError` with the ``--resume`` hint."""
+    from .store import finishing
+
+    with finishing(output):
+        return apply_spill(output, chunks, n_tiles)
+
+
 def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, image: bool = False) -> None:
     """Dask task: fill ``box`` of pyramid ``level`` from ``level - 1``.
 
     Labels by 2x stride subsampling, the RGB image (``image=True``) by 2x2 means: the
     values of :meth:`nucseg.wsi.store.OutputStore.build_pyramid`, whose chunks these
-    boxes align with.
+    boxes align with. A write error is one :class:`~nucseg.wsi.store.StoreError` with
+    the ``--resume`` hint.
     """
+    from .store import finishing
+
+    with finishing(output):
+        _fill_pyramid_block(output, level, box, image)
+
+
+def _fill_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, image: bool) -> None:
     import zarr
 
     y0, y1, x0, x1 = box
@@ -560,16 +577,18 @@ def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict
     ``t_client`` is the client's elapsed seconds so far (for ``timings["wall"]``).
     The pyramid was built by :func:`build_pyramid_block` tasks.
     """
-    from .store import OutputStore
+    from .store import OutputStore, finishing
 
     t0 = time.perf_counter()
     store = OutputStore.open(job.output)
     shutil.rmtree(store.path / "nucseg" / SPILL_DIR, ignore_errors=True)
-    table_path = store.finish(update, pyramid=False)
+    with finishing(store.path):  # a full or read-only disk: one StoreError with the --resume hint
+        table_path = store.finish(update, pyramid=False)
     timings = dict(update.get("timings", {}))
     timings["finish"] = time.perf_counter() - t0
     timings["wall"] = t_client + timings["finish"]
-    store.update_meta({"timings": timings})
+    with finishing(store.path):
+        store.update_meta({"timings": timings})
     return {
         "nuclei": int(store.meta["nuclei"]),
         "approximate": int(store.meta["approximate_nuclei"]),
@@ -903,7 +922,7 @@ def _drive(
             for c in sorted(st.spill | set(plan.spill)):
                 dests.setdefault(group_of(c, job.geom.grid, job.group), []).append(c)
             for g, chunks in dests.items():
-                submit(st, "spill", apply_spill, job.output, chunks, job.geom.n_tiles, tag=g)
+                submit(st, "spill", merge_spill, job.output, chunks, job.geom.n_tiles, tag=g)
             if dests:
                 return
         if st.phase == "spill":

@@ -317,12 +317,13 @@ def prepare_output(
         An invalid ``tissue``.
     """
     from .predictors import describe
-    from .store import OutputStore, StoreError
+    from .store import OutputStore, StoreError, is_unfinished_creation
     from .tiling import IdScheme, make_tiles, plan_geometry
 
     if started is None:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     mpp_x, mpp_y = reader.require_mpp()
+    reader.check_extent()  # before the tile grid and the overview are sized by the claimed size
     info = describe(pred)
     lam = info["lam"] if lam is None else float(lam)
     threshold = info["threshold"] if threshold is None else float(threshold)
@@ -391,7 +392,9 @@ def prepare_output(
         save_image=bool(save_image),
     )
     out_path = setup.output
-    if out_path.exists() and not overwrite:
+    # A store whose creation was killed holds no finished tile: resuming it means creating it.
+    unborn = resume and is_unfinished_creation(out_path)
+    if out_path.exists() and not overwrite and not unborn:
         if skip_complete:
             setup.skipped = _complete_summary(out_path, settings, len(tiles))
             if setup.skipped is not None:
@@ -413,7 +416,7 @@ def prepare_output(
             overview=overview.rgb,
             overview_mpp=(ov_ds[0] * mpp_y, ov_ds[1] * mpp_x),
             overview_translation=(0.5 * mpp_y * (ov_lds[0] - 1), 0.5 * mpp_x * (ov_lds[1] - 1)),
-            overwrite=overwrite,
+            overwrite=overwrite or unborn,
         )
     setup.done = setup.store.done_tiles()
     return setup
@@ -548,7 +551,7 @@ def segment_slide(
     """
     from .predictors import resolve_model
     from .reader import open_slide
-    from .store import StoreError, apply_pending_spill
+    from .store import StoreError, apply_pending_spill, finishing
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -590,10 +593,11 @@ def segment_slide(
         _run_tiles(reader, pred, setup, todo, batch_size=batch_size, threads=threads, timer=timer, progress=progress)
         tiles_wall = time.perf_counter() - t_tiles
         t_finish = time.perf_counter()
-        if resume:  # a run interrupted on Dask may have left nuclei for other chunks
-            apply_pending_spill(out_path)
         timings = dict(timer.total, tiles_wall=tiles_wall)
-        table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
+        with finishing(out_path):  # a full or read-only disk here: one StoreError with the hint
+            if resume:  # a run interrupted on Dask may have left nuclei for other chunks
+                apply_pending_spill(out_path)
+            table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
         qc_path = None
         if qc is not None:
             from .qc import write_qc
@@ -601,7 +605,8 @@ def segment_slide(
             qc_path = write_qc(qc, store, setup.overview, setup.geom, table_path)
         timings["finish"] = time.perf_counter() - t_finish
         timings["wall"] = time.perf_counter() - t_start
-        store.update_meta({"timings": timings})
+        with finishing(out_path):
+            store.update_meta({"timings": timings})
     finally:
         reader.close()
     return SlideSummary(

@@ -31,6 +31,11 @@ MPP_RANGE = (0.01, 50.0)
 MAX_SIDE = 2**31 - 1
 #: Largest region read in one call, in pixels (about 1.5 GB of RGBA).
 MAX_REGION_PIXELS = 2**28
+#: Largest physical side of level 0 in millimetres: a glass slide is 75 x 26 mm, whole-mount
+#: slides 2 x 3 inches; more means wrong dimensions or resolution.
+MAX_EXTENT_MM = 200.0
+#: Most pixels one read of :meth:`SlideReader.thumbnail` holds (12 MiB of RGB).
+OVERVIEW_READ_PIXELS = 2**22
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf2", ".tf8")
 
@@ -198,6 +203,26 @@ class SlideReader:
             raise SlideError(f"{self.path}: the slide has no microns-per-pixel metadata; pass --mpp")
         return self.mpp
 
+    def check_extent(self, limit_mm: float = MAX_EXTENT_MM) -> tuple[float, float]:
+        """Level 0's ``(width, height)`` in millimetres, checked against ``limit_mm``.
+
+        Raises
+        ------
+        SlideError
+            When the slide has no resolution (see :meth:`require_mpp`), or a side is
+            longer than ``limit_mm``: such a slide cannot exist, its metadata is wrong.
+        """
+        mx, my = self.require_mpp()
+        lv0 = self.levels[0]
+        size = (lv0.width * mx / 1000.0, lv0.height * my / 1000.0)
+        if max(size) > limit_mm:
+            raise SlideError(
+                f"{self.path}: level 0 is {lv0.width}x{lv0.height} px at {mx:g}x{my:g} um/px = "
+                f"{size[0]:.1f}x{size[1]:.1f} mm, larger than the {limit_mm:g} mm limit for a slide; "
+                "check its dimensions and mpp (--mpp overrides the mpp)"
+            )
+        return size
+
     def level_mpp(self, level: int) -> tuple[float, float]:
         """Microns per pixel ``(x, y)`` of one level (needs :attr:`mpp`)."""
         mx, my = self.require_mpp()
@@ -208,8 +233,9 @@ class SlideReader:
     def thumbnail(self, max_side: int = 2048) -> Overview:
         """A small RGB overview, from the coarsest level with a side of ``max_side / 2`` or more.
 
-        The level is read block by block and subsampled by an integer stride, so memory
-        stays bounded whatever the slide size.
+        The level is read block by block and subsampled by an integer stride; each read
+        holds at most :data:`OVERVIEW_READ_PIXELS` pixels whatever the slide size (with a
+        stride too large for square blocks, only the sampled rows are read).
 
         Returns
         -------
@@ -224,10 +250,10 @@ class SlideReader:
         lv = self.levels[level]
         stride = max(1, math.ceil(max(lv.width, lv.height) / max_side))
         out = np.empty((math.ceil(lv.height / stride), math.ceil(lv.width / stride), 3), np.uint8)
-        block = max(stride, (2048 // stride) * stride)
-        for y in range(0, lv.height, block):
-            for x in range(0, lv.width, block):
-                h, w = min(block, lv.height - y), min(block, lv.width - x)
+        bh, bw = overview_block(stride)
+        for y in range(0, lv.height, max(bh, stride)):  # 1 px high reads: only the sampled rows
+            for x in range(0, lv.width, bw):
+                h, w = min(bh, lv.height - y), min(bw, lv.width - x)
                 part = self.read(level, x, y, w, h)[::stride, ::stride]
                 out[y // stride : y // stride + part.shape[0], x // stride : x // stride + part.shape[1]] = part
         lv0 = self.levels[0]
@@ -252,6 +278,29 @@ class SlideReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def overview_block(stride: int, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of the reads that subsample a level by ``stride``.
+
+    Both start at multiples of ``stride`` and the width is one too, so every sampled
+    pixel is read once. Square blocks while ``stride**2`` fits ``max_pixels``; beyond,
+    one sampled row at a time (1 px high) instead of ``stride`` rows of which one is kept.
+    ``max_pixels`` defaults to :data:`OVERVIEW_READ_PIXELS`.
+
+    Examples
+    --------
+    >>> overview_block(3, 100)
+    (9, 9)
+    >>> overview_block(16, 100)
+    (1, 96)
+    """
+    if max_pixels is None:
+        max_pixels = OVERVIEW_READ_PIXELS
+    side = math.isqrt(max_pixels) // stride * stride
+    if side >= stride:
+        return side, side
+    return 1, max(stride, max_pixels // stride * stride)
 
 
 class OpenSlideReader(SlideReader):

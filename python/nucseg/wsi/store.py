@@ -4,7 +4,8 @@ Layout of ``OUT.zarr``::
 
     zarr.json                 root image group: "ome" (NGFF 0.5 multiscales and
                               "omero" red/green/blue channels of the image) and
-                              "nucseg" (run metadata)
+                              "nucseg" (run metadata; its "status" goes "creating"
+                              -> "running" -> "complete")
     0/, 1/, ...               RGB overview of the slide (c, y, x), uint8, and its 2x2
                               mean pyramid with as many levels as the labels (NGFF
                               wants a label image level for level with its image);
@@ -33,12 +34,13 @@ zarr emits one "not recognized" warning for that folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,42 @@ OVERVIEW_CHUNK = 1024
 SPILL_DIR = "spill"
 
 
+#: Run status of a store whose creation has not finished (a kill left it half-made).
+CREATING = "creating"
+
+
 class StoreError(ValueError):
     """The output store cannot be created, reused or written."""
+
+
+def is_unfinished_creation(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a store that :meth:`OutputStore.create` began and never finished.
+
+    That is a folder holding nothing but zarr's temporary ``*.partial`` files (killed
+    before the first ``zarr.json``), or one whose run metadata says ``"creating"``. No
+    tile of such a store was finished: it is safe to delete and create again.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if not (p / "zarr.json").exists():
+        return all(c.is_file() and c.name.endswith(".partial") for c in p.iterdir())
+    meta = read_meta(p)
+    return meta is not None and meta.get("status") == CREATING
+
+
+@contextlib.contextmanager
+def finishing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised while finishing the store ``path`` (spill merge, pyramid,
+    table, metadata) into one :class:`StoreError` that says what to do.
+
+    Nothing is lost: the store is marked complete only by the last metadata write, so
+    ``--resume`` redoes the finish step from the kept tiles.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot finish {path}: {exc}; nothing finished is lost, rerun with --resume") from exc
 
 
 def _axes(channel: bool) -> list[dict[str, str]]:
@@ -270,8 +306,11 @@ class OutputStore:
             raise StoreError(f"output folder {p.parent} does not exist")
         if not os.access(p.parent, os.W_OK):
             raise StoreError(f"output folder {p.parent} is not writable")
+        full = jsonable(dict(meta, settings=dict(settings, label_dtype=label_dtype), status=CREATING))
         try:
-            root = zarr.open_group(str(p), mode="w-", zarr_format=3)
+            # The marker goes into the first zarr.json (written atomically): a kill from
+            # here on leaves a store that --resume and --overwrite recognise and redo.
+            root = zarr.open_group(str(p), mode="w-", zarr_format=3, attributes={"nucseg": full})
         except Exception as exc:  # noqa: BLE001 - store errors come in many types
             raise StoreError(f"cannot create output {p}: {exc}") from exc
         chunk = (min(geom.tile, geom.size[0]), min(geom.tile, geom.size[1]))
@@ -321,13 +360,15 @@ class OutputStore:
                 "slide overview", len(shapes), overview_mpp, overview_translation, channel=True, mean=True
             )
         name = image_ms[0]["name"]
-        root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": image_ms, "omero": omero_rgb(name)}
-        full = dict(meta)
-        full["settings"] = dict(settings, label_dtype=label_dtype)
-        full["status"] = "running"
-        root.attrs["nucseg"] = full
         (p / "nucseg" / "tiles").mkdir(parents=True)
         (p / "nucseg" / "parts").mkdir()
+        # Last, in one write: from here on the store is resumable tile by tile.
+        root.update_attributes(
+            {
+                "ome": {"version": NGFF_VERSION, "multiscales": image_ms, "omero": omero_rgb(name)},
+                "nucseg": dict(full, status="running"),
+            }
+        )
         return cls(p, root)
 
     @classmethod
@@ -340,6 +381,8 @@ class OutputStore:
         p = Path(path)
         if not p.exists():
             raise StoreError(f"cannot resume: output {p} does not exist (run without --resume first)")
+        if is_unfinished_creation(p):  # prepare_output creates such a store anew instead
+            raise StoreError(f"cannot resume {p}: its creation never finished (no tile was done); use --overwrite")
         try:
             store = cls.open(p)
             stored = dict(store.meta["settings"])
@@ -622,9 +665,13 @@ def mean2(block: np.ndarray) -> np.ndarray:
 
 
 def _remove_store(p: Path) -> None:
-    """Delete ``p`` only when it is an output of nucseg-wsi (or an empty folder)."""
+    """Delete ``p`` only when it is an output of nucseg-wsi (or an empty folder, or the
+    beginning of one: :func:`is_unfinished_creation`)."""
     if p.is_dir() and not any(p.iterdir()):
         p.rmdir()
+        return
+    if is_unfinished_creation(p):
+        shutil.rmtree(p)
         return
     marker = p / "zarr.json"
     try:
