@@ -230,6 +230,22 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     Seen seen[8];
     std::int32_t roots[8];
 
+    // Give `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
+    auto relabel_plateau = [&](std::uint32_t m, std::int32_t state) {
+        out[m] = state;
+        stack.push_back(m);
+        while (!stack.empty()) {
+            const std::ptrdiff_t p = stack.back();
+            stack.pop_back();
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                if (out[j] == kSeenMax && v[j] == v[m]) {
+                    out[j] = state;
+                    stack.push_back(static_cast<std::uint32_t>(j));
+                }
+            });
+        }
+    };
+
     for (std::ptrdiff_t start = 0; start < n; ++start) {
         if (!in_f(v[start]) || out[start] != 0) continue;  // background first: cheaper to read
 
@@ -261,19 +277,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             bool beside_non_max = false;
             for_neighbours(nh, height, width, m,
                            [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kSeenNotMax && v[j] == v[m]; });
-            if (!beside_non_max) continue;
-            out[m] = kSeenNotMax;
-            stack.push_back(m);
-            while (!stack.empty()) {
-                const std::ptrdiff_t p = stack.back();
-                stack.pop_back();
-                for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                    if (out[j] == kSeenMax && v[j] == v[m]) {
-                        out[j] = kSeenNotMax;
-                        stack.push_back(static_cast<std::uint32_t>(j));
-                    }
-                });
-            }
+            if (beside_non_max) relabel_plateau(m, kSeenNotMax);
         }
         maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kSeenMax; }),
                      maxima.end());
@@ -286,19 +290,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             if (out[m] == kSeenMax) {
                 if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
                     throw std::length_error("watershed_dynamics: too many regional maxima for int32 labels");
-                const std::int32_t id = basins.add(static_cast<double>(v[m]));
-                out[m] = id;
-                stack.push_back(m);
-                while (!stack.empty()) {
-                    const std::ptrdiff_t p = stack.back();
-                    stack.pop_back();
-                    for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                        if (out[j] == kSeenMax && v[j] == v[m]) {
-                            out[j] = id;
-                            stack.push_back(static_cast<std::uint32_t>(j));
-                        }
-                    });
-                }
+                relabel_plateau(m, basins.add(static_cast<double>(v[m])));
             }
             queue.push(v[m], m);
         }
