@@ -54,16 +54,8 @@ COLUMNS = (
 
 #: The columns the whole-slide table does not already hold (it has label, centroid,
 #: area and mean probability): what the runner adds to each tile's rows.
-TABLE_COLUMNS = (
-    "perimeter_um",
-    "equivalent_diameter_um",
-    "major_axis_um",
-    "minor_axis_um",
-    "eccentricity",
-    "solidity",
-    "orientation_deg",
-    "hematoxylin_od",
-    "eosin_od",
+TABLE_COLUMNS = tuple(
+    c for c in COLUMNS if c not in {"label", "centroid_y_px", "centroid_x_px", "area_px", "area_um2", "mean_prob"}
 )
 
 # skimage's separate_stains divides natural-log absorbance by -ln(1e-6) = 6 ln(10):
