@@ -27,3 +27,14 @@ def cmu_slide() -> Path:
     if not path.is_file():
         pytest.skip(f"real slide not found at {path} (set NUCSEG_DATA to shared/data)")
     return path
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a torch test on one thread (CI has 2 cores), restoring the setting after."""
+    import torch  # imported here: most tests never need torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

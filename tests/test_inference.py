@@ -25,12 +25,7 @@ from nucseg.inference import (  # noqa: E402
 from nucseg.models import PangNet, UNet  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _tiny(tmp_path, out_channels=2, seed=0):

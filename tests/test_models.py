@@ -22,12 +22,7 @@ from nucseg.models.fcn import bilinear_kernel  # noqa: E402
 from nucseg.models.vgg import vgg16_stages  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # Small variants of every architecture (thin VGGs) so the tests stay fast.

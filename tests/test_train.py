@@ -16,12 +16,7 @@ from nucseg.metrics import pixel_scores  # noqa: E402
 from nucseg.train import TrainConfig, load_checkpoint, preset, seg_loss, train  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _synthetic_image(size=96, seed=0) -> TNBCImage:
