@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from nucseg.cli import run_guarded
 
 EPILOG = """\
 examples:
@@ -61,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nucseg-eval``."""
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"nucseg-eval: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nucseg-eval: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(
+        _run,
+        args,
+        prog="nucseg-eval",
+        errors=(ValueError, TypeError, FileNotFoundError),
+        status=2,
+        interrupted="nucseg-eval: interrupted",
+    )
 
 
 def _folds(run: Path) -> list[tuple[dict[str, Any], Path]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nucseg.cli import run_guarded
+
 EXAMPLES = """\
 examples:
   nucseg export slide.zarr --geojson nuclei.geojson
@@ -69,16 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 on success)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "export":
-            return _export(args)
-        return _report(args)
-    except KeyboardInterrupt:
-        print("nucseg: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
-        print(f"nucseg {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded(
+        _export if args.command == "export" else _report,
+        args,
+        prog=f"nucseg {args.command}",
+        errors=(OSError, ValueError, TypeError, RuntimeError, ImportError),
+        status=1,
+        interrupted="nucseg: interrupted; nothing was written",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from nucseg.cli import run_guarded
 
 EPILOG = """\
 examples:
@@ -64,14 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nucseg-train``."""
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"nucseg-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nucseg-train: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
+    return run_guarded(
+        _run,
+        args,
+        prog="nucseg-train",
+        errors=(ValueError, TypeError, FileNotFoundError, FloatingPointError),
+        status=2,
+        interrupted="nucseg-train: interrupted (rerun the same command to resume)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from nucseg.cli import run_guarded
+
 EXAMPLES = """\
 examples:
   nucseg-wsi --demo demo.zarr
@@ -119,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir is not None and args.geojson:
         parser.error("--geojson works for one slide, not with --out-dir (export each store with nucseg export)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print("nucseg-wsi: interrupted; finished tiles are kept, continue with --resume", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
-        print(f"nucseg-wsi: error: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded(
+        _run,
+        args,
+        prog="nucseg-wsi",
+        errors=(OSError, ValueError, TypeError, RuntimeError, ImportError),
+        status=1,
+        interrupted="nucseg-wsi: interrupted; finished tiles are kept, continue with --resume",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
