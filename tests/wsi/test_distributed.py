@@ -140,22 +140,25 @@ def reference(demo_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     segment_slide(
         demo_slide, out, model=HematoxylinPredictor(), tile=256, tissue="none", save_prob=True, save_image=True,
-        threads=1,
+        threads=1, qc=out.parent / "ref_qc.png",
     )
     return out
 
 
 def test_equals_single_process(client, demo_slide: Path, reference: Path, tmp_path: Path) -> None:
-    """2 workers, 2x2 tiles per task: the same labels, probability and table."""
+    """2 workers, 2x2 tiles per task: the same labels, probability and table, and the same
+    QC picture, byte for byte (rendered on a worker from the same overview and store)."""
     [res] = run_distributed(
         demo_slide, tmp_path / "d.zarr", scheduler=client, model=HematoxylinPredictor(), tile=256,
-        tissue="none", save_prob=True, save_image=True,
+        tissue="none", save_prob=True, save_image=True, qc=tmp_path / "d_qc.png",
     )
     assert res.status == "done" and res.summary is not None
     assert res.summary.tiles_run == res.summary.tiles == 20
     # 20 tiles in 2x2 groups: 3 x 2 tasks; nuclei crossing group borders were spilled.
     assert res.details["tile_tasks"] == 6 and res.details["spill_chunks"] > 0
     _assert_same_store(reference, tmp_path / "d.zarr")
+    assert res.summary.qc == tmp_path / "d_qc.png"
+    assert (tmp_path / "d_qc.png").read_bytes() == (reference.parent / "ref_qc.png").read_bytes()
 
 
 def test_small_tiles_enlarged_halos_one_tile_per_task(client, demo_slide: Path, tmp_path: Path) -> None:
@@ -216,8 +219,10 @@ def test_resume_after_failure_and_batch_skips(client, demo_slide: Path, referenc
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"not a slide")
     outs = run_distributed([demo_slide, broken, other], out, scheduler=client, model="hematoxylin", tile=256,
-                           tissue="none", save_prob=True, save_image=True, errors="collect")
+                           tissue="none", save_prob=True, save_image=True, errors="collect", qc=tmp_path / "qc")
     assert [o.status for o in outs] == ["skipped", "failed", "done"]
+    # QC pictures: one per slide done here, none for the skipped or the failed one.
+    assert [p.name for p in (tmp_path / "qc").iterdir()] == ["other_qc.png"] and outs[2].summary.qc is not None
     assert outs[0].summary.nuclei == res.summary.nuclei and "broken.tif" in outs[1].error
     assert outs[2].output == out / "other.zarr" and outs[2].summary.nuclei > 10
     lines = outcome_lines(outs)
@@ -248,6 +253,9 @@ def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path)
     blocker.write_text("x")
     with pytest.raises(DistributedError, match=r"worker tcp://.*cannot write to the output folder .*a_file"):
         run_distributed(demo_slide, blocker / "results", scheduler=client, model="hematoxylin", tissue="none")
+    # memory:// is per process: worker processes would each write their own, invisible store.
+    with pytest.raises(DistributedError, match="memory://x/res lives in the memory of one process"):
+        run_distributed(demo_slide, "memory://x/res", scheduler=client, model="hematoxylin", tissue="none")
 
 
 def test_split_and_apply_spill(tmp_path: Path) -> None:

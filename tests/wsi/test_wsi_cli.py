@@ -120,6 +120,22 @@ def test_geojson_checked_before_and_written_after_the_run(
     assert json.loads(again.read_text()) == doc and capsys.readouterr().err == ""
 
 
+def test_qc_in_a_batch_and_on_dask(tmp_path: Path, demo_image: np.ndarray, capsys: pytest.CaptureFixture) -> None:
+    """--qc with --out-dir is a folder of NAME_qc.png; on a local Dask cluster the picture
+    is the single-process one, byte for byte."""
+    pytest.importorskip("distributed")
+    a = str(write_pyramid_tiff(tmp_path / "a.tif", demo_image[:256, :384], mpp=0.25, levels=1))
+    b = str(write_pyramid_tiff(tmp_path / "b.tif", demo_image[256:512, :256], mpp=0.25, levels=1))
+    opts = ["--model", "hematoxylin", "--tile", "128", "--tissue", "none", "--threads", "1", "--quiet"]
+    assert main([a, b, "--out-dir", str(tmp_path / "res"), "--qc", str(tmp_path / "qc"), *opts]) == 0
+    assert sorted(p.name for p in (tmp_path / "qc").iterdir()) == ["a_qc.png", "b_qc.png"]
+    assert main([a, str(tmp_path / "d.zarr"), "--workers", "1", "--qc", str(tmp_path / "d_qc.png"), *opts]) == 0
+    assert (tmp_path / "d_qc.png").read_bytes() == (tmp_path / "qc" / "a_qc.png").read_bytes()
+    # A QC folder that does not exist is refused before the run.
+    err = _one_line_error([a, str(tmp_path / "e.zarr"), "--qc", str(tmp_path / "no" / "q.png"), *opts], capsys)
+    assert "QC folder does not exist" in err and not (tmp_path / "e.zarr").exists()
+
+
 def test_demo_runs_on_a_fresh_machine(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo.zarr"
     assert main(["--demo", str(out), "--model", "hematoxylin", "--tile", "512", "--qc", str(tmp_path / "qc.png")]) == 0

@@ -31,6 +31,8 @@ examples:
       the batch on a local Dask cluster of 4 worker processes (its dashboard address is printed)
   nucseg-wsi /shared/slides/*.svs --out-dir /shared/results --scheduler tcp://head:8786
       the batch on a running Dask cluster: slides and results on a filesystem every worker reaches
+  nucseg-wsi /shared/slides/*.svs --out-dir s3://bucket/results --scheduler tcp://head:8786 --qc qc/
+      the stores on an object store (any URL fsspec knows; s3:// needs s3fs), QC pictures in qc/
 
 output (OME-NGFF 0.5, zarr v3): 0.. (slide overview pyramid), labels/nuclei/0.. (labels +
 pyramid), prob/0 (--save-prob), nucseg/nuclei.parquet (one row per nucleus: position, area,
@@ -91,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="store the RGB at the processing resolution as the NGFF image (default: a slide overview)",
     )
-    p.add_argument("--qc", default=None, metavar="QC.png", help="write a QC picture (outlines + density)")
+    p.add_argument(
+        "--qc",
+        default=None,
+        metavar="QC.png",
+        help="write a QC picture (outlines + density); with --out-dir a folder receiving NAME_qc.png per slide",
+    )
     p.add_argument(
         "--geojson",
         default=None,
@@ -107,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 on success)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    dask = args.scheduler is not None or args.workers is not None
     if args.out_dir is not None:
         if args.demo or not args.paths:
             parser.error("--out-dir takes one or more SLIDE paths (and no --demo)")
@@ -116,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--demo takes exactly one path: OUT.zarr")
     elif len(args.paths) != 2:
         parser.error("expected SLIDE and OUT.zarr (or --demo OUT.zarr, or SLIDE... --out-dir DIR)")
-    if (dask or args.out_dir is not None) and args.qc:
-        parser.error("--qc works for one slide without --out-dir, --scheduler or --workers")
     if args.out_dir is not None and args.geojson:
         parser.error("--geojson works for one slide, not with --out-dir (export each store with nucseg export)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -132,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from nucseg.wsi.location import Location, is_url
     from nucseg.wsi.pipeline import segment_slide, summary_lines
 
     model = args.model
     if args.demo:
+        if is_url(args.paths[0]):
+            raise ValueError(f"--demo writes its slide beside OUT.zarr: give a local path, not {args.paths[0]}")
         out = Path(args.paths[0])
         slide = out.with_name(out.name.removesuffix(".zarr") + "_slide.tif")
         if not slide.exists():
@@ -149,12 +156,14 @@ def _run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print("bundled weights not found: using the classical hematoxylin model", file=sys.stderr)
     elif args.out_dir is None:
-        slide, out = Path(args.paths[0]), Path(args.paths[1])
+        slide, out = Path(args.paths[0]), Location.of(args.paths[1]).public  # a URL stays a URL
     if args.out_dir is not None:
         if args.scheduler is not None or args.workers is not None:
             return _run_dask(args, model, args.paths, args.out_dir)
         return _run_batch(args, model)
     if args.geojson is not None:  # before hours of work, not after
+        if not isinstance(out, Path):
+            raise ValueError(f"--geojson reads a local store; {out} is a URL (copy the store, then nucseg export)")
         _check_geojson(Path(args.geojson), overwrite=args.overwrite, resume=args.resume)
     if args.scheduler is not None or args.workers is not None:
         status = _run_dask(args, model, [slide], out)
@@ -226,6 +235,7 @@ def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: st
         group=args.group,
         resume=args.resume,
         errors="collect" if args.out_dir is not None else "raise",
+        qc=args.qc,
         **_options(args, model),
     )
     failed = [o for o in outcomes if o.status == "failed"]
@@ -236,9 +246,12 @@ def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: st
 
 def _run_batch(args: argparse.Namespace, model: str | None) -> int:
     """One slide after the other in this process; complete stores are skipped."""
-    from nucseg.wsi.distributed import plan_outputs, store_status
+    from nucseg.wsi.distributed import plan_outputs, qc_path, store_status
+    from nucseg.wsi.location import Location
     from nucseg.wsi.pipeline import segment_slide, summary_lines
 
+    if args.qc is not None:
+        Path(args.qc).mkdir(parents=True, exist_ok=True)
     failed = 0
     for slide, out in plan_outputs(args.paths, args.out_dir):
         status = store_status(out)
@@ -246,10 +259,11 @@ def _run_batch(args: argparse.Namespace, model: str | None) -> int:
             if not args.quiet:
                 print(f"{slide.name}: {out} is complete, skipped", file=sys.stderr)
             continue
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        Location.of(args.out_dir).makedirs()
         try:
             summary = segment_slide(
-                slide, out, threads=args.threads, resume=args.resume and status == "partial", **_options(args, model)
+                slide, out, threads=args.threads, resume=args.resume and status == "partial",
+                qc=None if args.qc is None else qc_path(slide, args.qc), **_options(args, model),
             )
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             print(f"nucseg-wsi: {slide.name}: error: {exc}", file=sys.stderr)

@@ -24,7 +24,9 @@ tasks and never the recomputation of finished ones):
    spill files writes them into its chunks (idempotent: the pixels are deterministic).
 4. ``pyramid``: level ``k`` by 2x stride subsampling of level ``k - 1``, one task per
    block of chunks, level after level.
-5. ``finish``: merge the table parts, mark the store complete, drop the spill files.
+5. ``finish``: merge the table parts, mark the store complete, drop the spill files;
+   with ``qc``, render the QC picture there (the worker re-reads the slide's overview)
+   and send it back as PNG bytes, which the client writes.
 
 No two tasks that can run at the same time write the same chunk. A worker that dies
 mid-task loses only that task: Dask runs it again elsewhere, and it rewrites the same
@@ -39,9 +41,11 @@ and spill, and the client's loop.
 
 Requirements
 ------------
-Every worker must reach the slides and the output folder under the same absolute
-paths (a shared filesystem: NFS, Lustre, GPFS, CephFS...); a write probe runs on
-each worker first and fails the call with a clear message otherwise.
+Every worker must reach the slides under the same absolute paths, and the output
+either under the same absolute path (a shared filesystem: NFS, Lustre, GPFS,
+CephFS...) or at the same URL of an object store zarr and fsspec understand
+(``s3://bucket/results``, ``gs://...``; see :mod:`nucseg.wsi.location`). A write probe
+runs on each worker first and fails the call with a clear message otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ import asyncio
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -66,7 +69,8 @@ try:
 except ImportError:  # optional: the batch helpers work without it, run_distributed says what to install
     _PluginBase = object
 
-from .pipeline import SlideSummary, TileParams, check_int, check_run_options
+from .location import Location, probe_write
+from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams, check_int, check_run_options
 from .store import (  # apply_pending_spill: also importable from here, as documented before
     SPILL_DIR,
     apply_pending_spill,  # noqa: F401
@@ -165,7 +169,7 @@ class SlideJob:
     Attributes
     ----------
     slide, output : str
-        Absolute paths, valid on every worker.
+        Absolute paths (or the output's URL), valid on every worker.
     mpp : float or None
         Level-0 microns per pixel override.
     geom : Geometry
@@ -227,7 +231,9 @@ class SlideOutcome:
 
     Attributes
     ----------
-    slide, output : Path
+    slide : Path
+    output : Path or str
+        The store (its URL for a store at a URL).
     status : str
         ``"done"``, ``"skipped"`` (already complete) or ``"failed"``.
     summary : SlideSummary or None
@@ -242,15 +248,26 @@ class SlideOutcome:
     """
 
     slide: Path
-    output: Path
+    output: Path | str
     status: str
     summary: SlideSummary | None = None
     error: str | None = None
     details: dict[str, float] = field(default_factory=dict)
 
 
-def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+def _stem(slide: str | os.PathLike[str]) -> str:
+    """A slide's file name less its suffix (``b.ome.tiff`` -> ``b``)."""
+    name = Path(slide).name
+    for suffix in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path | str:
     """The store of ``slide`` in a batch: ``out_dir / NAME.zarr`` (``NAME``: file name less its suffix).
+
+    A URL ``out_dir`` gives a URL.
 
     Examples
     --------
@@ -258,12 +275,21 @@ def output_path(slide: str | os.PathLike[str], out_dir: str | os.PathLike[str]) 
     '/res/a.zarr'
     >>> output_path("/data/b.ome.tiff", "/res").as_posix()
     '/res/b.zarr'
+    >>> output_path("/data/c.svs", "s3://bucket/res/")
+    's3://bucket/res/c.zarr'
     """
-    name = Path(slide).name
-    for suffix in _DOUBLE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return Path(out_dir) / (name[: -len(suffix)] + ".zarr")
-    return Path(out_dir) / (Path(name).stem + ".zarr")
+    return (Location.of(out_dir) / (_stem(slide) + ".zarr")).public
+
+
+def qc_path(slide: str | os.PathLike[str], qc_dir: str | os.PathLike[str]) -> Path:
+    """The QC picture of ``slide`` in a batch: ``qc_dir / NAME_qc.png``.
+
+    Examples
+    --------
+    >>> qc_path("/data/b.ome.tiff", "/qc").as_posix()
+    '/qc/b_qc.png'
+    """
+    return Path(qc_dir) / f"{_stem(slide)}_qc.png"
 
 
 def store_status(output: str | os.PathLike[str]) -> str:
@@ -273,34 +299,43 @@ def store_status(output: str | os.PathLike[str]) -> str:
     """
     from .store import read_meta
 
-    p = Path(output)
+    p = Location.of(output)
     if not p.exists():
         return "missing"
     meta = read_meta(p)
     return "complete" if meta is not None and meta.get("status") == "complete" else "partial"
 
 
-def plan_outputs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
-    """Pair each slide with its store (absolute paths).
+def single_store(n_slides: int, out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` is the store of a single slide itself (it ends in ``.zarr``), not a folder of stores."""
+    return n_slides == 1 and os.fspath(out).rstrip("/").endswith(".zarr")
+
+
+def plan_outputs(
+    slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> list[tuple[Path, Path | str]]:
+    """Pair each slide with its store (absolute paths, or URLs for a URL ``out``).
 
     ``out`` is a folder receiving ``NAME.zarr`` per slide, or, for a single slide, the
-    ``.zarr`` store itself.
+    ``.zarr`` store itself (:func:`single_store`); a local folder or a URL.
 
     Raises
     ------
     ValueError
-        No slides, or two slides that would write the same store.
+        No slides, or two slides that would write the same store;
+        :class:`~nucseg.wsi.location.LocationError` for an unusable URL.
     """
     if isinstance(slides, (str, os.PathLike)):
         slides = [slides]
     slides = [Path(os.path.abspath(s)) for s in slides]
     if not slides:
         raise ValueError("slides must name at least one slide")
-    out_p = Path(os.path.abspath(out))
-    if len(slides) == 1 and out_p.suffix == ".zarr":
+    loc = Location.of(out)
+    out_p = Path(os.path.abspath(loc.url)) if loc.local else loc.url
+    if single_store(len(slides), out_p):
         return [(slides[0], out_p)]
     pairs = [(s, output_path(s, out_p)) for s in slides]
-    seen: dict[Path, Path] = {}
+    seen: dict[Path | str, Path] = {}
     for s, o in pairs:
         if o in seen:
             raise ValueError(f"slides {seen[o]} and {s} would both write {o}; rename one or run them separately")
@@ -486,7 +521,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
                 t0 = time.perf_counter()
                 inside, spill = split_result(out.result, region, geom)
                 for dest, (yx, ids) in spill.items():
-                    save_spill(store.path, dest, t.index, yx, ids)
+                    save_spill(store.loc, dest, t.index, yx, ids)
                     spill_chunks.add(dest)
                 # The completion record comes last: the spill files are on disk before it.
                 store.write_tile(inside, out.table, out.record, scheme)
@@ -558,32 +593,37 @@ def _fill_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, im
     import zarr
 
     y0, y1, x0, x1 = box
+    loc = Location.of(output)
     if image:
         from .store import mean2
 
-        root = zarr.open_group(str(output), mode="r+")
+        root = zarr.open_group(loc.url, mode="r+")
         src, dst = root[str(level - 1)], root[str(level)]
         dst[:, y0:y1, x0:x1] = mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
         return
-    nuc = zarr.open_group(str(Path(output) / "labels" / "nuclei"), mode="r+")
+    nuc = zarr.open_group((loc / "labels" / "nuclei").url, mode="r+")
     src, dst = nuc[str(level - 1)], nuc[str(level)]
     dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
 
 
-def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict[str, Any]:
+def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float, qc: bool = False) -> dict[str, Any]:
     """Dask task: drop the spill files (applied), merge the table parts, mark the store complete.
 
     ``update`` is merged into the run metadata (timings, enlarged tiles...);
     ``t_client`` is the client's elapsed seconds so far (for ``timings["wall"]``).
-    The pyramid was built by :func:`build_pyramid_block` tasks.
+    The pyramid was built by :func:`build_pyramid_block` tasks. With ``qc``, the QC
+    picture (:func:`nucseg.wsi.qc.render_qc`, from the slide's overview read again here)
+    comes back as PNG bytes under ``"qc"``: the client writes it where it was asked for,
+    so the picture needs no path the workers share.
     """
     from .store import OutputStore, finishing
 
     t0 = time.perf_counter()
     store = OutputStore.open(job.output)
-    shutil.rmtree(store.path / "nucseg" / SPILL_DIR, ignore_errors=True)
     with finishing(store.path):  # a full or read-only disk: one StoreError with the --resume hint
+        (store.loc / "nucseg" / SPILL_DIR).remove_tree()
         table_path = store.finish(update, pyramid=False)
+    png = _qc_png(job, store) if qc else None
     timings = dict(update.get("timings", {}))
     timings["finish"] = time.perf_counter() - t0
     timings["wall"] = t_client + timings["finish"]
@@ -594,32 +634,38 @@ def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float) -> dict
         "approximate": int(store.meta["approximate_nuclei"]),
         "table": str(table_path),
         "timings": timings,
+        "qc": png,
     }
+
+
+def _qc_png(job: SlideJob, store: Any) -> bytes:
+    """The QC picture of a finished store, as PNG (the overview is the one tissue was detected on)."""
+    from .qc import qc_png
+    from .reader import open_slide
+
+    reader = open_slide(job.slide, mpp=job.mpp)
+    try:
+        overview = reader.thumbnail(OVERVIEW_SIDE)
+    finally:
+        reader.close()
+    return qc_png(store, overview, job.geom)
 
 
 def probe_worker(out_dirs: Sequence[str], slides: Sequence[str]) -> str | None:
     """Run on each worker before any work: can it write the outputs and read the slides?
 
-    Creates each output folder, writes, reads back and deletes a small file there, and
-    checks that every slide is a readable file. Returns None, or one line saying what fails.
+    Creates each output folder (a local one; an object store has none), writes, reads
+    back and deletes a small file there
+    (:func:`~nucseg.wsi.location.probe_write`), and checks that every slide is a
+    readable file. Returns None, or one line saying what fails.
     """
     import socket
 
     host = socket.gethostname()
     for d in out_dirs:
-        probe = Path(d) / f".nucseg-probe-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            Path(d).mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"nucseg")
-            if probe.read_bytes() != b"nucseg":
-                return f"host {host} wrote {probe} but read something else back"
-        except OSError as exc:
-            return f"host {host} cannot write to the output folder {d}: {exc.strerror or exc}"
-        finally:
-            try:
-                probe.unlink()
-            except OSError:
-                pass
+        problem = probe_write(Location.of(d), f"-{host}")
+        if problem is not None:
+            return f"host {host} {problem}"
     for s in slides:
         if not os.path.isfile(s):
             return f"host {host} cannot see the slide {s}"
@@ -637,7 +683,8 @@ class _Slide:
 
     index: int
     slide: Path
-    output: Path
+    output: Path | str
+    qc: Path | None = None
     t0: float = 0.0
     phase: str = "prepare"
     plan: SlidePlan | None = None
@@ -716,6 +763,7 @@ def run_distributed(
     overwrite: bool = False,
     save_prob: bool = False,
     save_image: bool = False,
+    qc: str | os.PathLike[str] | None = None,
     connectivity: int = 1,
     errors: str = "raise",
     wait_for_workers: float = 300.0,
@@ -727,9 +775,10 @@ def run_distributed(
     ----------
     slides : path-like or sequence of path-like
         Slides (any format the runner reads), on a path every worker reaches.
-    out : path-like
+    out : path-like or URL
         Output folder (one ``NAME.zarr`` per slide, see :func:`output_path`), or for a
-        single slide the ``.zarr`` store itself. Must be reachable by every worker.
+        single slide the ``.zarr`` store itself. Must be reachable by every worker: a
+        shared filesystem, or a URL of an object store (``s3://bucket/results``).
     scheduler : str or distributed.Client, optional
         An existing cluster (``"tcp://host:8786"``). Without it a ``LocalCluster`` of
         ``workers`` processes is started (and closed at the end).
@@ -744,6 +793,11 @@ def run_distributed(
         As for :func:`nucseg.wsi.segment_slide`.
     save_prob, save_image, connectivity
         As for :func:`nucseg.wsi.segment_slide`.
+    qc : path-like, optional
+        QC pictures (:mod:`nucseg.wsi.qc`), written by this process (the workers send
+        them back as PNG bytes): for a single store ``out``, the PNG file (its folder
+        must exist); otherwise a folder (created) receiving ``NAME_qc.png`` per slide
+        (:func:`qc_path`). Slides skipped as complete get none.
     resume : bool
         Continue incomplete stores (tiles with a completion record are kept).
     overwrite : bool
@@ -814,6 +868,7 @@ def run_distributed(
         for s, _ in pairs:
             if not s.is_file():
                 raise FileNotFoundError(f"slide not found: {s}")
+    qcs = _plan_qc(pairs, out, qc)
 
     client, cluster = connect(scheduler, workers, threads_per_worker)
     name = f"nucseg-model-{uuid.uuid4().hex[:12]}"
@@ -824,10 +879,10 @@ def run_distributed(
             raise DistributedError(
                 f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
             ) from None
-        _probe(client, sorted({str(o.parent) for _, o in pairs}), [str(s) for s, _ in pairs])
+        _probe(client, sorted({Location.of(o).parent.url for _, o in pairs}), [str(s) for s, _ in pairs])
         client.register_plugin(ModelPlugin(model, device, name), name=name)
         try:
-            return _drive(client, pairs, options, name, errors=errors, progress=progress)
+            return _drive(client, pairs, qcs, options, name, errors=errors, progress=progress)
         finally:
             try:
                 client.unregister_worker_plugin(name)
@@ -839,14 +894,35 @@ def run_distributed(
             cluster.close()
 
 
+def _plan_qc(
+    pairs: list[tuple[Path, Path | str]], out: str | os.PathLike[str], qc: str | os.PathLike[str] | None
+) -> list[Path | None]:
+    """The QC picture of each slide (None: none asked for), its folder checked or created."""
+    from .qc import check_qc_path
+
+    if qc is None:
+        return [None] * len(pairs)
+    if single_store(len(pairs), out):
+        return [check_qc_path(qc)]
+    Path(qc).mkdir(parents=True, exist_ok=True)
+    return [qc_path(s, qc) for s, _ in pairs]
+
+
 def _probe(client: Any, out_dirs: list[str], slides: list[str]) -> None:
+    in_memory = [d for d in out_dirs if d.startswith("memory:")]
+    if in_memory and set(client.run(os.getpid).values()) != {os.getpid()}:
+        raise DistributedError(
+            f"{in_memory[0]} lives in the memory of one process, and this cluster's workers are other "
+            "processes: write to a shared filesystem or an object store, or use LocalCluster(processes=False)"
+        )
     answers = client.run(probe_worker, out_dirs, slides, on_error="return")
     for addr, ans in sorted(answers.items()):
         if isinstance(ans, BaseException):
             raise DistributedError(f"worker {addr} failed the write probe: {ans}")
         if ans is not None:
             raise DistributedError(
-                f"worker {addr}: {ans}; the slides and the output must be on a filesystem every worker reaches"
+                f"worker {addr}: {ans}; the slides must be on a filesystem and the output on a filesystem "
+                "or an object store that every worker reaches"
             )
 
 
@@ -875,7 +951,14 @@ def _settle(client: Any, prefix: str, timeout: float = 120.0) -> None:
 
 
 def _drive(
-    client: Any, pairs: list[tuple[Path, Path]], options: dict[str, Any], plugin: str, *, errors: str, progress: bool
+    client: Any,
+    pairs: list[tuple[Path, Path | str]],
+    qcs: list[Path | None],
+    options: dict[str, Any],
+    plugin: str,
+    *,
+    errors: str,
+    progress: bool,
 ) -> list[SlideOutcome]:
     """The client's loop: submit each slide's phases as the previous one completes."""
     from distributed import as_completed
@@ -884,7 +967,7 @@ def _drive(
     from .store import pyramid_shapes
 
     run = uuid.uuid4().hex[:8]
-    states = [_Slide(i, s, o) for i, (s, o) in enumerate(pairs)]
+    states = [_Slide(i, s, o, qc=q) for i, ((s, o), q) in enumerate(zip(pairs, qcs))]
     owner: dict[str, tuple[_Slide, str]] = {}
     ac = as_completed()
     bar = tqdm(total=0, unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles")
@@ -940,7 +1023,7 @@ def _drive(
                 return
             enter(st, "finish")
             update = {"timings": dict(st.timings, tiles_wall=st.tiles_wall), "tiles_enlarged": st.enlarged}
-            submit(st, "finish", finish_slide, job, update, time.perf_counter() - st.t0, tag="")
+            submit(st, "finish", finish_slide, job, update, time.perf_counter() - st.t0, st.qc is not None, tag="")
 
     def start_tiles(st: _Slide) -> None:
         plan = st.plan
@@ -1005,6 +1088,8 @@ def _drive(
             bar.update(len(res["nuclei"]))
             bar.set_postfix(nuclei=nuclei, slides=f"{finished}/{len(states)}", refresh=False)
         elif kind == "finish":
+            if st.qc is not None and res["qc"] is not None:
+                st.qc.write_bytes(res["qc"])
             enter(st, "done")
             details = dict(st.counts, tiles_enlarged=st.enlarged, **{k: round(v, 3) for k, v in st.phase_s.items()})
             st.outcome = SlideOutcome(st.slide, st.output, "done", summary=_summary(st, res), details=details)
@@ -1037,7 +1122,7 @@ def _summary(st: _Slide, res: dict[str, Any]) -> SlideSummary:
     geom = plan.job.geom
     return SlideSummary(
         output=st.output,
-        table=Path(res["table"]),
+        table=Location.of(res["table"]).public,
         nuclei=res["nuclei"],
         tiles=plan.tiles,
         tiles_tissue=plan.tiles_tissue,
@@ -1051,6 +1136,7 @@ def _summary(st: _Slide, res: dict[str, Any]) -> SlideSummary:
         timings=res["timings"],
         tiles_enlarged=st.enlarged,
         approximate=res["approximate"],
+        qc=st.qc if res["qc"] is not None else None,
     )
 
 

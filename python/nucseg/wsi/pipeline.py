@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .location import Location
+
 logger = logging.getLogger(__name__)
 
 #: Default pixels of trusted probability beyond the core for nuclei (and clusters of
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_OBJECT_MARGIN = 96
 #: Largest halo a tile is recomputed with when a cluster does not fit its margin.
 DEFAULT_MAX_HALO = 512
+#: Longest side of the slide overview tissue is detected on (also the QC picture's).
+OVERVIEW_SIDE = 2048
 _STOP = object()
 
 
@@ -55,10 +59,10 @@ class SlideSummary:
 
     Attributes
     ----------
-    output : Path
-        The OME-Zarr store.
-    table : Path
-        The per-nucleus Parquet table.
+    output : Path or str
+        The OME-Zarr store (its URL for a store at a URL).
+    table : Path or str
+        The per-nucleus Parquet table (likewise).
     nuclei : int
         Nuclei in the output (all tiles, including those of an earlier interrupted run).
     tiles : int
@@ -90,8 +94,8 @@ class SlideSummary:
         Nuclei kept as approximate (clusters larger than the largest halo).
     """
 
-    output: Path
-    table: Path
+    output: Path | str
+    table: Path | str
     nuclei: int
     tiles: int
     tiles_tissue: int
@@ -199,8 +203,8 @@ class SlideSetup:
 
     Attributes
     ----------
-    output : Path
-        The store.
+    output : Path or str
+        The store (its URL for a store at a URL).
     geom : Geometry
         The processing geometry (:func:`nucseg.wsi.tiling.plan_geometry`).
     tiles : list of Tile
@@ -231,7 +235,7 @@ class SlideSetup:
         With ``skip_complete``: the summary of a complete store, left untouched.
     """
 
-    output: Path
+    output: Path | str
     geom: Any
     tiles: list[Any]
     scheme: Any
@@ -261,7 +265,7 @@ class SlideSetup:
 def prepare_output(
     reader: Any,
     pred: Any,
-    output: str | os.PathLike[str],
+    output: str | os.PathLike[str] | Location,
     *,
     lam: float | None = None,
     threshold: float | None = None,
@@ -290,8 +294,8 @@ def prepare_output(
         The open slide (:func:`nucseg.wsi.reader.open_slide`); the caller closes it.
     pred : predictor
         The model (:func:`nucseg.wsi.predictors.resolve_model`).
-    output : path-like
-        The ``.zarr`` store.
+    output : path-like, URL or Location
+        The ``.zarr`` store (a local path or a URL such as ``s3://bucket/out.zarr``).
     lam, threshold, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
         As for :func:`segment_slide` (the ints already checked).
     resume, overwrite : bool
@@ -346,7 +350,7 @@ def prepare_output(
         stride=stride,
     )
     tiles = make_tiles(geom)
-    overview = reader.thumbnail(2048)
+    overview = reader.thumbnail(OVERVIEW_SIDE)
     keep, fraction, tissue_mode = _select_tiles(tissue, overview, geom, tiles)
     lv0 = reader.levels[0]
     fingerprint = reader.fingerprint()
@@ -367,8 +371,9 @@ def prepare_output(
         "save_prob": bool(save_prob),
         "save_image": bool(save_image),
     }
+    loc = Location.of(output)
     setup = SlideSetup(
-        output=Path(output),
+        output=loc.public,
         geom=geom,
         tiles=tiles,
         scheme=IdScheme(geom.n_tiles),
@@ -391,24 +396,23 @@ def prepare_output(
         ),
         save_image=bool(save_image),
     )
-    out_path = setup.output
     # A store whose creation was killed holds no finished tile: resuming it means creating it.
-    unborn = resume and is_unfinished_creation(out_path)
-    if out_path.exists() and not overwrite and not unborn:
+    unborn = resume and is_unfinished_creation(loc)
+    if loc.exists() and not overwrite and not unborn:
         if skip_complete:
-            setup.skipped = _complete_summary(out_path, settings, len(tiles))
+            setup.skipped = _complete_summary(loc, settings, len(tiles))
             if setup.skipped is not None:
                 return setup
         if not resume:
             state = "exists but is not complete" if skip_complete else "already exists"
-            raise StoreError(f"output {out_path} {state}; pass --resume to continue it or --overwrite to replace it")
-        setup.store = OutputStore.resume(out_path, settings=settings)
+            raise StoreError(f"output {loc} {state}; pass --resume to continue it or --overwrite to replace it")
+        setup.store = OutputStore.resume(loc, settings=settings)
     else:
         meta = _run_meta(reader, info, geom, started, fingerprint)
         meta.update(tissue_fraction=fraction, tissue_mm2=setup.tissue_mm2, tiles=len(tiles), tiles_tissue=len(keep))
         ov_ds, ov_lds = overview.downsample, overview.level_downsample
         setup.store = OutputStore.create(
-            out_path,
+            loc,
             geom=geom,
             label_dtype=setup.scheme.dtype,
             settings=settings,
@@ -422,7 +426,7 @@ def prepare_output(
     return setup
 
 
-def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> SlideSummary | None:
+def _complete_summary(out: Location, settings: dict[str, Any], n_tiles: int) -> SlideSummary | None:
     """The summary of a complete store with these settings; None when it is not complete.
 
     Raises :class:`StoreError` when the store is complete but was made with other settings.
@@ -438,8 +442,8 @@ def _complete_summary(out: Path, settings: dict[str, Any], n_tiles: int) -> Slid
             f"{out} is complete but was made with other settings ({', '.join(diff[:4])}); use --overwrite to redo it"
         )
     return SlideSummary(
-        output=out,
-        table=out / "nucseg" / "nuclei.parquet",
+        output=out.public,
+        table=(out / "nucseg" / "nuclei.parquet").public,
         nuclei=int(meta.get("nuclei", 0)),
         tiles=int(meta.get("tiles", n_tiles)),
         tiles_tissue=int(meta.get("tiles_tissue", 0)),
@@ -487,8 +491,11 @@ def segment_slide(
     ----------
     slide : path-like
         Any slide OpenSlide reads, or a (pyramidal, OME-) TIFF.
-    output : path-like
-        The ``.zarr`` store to write (never derived from the slide's metadata).
+    output : path-like or URL
+        The ``.zarr`` store to write (never derived from the slide's metadata): a local
+        path, or a URL of any filesystem fsspec knows (``s3://bucket/out.zarr``,
+        ``gs://...``, ``memory://...``; credentials as the fsspec backend reads them,
+        e.g. the usual AWS environment variables for s3fs).
     model : None, str, path-like or predictor
         See :func:`nucseg.wsi.predictors.resolve_model`; None is the bundled network.
     lam, threshold : float, optional
@@ -530,7 +537,7 @@ def segment_slide(
         image instead of the slide overview (a 2x2 mean pyramid, as many levels as the
         labels). Either way the store is a valid NGFF 0.5 image with its labels.
     qc : path-like, optional
-        Write a QC picture (PNG) there.
+        Write a QC picture (PNG) there (a local file; its folder must exist).
     connectivity : int
         Watershed connectivity (1 or 2).
     progress : bool
@@ -550,6 +557,7 @@ def segment_slide(
         unwritable output), :class:`~nucseg.wsi.tiling.ObjectTooLargeError`.
     """
     from .predictors import resolve_model
+    from .qc import check_qc_path
     from .reader import open_slide
     from .store import StoreError, apply_pending_spill, finishing
 
@@ -561,9 +569,11 @@ def segment_slide(
     )
     batch_size = checked.pop("batch_size")
     threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
-    out_path = Path(output)
-    if out_path.exists() and not (resume or overwrite):
-        raise StoreError(f"output {out_path} already exists; pass --resume to continue it or --overwrite to replace it")
+    out_loc = Location.of(output)  # an unknown protocol or a missing fsspec backend: fail here
+    if out_loc.exists() and not (resume or overwrite):
+        raise StoreError(f"output {out_loc} already exists; pass --resume to continue it or --overwrite to replace it")
+    if qc is not None:
+        check_qc_path(qc)
 
     reader = open_slide(slide, mpp=mpp)
     try:
@@ -572,7 +582,7 @@ def segment_slide(
         setup = prepare_output(
             reader,
             pred,
-            out_path,
+            out_loc,
             lam=lam,
             threshold=threshold,
             level=level,
@@ -594,23 +604,23 @@ def segment_slide(
         tiles_wall = time.perf_counter() - t_tiles
         t_finish = time.perf_counter()
         timings = dict(timer.total, tiles_wall=tiles_wall)
-        with finishing(out_path):  # a full or read-only disk here: one StoreError with the hint
+        with finishing(out_loc):  # a full or read-only disk here: one StoreError with the hint
             if resume:  # a run interrupted on Dask may have left nuclei for other chunks
-                apply_pending_spill(out_path)
+                apply_pending_spill(out_loc)
             table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
         qc_path = None
         if qc is not None:
             from .qc import write_qc
 
-            qc_path = write_qc(qc, store, setup.overview, setup.geom, table_path)
+            qc_path = write_qc(qc, store, setup.overview, setup.geom)
         timings["finish"] = time.perf_counter() - t_finish
         timings["wall"] = time.perf_counter() - t_start
-        with finishing(out_path):
+        with finishing(out_loc):
             store.update_meta({"timings": timings})
     finally:
         reader.close()
     return SlideSummary(
-        output=out_path,
+        output=out_loc.public,
         table=table_path,
         nuclei=int(store.meta["nuclei"]),
         tiles=len(setup.tiles),

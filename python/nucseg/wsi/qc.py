@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -44,39 +45,34 @@ def _labels_on_overview(store: Any, overview: Any, geom: Any) -> np.ndarray:
     return arr[py][:, px]
 
 
-def write_qc(
-    path: str | os.PathLike[str],
-    store: Any,
-    overview: Any,
-    geom: Any,
-    table_path: Path,
-    *,
-    bin_um: float = 100.0,
-) -> Path:
-    """Write the QC PNG: overview with outlines (left) and nuclei per mm^2 (right).
+def check_qc_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or FileNotFoundError when its folder does not exist (checked
+    before a run, so a typo does not cost the run's QC at the end)."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"QC folder does not exist: {out.parent}")
+    if out.is_dir():
+        raise ValueError(f"qc must name a PNG file, got the folder {out}")
+    return out
+
+
+def render_qc(store: Any, overview: Any, geom: Any, *, bin_um: float = 100.0) -> np.ndarray:
+    """The QC picture as RGB uint8: overview with outlines (left), nuclei per mm^2 (right).
 
     Parameters
     ----------
-    path : path-like
-        PNG to write.
     store : OutputStore
-        The finished store (labels are read from its pyramid, never whole at level 0
-        unless the slide is small).
+        The finished store: labels are read from its pyramid (never whole at level 0
+        unless the slide is small), centroids from its nucleus table.
     overview : Overview
         The slide overview used for tissue detection.
     geom : Geometry
-    table_path : Path
-        The per-nucleus table (centroids in micrometres).
     bin_um : float
         Side of the density bins in micrometres.
     """
     import pyarrow.parquet as pq
-    from PIL import Image
     from skimage.segmentation import find_boundaries
 
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"QC folder does not exist: {out.parent}")
     rgb = overview.rgb.copy()
     labels = _labels_on_overview(store, overview, geom)
     edges = find_boundaries(labels, mode="inner")
@@ -86,7 +82,8 @@ def write_qc(
     mpp0 = geom.level0_mpp
     extent_um = (h * overview.downsample[0] * mpp0[0], w * overview.downsample[1] * mpp0[1])
     ny, nx = max(1, int(np.ceil(extent_um[0] / bin_um))), max(1, int(np.ceil(extent_um[1] / bin_um)))
-    cols = pq.read_table(table_path, columns=["y_um", "x_um"]).to_pydict()
+    with (store.loc / "nucseg" / "nuclei.parquet").open_read() as fh:
+        cols = pq.read_table(fh, columns=["y_um", "x_um"]).to_pydict()
     counts, _, _ = np.histogram2d(
         np.asarray(cols["y_um"], float), np.asarray(cols["x_um"], float), bins=(ny, nx),
         range=((0, ny * bin_um), (0, nx * bin_um)),
@@ -100,5 +97,26 @@ def write_qc(
     empty = (density[iy][:, ix] == 0)[..., None]
     heat = np.where(empty, grey * 0.6 + 100, 0.35 * grey + 0.65 * heat).astype(np.uint8)
     gap = np.full((h, 8, 3), 255, np.uint8)
-    Image.fromarray(np.concatenate([rgb, gap, heat], axis=1)).save(out)
+    return np.concatenate([rgb, gap, heat], axis=1)
+
+
+def qc_png(store: Any, overview: Any, geom: Any) -> bytes:
+    """:func:`render_qc` encoded as PNG (what a Dask worker sends back to the client)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(render_qc(store, overview, geom)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_qc(path: str | os.PathLike[str], store: Any, overview: Any, geom: Any) -> Path:
+    """Write the QC PNG (:func:`render_qc`) to ``path``; returns it.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder of ``path`` does not exist.
+    """
+    out = check_qc_path(path)
+    out.write_bytes(qc_png(store, overview, geom))
     return out

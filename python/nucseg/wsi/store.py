@@ -28,6 +28,10 @@ Coordinates are in micrometres with the slide's level-0 pixel centres at
 ``i * mpp`` (the convention of a slide opened as NGFF), so every array here overlays
 the slide at the right place in napari and other NGFF viewers.
 
+The store may be a local folder or a URL of any filesystem fsspec knows (``s3://``,
+``gs://``, ``memory://``...): see :mod:`nucseg.wsi.location` for how records, parts and
+spill files are committed there (renamed into place locally, one atomic PUT at a URL).
+
 Files under ``nucseg/`` are not zarr nodes: listing the hierarchy recursively with
 zarr emits one "not recognized" warning for that folder.
 """
@@ -35,16 +39,17 @@ zarr emits one "not recognized" warning for that folder.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
-import shutil
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .location import Location, probe_write
 
 NGFF_VERSION = "0.5"
 LABEL_NAME = "nuclei"
@@ -63,24 +68,28 @@ class StoreError(ValueError):
     """The output store cannot be created, reused or written."""
 
 
-def is_unfinished_creation(path: str | os.PathLike[str]) -> bool:
+#: A store's location: a local path, a URL (``s3://bucket/out.zarr``) or a :class:`Location`.
+StoreTarget = str | os.PathLike[str] | Location
+
+
+def is_unfinished_creation(path: StoreTarget) -> bool:
     """Whether ``path`` is a store that :meth:`OutputStore.create` began and never finished.
 
     That is a folder holding nothing but zarr's temporary ``*.partial`` files (killed
     before the first ``zarr.json``), or one whose run metadata says ``"creating"``. No
     tile of such a store was finished: it is safe to delete and create again.
     """
-    p = Path(path)
-    if not p.is_dir():
+    loc = Location.of(path)
+    if not loc.isdir():
         return False
-    if not (p / "zarr.json").exists():
-        return all(c.is_file() and c.name.endswith(".partial") for c in p.iterdir())
-    meta = read_meta(p)
+    if not (loc / "zarr.json").exists():
+        return all(not folder and name.endswith(".partial") for name, folder in loc.entries().items())
+    meta = read_meta(loc)
     return meta is not None and meta.get("status") == CREATING
 
 
 @contextlib.contextmanager
-def finishing(path: str | os.PathLike[str]) -> Iterator[None]:
+def finishing(path: StoreTarget) -> Iterator[None]:
     """Turn an ``OSError`` raised while finishing the store ``path`` (spill merge, pyramid,
     table, metadata) into one :class:`StoreError` that says what to do.
 
@@ -247,8 +256,10 @@ class OutputStore:
     :meth:`open`; an instance is not thread-safe (one writer thread each).
     """
 
-    def __init__(self, path: Path, group: Any) -> None:
-        self.path = path
+    def __init__(self, path: StoreTarget, group: Any) -> None:
+        self.loc = Location.of(path)
+        #: The store as the API shows it: a Path when local, the URL otherwise.
+        self.path: Path | str = self.loc.public
         self.group = group
         self.meta: dict[str, Any] = dict(group.attrs.get("nucseg", {}))
         settings = self.meta.get("settings", {})
@@ -256,14 +267,14 @@ class OutputStore:
         self.labels = group["labels/nuclei/0"]
         self.prob = group["prob/0"] if settings.get("save_prob") else None
         self.image = group["0"] if settings.get("save_image") else None
-        self.tiles_dir = path / "nucseg" / "tiles"
-        self.parts_dir = path / "nucseg" / "parts"
+        self.tiles_dir = self.loc / "nucseg" / "tiles"
+        self.parts_dir = self.loc / "nucseg" / "parts"
 
     # -- opening -------------------------------------------------------------------
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: StoreTarget,
         *,
         geom: Any,
         label_dtype: str,
@@ -278,8 +289,8 @@ class OutputStore:
 
         Parameters
         ----------
-        path : path-like
-            The ``.zarr`` directory to create.
+        path : path-like, URL or Location
+            The ``.zarr`` directory (or URL) to create.
         geom : Geometry
             Processing geometry (sizes, pixel sizes, tile).
         label_dtype : str
@@ -297,20 +308,25 @@ class OutputStore:
         """
         import zarr
 
-        p = Path(path)
+        p = Location.of(path)
         if p.exists():
             if not overwrite:
                 raise StoreError(f"output {p} already exists; pass --resume to continue it or --overwrite to replace it")
             _remove_store(p)
-        if not p.parent.is_dir():
-            raise StoreError(f"output folder {p.parent} does not exist")
-        if not os.access(p.parent, os.W_OK):
-            raise StoreError(f"output folder {p.parent} is not writable")
+        if p.local:
+            if not Path(p.parent.url).is_dir():
+                raise StoreError(f"output folder {p.parent} does not exist")
+            if not os.access(p.parent.url, os.W_OK):
+                raise StoreError(f"output folder {p.parent} is not writable")
+        else:  # no folders and no permission bits on an object store: try a write
+            problem = probe_write(p.parent)
+            if problem is not None:
+                raise StoreError(f"output {p}: {problem}")
         full = jsonable(dict(meta, settings=dict(settings, label_dtype=label_dtype), status=CREATING))
         try:
             # The marker goes into the first zarr.json (written atomically): a kill from
             # here on leaves a store that --resume and --overwrite recognise and redo.
-            root = zarr.open_group(str(p), mode="w-", zarr_format=3, attributes={"nucseg": full})
+            root = zarr.open_group(p.url, mode="w-", zarr_format=3, attributes={"nucseg": full})
         except Exception as exc:  # noqa: BLE001 - store errors come in many types
             raise StoreError(f"cannot create output {p}: {exc}") from exc
         chunk = (min(geom.tile, geom.size[0]), min(geom.tile, geom.size[1]))
@@ -360,8 +376,8 @@ class OutputStore:
                 "slide overview", len(shapes), overview_mpp, overview_translation, channel=True, mean=True
             )
         name = image_ms[0]["name"]
-        (p / "nucseg" / "tiles").mkdir(parents=True)
-        (p / "nucseg" / "parts").mkdir()
+        (p / "nucseg" / "tiles").makedirs()
+        (p / "nucseg" / "parts").makedirs()
         # Last, in one write: from here on the store is resumable tile by tile.
         root.update_attributes(
             {
@@ -372,13 +388,13 @@ class OutputStore:
         return cls(p, root)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike[str], *, settings: dict[str, Any]) -> OutputStore:
+    def resume(cls, path: StoreTarget, *, settings: dict[str, Any]) -> OutputStore:
         """Reopen a store written by an earlier run with the same ``settings``.
 
         Drops the temporary files of a killed run: use it only when no other process
         writes the store (see :meth:`open`).
         """
-        p = Path(path)
+        p = Location.of(path)
         if not p.exists():
             raise StoreError(f"cannot resume: output {p} does not exist (run without --resume first)")
         if is_unfinished_creation(p):  # prepare_output creates such a store anew instead
@@ -392,16 +408,16 @@ class OutputStore:
         if diff:
             show = ", ".join(f"{k}: {stored.get(k)!r} -> {jsonable(settings.get(k))!r}" for k in diff[:4])
             raise StoreError(f"cannot resume {p}: the settings differ from the first run ({show}); use --overwrite")
-        store.tiles_dir.mkdir(parents=True, exist_ok=True)
-        store.parts_dir.mkdir(parents=True, exist_ok=True)
-        # Temporary files of a killed run: never renamed into place, safe to drop.
+        store.tiles_dir.makedirs()
+        store.parts_dir.makedirs()
+        # Temporary files of a killed run (local stores only): never renamed into place, safe to drop.
         for d in (store.tiles_dir, store.parts_dir, p / "nucseg"):
-            for tmp in d.glob("*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for tmp in d.files(".tmp"):
+                tmp.remove()
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> OutputStore:
+    def open(cls, path: StoreTarget) -> OutputStore:
         """Open an existing store to write tiles, as one of several concurrent writers.
 
         Unlike :meth:`resume`, neither checks the settings nor deletes the ``*.tmp``
@@ -414,22 +430,16 @@ class OutputStore:
         """
         import zarr
 
-        p = Path(path)
+        p = Location.of(path)
         try:
-            return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3))
+            return cls(p, zarr.open_group(p.url, mode="r+", zarr_format=3))
         except Exception as exc:  # noqa: BLE001 - store errors come in many types
             raise StoreError(f"cannot open {p} for writing: {exc}") from exc
 
     # -- tiles ---------------------------------------------------------------------
     def done_tiles(self) -> set[int]:
         """Indices of the tiles recorded as finished."""
-        done = set()
-        for f in self.tiles_dir.glob("*.json"):
-            try:
-                done.add(int(f.stem))
-            except ValueError:
-                continue
-        return done
+        return set(_records_by_index(self.tiles_dir))
 
     def write_tile(self, result: Any, table: Any, record: dict[str, Any], scheme: Any) -> None:
         """Write one tile's nuclei, probability, table part, then its completion record.
@@ -449,7 +459,7 @@ class OutputStore:
             ) from exc
 
     def _write_tile(self, result: Any, table: Any, record: dict[str, Any], scheme: Any) -> None:
-        from .table import write_atomic
+        from .table import write_part
         from .tiling import merge_claims
 
         idx = result.tile.index
@@ -461,15 +471,15 @@ class OutputStore:
             self.prob[y0:y1, x0:x1] = result.prob_core
         if self.image is not None and result.rgb_core is not None:
             self.image[:, y0:y1, x0:x1] = np.moveaxis(result.rgb_core, 2, 0)
-        write_atomic(table, self.parts_dir / f"{idx:06d}.parquet")
-        _write_json_atomic(self.tiles_dir / f"{idx:06d}.json", record)
+        write_part(table, self.parts_dir / f"{idx:06d}.parquet")
+        (self.tiles_dir / f"{idx:06d}.json").write_bytes(json.dumps(jsonable(record)).encode())
 
     def tile_records(self) -> dict[int, dict[str, Any]]:
         """All completion records by tile index."""
-        out = {}
-        for f in sorted(self.tiles_dir.glob("*.json")):
-            out[int(f.stem)] = json.loads(f.read_text())
-        return out
+        files = _records_by_index(self.tiles_dir)
+        order = sorted(files)
+        texts = self.tiles_dir.read_all([files[i] for i in order])
+        return {i: json.loads(t) for i, t in zip(order, texts)}
 
     # -- end -----------------------------------------------------------------------
     def build_pyramid(self) -> None:
@@ -513,7 +523,7 @@ class OutputStore:
         }
         return True
 
-    def finish(self, update: dict[str, Any], *, pyramid: bool = True) -> Path:
+    def finish(self, update: dict[str, Any], *, pyramid: bool = True) -> Path | str:
         """Merge the table, build the pyramid (and the overview's, for a store begun by an
         earlier nucseg: :meth:`complete_overview`) and mark the run complete.
 
@@ -528,8 +538,8 @@ class OutputStore:
 
         Returns
         -------
-        Path
-            The per-nucleus Parquet table.
+        Path or str
+            The per-nucleus Parquet table (its URL for a store at a URL).
         """
         from datetime import datetime, timezone
 
@@ -540,9 +550,9 @@ class OutputStore:
         self.complete_overview()
         records = self.tile_records()
         # Only parts whose tile finished: a kill between part and record leaves a stale part.
-        parts = sorted(p for p in self.parts_dir.glob("*.parquet") if p.stem.isdigit() and int(p.stem) in records)
-        table_path = self.path / "nucseg" / "nuclei.parquet"
-        merge_parts(parts, table_path, self.label_dtype)
+        parts = [p for i, p in sorted(_records_by_index(self.parts_dir, ".parquet").items()) if i in records]
+        table = self.loc / "nucseg" / "nuclei.parquet"
+        merge_parts(parts, table, self.label_dtype)
         totals = {
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "nuclei": int(sum(r.get("nuclei", 0) for r in records.values())),
@@ -550,7 +560,7 @@ class OutputStore:
             "approximate_nuclei": int(sum(r.get("approximate", 0) for r in records.values())),
         }
         self.update_meta({**totals, **update, "status": "complete"})
-        return table_path
+        return table.public
 
     def update_meta(self, update: dict[str, Any]) -> None:
         """Merge ``update`` into the run metadata."""
@@ -560,14 +570,19 @@ class OutputStore:
         self.meta = meta
 
 
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_meta(path: StoreTarget) -> dict[str, Any] | None:
     """The run metadata of a store, read from its ``zarr.json`` alone (cheap for thousands
     of stores); None when ``path`` holds no nucseg-wsi output."""
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["nucseg"]
+        meta = json.loads((Location.of(path) / "zarr.json").read_bytes())["attributes"]["nucseg"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _records_by_index(folder: Location, suffix: str = ".json") -> dict[int, Location]:
+    """``{tile index: file}`` of the files ``NNNNNN<suffix>`` in ``folder``."""
+    return {int(f.name[: -len(suffix)]): f for f in folder.files(suffix) if f.name[: -len(suffix)].isdigit()}
 
 
 def settings_diff(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]:
@@ -579,27 +594,23 @@ def settings_diff(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]
 # -- spill: pixels a Dask tile task owns in another task's chunks --------------------------
 
 
-def save_spill(out: str | os.PathLike[str], dest: int, src: int, yx: np.ndarray, ids: np.ndarray) -> None:
+def save_spill(out: StoreTarget, dest: int, src: int, yx: np.ndarray, ids: np.ndarray) -> None:
     """Save the pixels ``yx`` (global ``(y, x)``, shape ``(n, 2)``) with labels ``ids`` that
     tile ``src`` owns in label chunk ``dest``, atomically."""
-    d = Path(out) / "nucseg" / SPILL_DIR / f"{dest:06d}"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{src:06d}.npz"
-    tmp = d / f"{src:06d}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, yx=yx, ids=ids)
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    buf = io.BytesIO()
+    np.savez(buf, yx=yx, ids=ids)
+    (Location.of(out) / "nucseg" / SPILL_DIR / f"{dest:06d}" / f"{src:06d}.npz").write_bytes(buf.getvalue())
 
 
-def pending_spill(out: str | os.PathLike[str]) -> list[int]:
+def pending_spill(out: StoreTarget) -> list[int]:
     """Label chunks that have spill files waiting to be merged."""
-    d = Path(out) / "nucseg" / SPILL_DIR
-    if not d.is_dir():
-        return []
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and any(p.glob("*.npz")))
+    d = Location.of(out) / "nucseg" / SPILL_DIR
+    return sorted(
+        int(name) for name, folder in d.entries().items() if folder and name.isdigit() and (d / name).files(".npz")
+    )
 
 
-def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: int) -> int:
+def apply_spill(output: StoreTarget, chunks: Sequence[int], n_tiles: int) -> int:
     """Write the spill files of ``chunks`` into the labels; returns the pixels read.
 
     Pixels are merged as tiles are (:func:`~nucseg.wsi.tiling.merge_claims`: a pixel
@@ -612,20 +623,21 @@ def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: 
     from .tiling import IdScheme, merge_claims
 
     scheme = IdScheme(n_tiles)
-    out = Path(output)
-    labels = zarr.open_array(str(out / "labels" / LABEL_NAME / "0"), mode="r+")
+    out = Location.of(output)
+    labels = zarr.open_array((out / "labels" / LABEL_NAME / "0").url, mode="r+")
     ch, cw = labels.chunks
     n_cols = -(-labels.shape[1] // cw)
     written = 0
     for c in chunks:
-        files = sorted((out / "nucseg" / SPILL_DIR / f"{int(c):06d}").glob("*.npz"))
+        folder = out / "nucseg" / SPILL_DIR / f"{int(c):06d}"
+        files = folder.files(".npz")
         if not files:
             continue
         r, col = divmod(int(c), n_cols)
         y0, x0 = r * ch, col * cw
         block = labels[y0 : y0 + ch, x0 : x0 + cw]
-        for f in files:
-            with np.load(f) as z:
+        for data in folder.read_all(files):
+            with np.load(io.BytesIO(data)) as z:
                 yx, ids = z["yx"], z["ids"]
             new = np.zeros_like(block)
             new[yx[:, 0] - y0, yx[:, 1] - x0] = ids
@@ -635,14 +647,14 @@ def apply_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: 
     return written
 
 
-def apply_pending_spill(output: str | os.PathLike[str]) -> int:
+def apply_pending_spill(output: StoreTarget) -> int:
     """Write and delete every spill file an interrupted Dask run left in a store.
 
     :func:`nucseg.wsi.segment_slide` calls it when resuming, before
     :meth:`OutputStore.finish`, so a store interrupted in a Dask run completes exactly.
     Returns the pixels read (0 when there was nothing to do).
     """
-    out = Path(output)
+    out = Location.of(output)
     chunks = pending_spill(out)
     if chunks:
         meta = read_meta(out)
@@ -652,7 +664,7 @@ def apply_pending_spill(output: str | os.PathLike[str]) -> int:
         n = apply_spill(out, chunks, math.ceil(h / tile) * math.ceil(w / tile))
     else:
         n = 0
-    shutil.rmtree(out / "nucseg" / SPILL_DIR, ignore_errors=True)
+    (out / "nucseg" / SPILL_DIR).remove_tree()
     return n
 
 
@@ -664,29 +676,19 @@ def mean2(block: np.ndarray) -> np.ndarray:
     return ((out + 2) // 4).astype(np.uint8)
 
 
-def _remove_store(p: Path) -> None:
+def _remove_store(p: Location) -> None:
     """Delete ``p`` only when it is an output of nucseg-wsi (or an empty folder, or the
     beginning of one: :func:`is_unfinished_creation`)."""
-    if p.is_dir() and not any(p.iterdir()):
-        p.rmdir()
+    if (p.isdir() and not p.entries()) or is_unfinished_creation(p):
+        p.remove_tree()
         return
-    if is_unfinished_creation(p):
-        shutil.rmtree(p)
-        return
-    marker = p / "zarr.json"
     try:
-        ok = p.is_dir() and "nucseg" in json.loads(marker.read_text()).get("attributes", {})
+        ok = p.isdir() and "nucseg" in json.loads((p / "zarr.json").read_bytes()).get("attributes", {})
     except (OSError, ValueError):
         ok = False
     if not ok:
         raise StoreError(f"refusing to overwrite {p}: it is not an output of nucseg-wsi")
-    shutil.rmtree(p)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(jsonable(obj)))
-    os.replace(tmp, path)
+    p.remove_tree()
 
 
 def jsonable(obj: Any) -> Any:

@@ -28,14 +28,15 @@ with NaN in them, and a warning says how many such parts there were.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nucseg.morphometrics import TABLE_COLUMNS as MORPHOMETRICS
+
+from .location import Location
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +135,22 @@ def tile_rows(
     return pa.Table.from_pydict(cols, schema=schema(label_dtype))
 
 
-def write_atomic(table: Any, path: Path) -> None:
-    """Write a Parquet file under a temporary name, then rename it into place."""
+def write_part(table: Any, path: Location) -> None:
+    """Write a Parquet file whole or not at all (:meth:`~nucseg.wsi.location.Location.write_bytes`)."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path.write_bytes(buf.getvalue())
 
 
-def merge_parts(parts: list[Path], out: Path, label_dtype: str) -> int:
+def merge_parts(parts: list[Location], out: Location, label_dtype: str) -> int:
     """Concatenate part files (in the given order) into ``out``; returns the row count.
 
-    Parts without the morphometric columns (written by an earlier nucseg version) get
-    NaN there; parts missing any other column are refused.
+    ``out`` appears whole when the merge succeeds (renamed into place locally, uploaded
+    in one go at a URL), never half-written. Parts without the morphometric columns
+    (written by an earlier nucseg version) get NaN there; parts missing any other column
+    are refused.
 
     Raises
     ------
@@ -158,16 +161,17 @@ def merge_parts(parts: list[Path], out: Path, label_dtype: str) -> int:
     import pyarrow.parquet as pq
 
     sch = schema(label_dtype)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     rows = 0
     old_parts = 0
-    with pq.ParquetWriter(tmp, sch) as writer:
+    with out.open_write() as fh, pq.ParquetWriter(fh, sch) as writer:
         for p in parts:
-            have = set(pq.read_schema(p).names)
-            missing = [c for c in COLUMNS if c not in have]
-            if any(c not in MORPHOMETRICS for c in missing):
-                raise ValueError(f"table part {p} lacks the columns {missing}: not written by nucseg-wsi")
-            t = pq.read_table(p, columns=[c for c in COLUMNS if c in have])
+            with p.open_read() as src:
+                part = pq.ParquetFile(src)
+                have = set(part.schema_arrow.names)
+                missing = [c for c in COLUMNS if c not in have]
+                if any(c not in MORPHOMETRICS for c in missing):
+                    raise ValueError(f"table part {p} lacks the columns {missing}: not written by nucseg-wsi")
+                t = part.read(columns=[c for c in COLUMNS if c in have])
             for c in missing:
                 t = t.append_column(sch.field(c), pa.array(np.full(t.num_rows, np.nan, np.float32)))
             old_parts += bool(missing)
@@ -175,7 +179,6 @@ def merge_parts(parts: list[Path], out: Path, label_dtype: str) -> int:
             rows += t.num_rows
             if t.num_rows:
                 writer.write_table(t)
-    os.replace(tmp, out)
     if old_parts:
         logger.warning(
             "%d tile(s) were computed by an earlier nucseg without morphometrics: their nuclei have NaN "
