@@ -1,9 +1,6 @@
 // Binding for nucseg::watershed_dynamics: dtype dispatch, shape checks, GIL release.
 // Argument validation with user-facing messages lives in python/nucseg/postprocess.py.
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
-#include <new>
 #include <stdexcept>
 
 #include <pybind11/numpy.h>
@@ -23,12 +20,9 @@ py::array_t<std::int32_t> run(const py::array& prob_any, double lam, double thre
     if (!prob) throw py::error_already_set();
     if (prob.ndim() != 2) throw std::invalid_argument("prob must be 2-D");
     const std::ptrdiff_t height = prob.shape(0), width = prob.shape(1);
-    // The kernel works in a padded grid one pixel wider on each side and leaves the
-    // labels, row-major, at the start of it: the array views that start.
-    auto* dst = static_cast<std::int32_t*>(std::malloc(nucseg::buffer_size(height, width) * sizeof(std::int32_t)));
-    if (!dst) throw std::bad_alloc();
-    std::unique_ptr<std::int32_t, void (*)(void*)> buffer(dst, std::free);
+    py::array_t<std::int32_t> out({height, width});
     const T* src = prob.data();
+    std::int32_t* dst = out.mutable_data();
     bool interrupted = false;
     {
         py::gil_scoped_release release;
@@ -44,15 +38,7 @@ py::array_t<std::int32_t> run(const py::array& prob_any, double lam, double thre
         }
     }
     if (interrupted) throw py::error_already_set();  // the KeyboardInterrupt set by PyErr_CheckSignals
-    // Give the padding back (shrinking in place); keep the larger block if that fails.
-    if (auto* shrunk = static_cast<std::int32_t*>(
-            std::realloc(buffer.get(), static_cast<std::size_t>(height * width) * sizeof(std::int32_t)))) {
-        buffer.release();
-        buffer.reset(shrunk);
-    }
-    py::capsule owner(buffer.get(), [](void* p) { std::free(p); });
-    dst = buffer.release();
-    return py::array_t<std::int32_t>({height, width}, dst, owner);
+    return out;
 }
 
 py::array_t<std::int32_t> dispatch(const py::array& prob, double lam, double threshold, int connectivity,

@@ -20,13 +20,12 @@ std::size_t run(std::mt19937& rng, int height, int width, int levels, double lam
     std::uniform_int_distribution<int> level(0, levels);
     const double top = std::is_integral<T>::value ? static_cast<double>(std::numeric_limits<T>::max()) : 1.0;
     for (auto& x : v) x = static_cast<T>(top * level(rng) / (levels > 0 ? levels : 1));
-    std::vector<std::int32_t> out(nucseg::buffer_size(height, width), -7);
+    std::vector<std::int32_t> out(v.size(), -7);
     const double threshold = 0.4 * top;
     nucseg::watershed_dynamics(v.data(), height, width, threshold, lam * top, connectivity, rng() % 2 == 0,
                                out.data(), [] { return false; });
     std::size_t objects = 0;
-    for (std::size_t i = 0; i < v.size(); ++i) {  // the labels are the buffer's first height * width values
-        const std::int32_t label = out[i];
+    for (const std::int32_t label : out) {
         if (label < 0) std::abort();  // every pixel is background, line or an object
         objects = label > static_cast<std::int32_t>(objects) ? static_cast<std::size_t>(label) : objects;
     }

@@ -151,13 +151,10 @@ def watershed_dynamics(
     keep propagating the flood, so nothing behind them is left unreached and the dynamics
     stay exact. The sweep runs one connected component of the foreground at a time (they
     never interact), which keeps memory accesses local and gives the same result as one
-    global sweep. The sweep works on a padded copy of the map as order-preserving integer
-    keys (no bounds or threshold tests, exact comparisons) and in the output's own memory;
-    background pixels cost four linear passes (keys, initial states, scan, numbering). The
-    GIL is released for the whole call and Ctrl-C is honoured every 2^18 flooded pixels.
-    Extra memory: the keys (1 byte per pixel for uint8, 2 for uint16, 4 for float32, 8 for
-    float64), a few bytes per pixel of the largest foreground component (its pixel list
-    and queue) and a small record per regional maximum.
+    global sweep. Background pixels cost three linear passes (clear, scan, relabel). The
+    GIL is released for the whole call and Ctrl-C is honoured every 2^18 flooded pixels. Extra memory: a few bytes per pixel of the largest
+    foreground component (its pixel list and queue), plus a small record per regional
+    maximum; nothing per background pixel.
 
     **Ties.** Pixels of equal value leave the queue first-in first-out; regional-maximum
     plateaus are pushed first, in raster order; neighbours are pushed in raster order of

@@ -10,11 +10,9 @@
 //   merged (union-find) into the label it touches; two labels that are both markers
 //   (dynamics > lam) meeting at a pixel make that pixel a watershed line.
 //
-// Data layout: the sweep runs on a padded grid (one background pixel around the image,
-// so neighbour loops need no bounds tests) of order-preserving integer keys, one per
-// pixel (sizeof(T) bytes, the extra memory), and `out` holds the padded grid of pixel
-// states, so it must have buffer_size(height, width) entries; the labels end up in its
-// first height * width. Per component: its pixel list and queue; per basin: a record.
+// Data layout: `out` doubles as the state of every pixel during the sweep, so the
+// extra memory is the queue (4 bytes per queued pixel for integer maps) plus a small
+// record per basin.
 #pragma once
 
 #include <algorithm>
@@ -23,7 +21,6 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
-#include <memory>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -42,56 +39,81 @@ namespace detail {
 // States of a pixel in `out` while the sweep runs. Basin ids are > 0; a watershed
 // line pixel is stored as -id of the label it carries (lines still propagate the
 // flood, so nothing behind a line is left unreached and dynamics stay exact).
-// 0 is background. Foreground pixels start "fresh", already sorted into candidate
-// maxima (no strictly higher neighbour) and the rest; gathering a component makes
-// them "seen" (fresh - 2).
+// 0 is background or a foreground pixel not yet gathered into its component.
 constexpr std::int32_t kQueued = std::numeric_limits<std::int32_t>::min();  // pushed, not yet flooded
-constexpr std::int32_t kSeenMax = kQueued + 1;      // gathered, on a regional-maximum plateau
-constexpr std::int32_t kSeenNotMax = kQueued + 2;   // gathered, not on a maximum plateau
-constexpr std::int32_t kFreshMax = kQueued + 3;     // not gathered, no strictly higher neighbour
-constexpr std::int32_t kFreshNotMax = kQueued + 4;  // not gathered, a strictly higher neighbour
-constexpr std::int32_t kMaxBasins = std::numeric_limits<std::int32_t>::max() - 5;
+constexpr std::int32_t kSeenMax = kQueued + 1;     // gathered, on a regional-maximum plateau
+constexpr std::int32_t kSeenNotMax = kQueued + 2;  // gathered, not on a maximum plateau
+constexpr std::int32_t kMaxBasins = std::numeric_limits<std::int32_t>::max() - 3;
 
 enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
-inline bool is_line(std::int32_t s) { return s < 0 && s > kFreshNotMax; }
-inline bool is_fresh(std::int32_t s) {  // kFreshMax or kFreshNotMax, in one unsigned comparison
-    return static_cast<std::uint32_t>(s) - static_cast<std::uint32_t>(kFreshMax) <= 1u;
-}
+inline bool is_line(std::int32_t s) { return s < 0 && s > kSeenNotMax; }
 
-// Neighbour offsets in raster order: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1),
-// on the padded grid (one background pixel around the image, so no bounds tests). The
-// order fixes the push order and so the tie rule; the reference uses the same.
-template <int N>
+// Row of a pixel index without an integer division (the hot loop's main cost
+// otherwise): a float reciprocal, corrected to be exact for any index < 2^31.
+struct RowOf {
+    std::ptrdiff_t width;
+    double inverse;
+    explicit RowOf(std::ptrdiff_t w) : width(w), inverse(1.0 / static_cast<double>(w)) {}
+    std::ptrdiff_t operator()(std::ptrdiff_t i) const {
+        auto y = static_cast<std::ptrdiff_t>(static_cast<double>(i) * inverse);
+        if (y * width > i) --y;
+        else if ((y + 1) * width <= i) ++y;
+        return y;
+    }
+};
+
+// Neighbour offsets in raster order: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1).
+// The order fixes the push order and so the tie rule; the reference uses the same.
 struct Neighbourhood {
-    static_assert(N == 4 || N == 8, "4- or 8-connectivity");
-    std::ptrdiff_t offset[N];
+    int count;
+    int dy[8];
+    int dx[8];
+    std::ptrdiff_t offset[8];
 
-    explicit Neighbourhood(std::ptrdiff_t stride) {
-        int count = 0;
+    RowOf row_of;
+
+    Neighbourhood(int connectivity, std::ptrdiff_t width) : count(0), row_of(width) {
         for (int y = -1; y <= 1; ++y)
             for (int x = -1; x <= 1; ++x) {
-                if ((x == 0 && y == 0) || (N == 4 && x != 0 && y != 0)) continue;
-                offset[count++] = y * stride + x;
+                if ((x == 0 && y == 0) || (connectivity == 1 && x != 0 && y != 0)) continue;
+                dy[count] = y;
+                dx[count] = x;
+                offset[count] = y * width + x;
+                ++count;
             }
     }
 };
 
-// v > threshold, exactly, for every supported dtype, as one comparison in the map's
-// own type (so that it vectorises): integer maps cut at floor(threshold) (validated to
-// lie in the dtype's range), float32 at the largest float <= threshold.
-template <class T>
-struct Foreground {
-    T cut;
-    explicit Foreground(double t) {
-        if constexpr (std::is_integral<T>::value) {
-            cut = static_cast<T>(std::floor(t));
-        } else {
-            cut = static_cast<T>(t);
-            if (static_cast<double>(cut) > t) cut = std::nextafter(cut, -std::numeric_limits<T>::infinity());
+// Calls f(neighbour_index) for each in-bounds neighbour of pixel i, in order.
+// Interior pixels skip the bounds test.
+template <class Fn>
+inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
+                           std::ptrdiff_t width, std::ptrdiff_t i, Fn&& f) {
+    const std::ptrdiff_t y = nh.row_of(i), x = i - y * width;
+    if (y > 0 && x > 0 && y < height - 1 && x < width - 1) {
+        for (int k = 0; k < nh.count; ++k) f(i + nh.offset[k]);
+    } else {
+        for (int k = 0; k < nh.count; ++k) {
+            const std::ptrdiff_t yy = y + nh.dy[k], xx = x + nh.dx[k];
+            if (yy >= 0 && yy < height && xx >= 0 && xx < width) f(i + nh.offset[k]);
         }
     }
-    bool operator()(T v) const { return v > cut; }
+}
+
+// v > threshold, exactly, for every supported dtype: integer maps compare with an
+// integer cut (threshold validated to lie in the dtype's range), floats in double.
+template <class T>
+struct Foreground {
+    double threshold;
+    T cut;
+    explicit Foreground(double t) : threshold(t), cut(0) {
+        if constexpr (std::is_integral<T>::value) cut = static_cast<T>(std::floor(t));
+    }
+    bool operator()(T v) const {
+        if constexpr (std::is_integral<T>::value) return v > cut;
+        else return static_cast<double>(v) > threshold;
+    }
 };
 
 // Basin records: label union-find (watershed labels) and component union-find
@@ -185,96 +207,20 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     return (line && real_markers >= 2) ? -target : target;
 }
 
-// Row stride of the padded grid: width + 2 (a background pixel each side), and for
-// wide images rounded up to an odd number of 64-byte lines of int32 states. A stride
-// near a multiple of 4 KB maps a column of pixels in successive rows to one cache set,
-// and a nucleus spanning a few dozen rows then no longer fits in L1 (measured: the
-// sweep ran ~1.5x slower on 2048-wide maps without this).
-inline std::ptrdiff_t padded_stride(std::ptrdiff_t width) {
-    const std::ptrdiff_t stride = width + 2;
-    if (stride < 256) return stride;
-    std::ptrdiff_t lines = (stride + 15) / 16;
-    return 16 * (lines | 1);
-}
-
-// Pass 1: the keys of the padded grid, background (and the one-pixel border) set to
-// the background key, so that the sweep needs no bounds or threshold tests.
-template <class T>
-void fill_keys(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-               typename KeyOf<T>::Key* keys) {
-    using Key = typename KeyOf<T>::Key;
-    constexpr Key bg = KeyOf<T>::background;
-    const std::ptrdiff_t stride = padded_stride(width);
-    std::fill(keys, keys + stride + 1, bg);
-    for (std::ptrdiff_t y = 0; y < height; ++y) {
-        const T* src = v + y * width;
-        Key* dst = keys + (y + 1) * stride + 1;
-        for (std::ptrdiff_t x = 0; x < width; ++x) dst[x] = in_f(src[x]) ? KeyOf<T>::of(src[x]) : bg;
-        std::fill(dst + width, dst + stride, bg);  // right border and padding, next row's left border
-    }
-    std::fill(keys + (height + 1) * stride + 1, keys + (height + 2) * stride, bg);
-}
-
-// Pass 2: the initial state of every pixel of the padded grid: 0 for background,
-// kFreshMax or kFreshNotMax for foreground (a strictly higher neighbour is in F).
-template <class Key, int N>
-void classify(const Key* keys, std::ptrdiff_t height, std::ptrdiff_t width, std::int32_t* state) {
-    constexpr Key bg = std::numeric_limits<Key>::max();
-    const std::ptrdiff_t stride = padded_stride(width);
-    std::fill(state, state + stride, 0);
-    for (std::ptrdiff_t y = 1; y <= height; ++y) {
-        const Key* k = keys + y * stride;
-        std::int32_t* s = state + y * stride;
-        const Key* up = k - stride;
-        const Key* down = k + stride;
-        s[0] = 0;
-        std::fill(s + width + 1, s + stride, 0);
-        for (std::ptrdiff_t x = 1; x <= width; ++x) {
-            const Key c = k[x];
-            bool higher = (up[x] < c) | (k[x - 1] < c) | (k[x + 1] < c) | (down[x] < c);
-            if constexpr (N == 8) higher |= (up[x - 1] < c) | (up[x + 1] < c) | (down[x - 1] < c) | (down[x + 1] < c);
-            s[x] = c == bg ? 0 : higher ? kFreshNotMax : kFreshMax;
-        }
-    }
-    std::fill(state + (height + 1) * stride, state + (height + 2) * stride, 0);
-}
-
-// First pixel at or after i not yet gathered (or end). Blocks of background are
-// skipped with one vectorisable test on the keys.
-template <class Key>
-std::ptrdiff_t next_start(const Key* keys, const std::int32_t* state, std::ptrdiff_t i, std::ptrdiff_t end) {
-    constexpr Key bg = std::numeric_limits<Key>::max();
-    constexpr std::ptrdiff_t block = 64 / sizeof(Key);
-    auto fresh = [&](std::ptrdiff_t j) { return is_fresh(state[j]); };
-    while (i + block <= end) {
-        Key all = bg;  // AND of the block's keys: all ones only when all are background
-        for (std::ptrdiff_t k = 0; k < block; ++k) all &= keys[i + k];
-        if (all != bg)
-            for (std::ptrdiff_t k = 0; k < block; ++k)
-                if (fresh(i + k)) return i + k;
-        i += block;
-    }
-    for (; i < end; ++i)
-        if (fresh(i)) return i;
-    return end;
-}
-
-// Passes 3 and 4, one connected component of F at a time. Components never
+// Passes 2 and 3, one connected component of F at a time. Components never
 // interact, and restricting the sweep to one keeps every access inside a small
 // neighbourhood of memory (a global sweep visits pixels level by level all over the
 // image and is bound by cache misses). The result is the same as one global sweep:
 // within a component the order of pushes, the order of basin ids (raster order of
 // each plateau's first pixel) and so every tie decision are unchanged.
-// `state` is the padded grid as classify() left it; on return it holds basin ids, and
-// -id for line pixels.
-template <class T, int N, class Interrupt>
-void flood(const typename KeyOf<T>::Key* keys, std::ptrdiff_t height, std::ptrdiff_t width, double lam, bool line,
-           std::int32_t* state, Basins& basins, Interrupt&& interrupted) {
-    using Key = typename KeyOf<T>::Key;
-    const std::ptrdiff_t stride = padded_stride(width);
-    const Neighbourhood<N> nh(stride);
-    FloodQueue<Key> queue;
-    std::vector<std::uint32_t> component(1024), maxima, stack;
+template <class T, class Queue, class Interrupt>
+void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
+           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
+           Interrupt&& interrupted) {
+    const std::ptrdiff_t n = height * width;
+    Basins basins;
+    basins.add(0.0);  // id 0 is unused: labels are > 0
+    std::vector<std::uint32_t> component, maxima, stack;
     std::uint64_t work = 0;  // pixels flooded, to poll for interrupts
 
     struct Seen {
@@ -284,161 +230,128 @@ void flood(const typename KeyOf<T>::Key* keys, std::ptrdiff_t height, std::ptrdi
     Seen seen[8];
     std::int32_t roots[8];
 
-    // Give `to` to the plateau of pixel m (equal keys, state `from`, depth-first).
-    auto relabel_plateau = [&](std::uint32_t m, std::int32_t from, std::int32_t to) {
-        state[m] = to;
+    // Give `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
+    auto relabel_plateau = [&](std::uint32_t m, std::int32_t state) {
+        out[m] = state;
         stack.push_back(m);
         while (!stack.empty()) {
             const std::ptrdiff_t p = stack.back();
             stack.pop_back();
-            for (const std::ptrdiff_t o : nh.offset) {
-                const std::ptrdiff_t j = p + o;
-                if (state[j] == from && keys[j] == keys[m]) {
-                    state[j] = to;
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                if (out[j] == kSeenMax && v[j] == v[m]) {
+                    out[j] = state;
                     stack.push_back(static_cast<std::uint32_t>(j));
                 }
-            }
+            });
         }
     };
 
-    const std::ptrdiff_t end = (height + 1) * stride;
-    for (std::ptrdiff_t start = next_start(keys, state, stride, end); start < end;
-         start = next_start(keys, state, start + 1, end)) {
-        // Gather the component (breadth-first). Branch-free inner loop: a neighbour's
-        // fate is unpredictable, so each one is written to the list and kept (size
-        // advanced) only when it is fresh.
+    for (std::ptrdiff_t start = 0; start < n; ++start) {
+        if (!in_f(v[start]) || out[start] != 0) continue;  // background first: cheaper to read
+
+        // Gather the component (breadth-first), telling apart the pixels with a
+        // strictly higher neighbour from the candidate maxima.
+        component.clear();
         maxima.clear();
-        state[start] -= 2;
-        component[0] = static_cast<std::uint32_t>(start);
-        std::size_t size = 1;
-        Key lo = keys[start], hi = keys[start];
-        for (std::size_t h = 0; h < size; ++h) {
-            if (size + N > component.size()) component.resize(2 * component.size());
-            std::uint32_t* list = component.data();
-            const std::ptrdiff_t p = list[h];
-            lo = std::min(lo, keys[p]);
-            hi = std::max(hi, keys[p]);
-            for (const std::ptrdiff_t o : nh.offset) {
-                const std::ptrdiff_t j = p + o;
-                const std::int32_t s = state[j];
-                const bool fresh = is_fresh(s);
-                state[j] = fresh ? s - 2 : s;
-                list[size] = static_cast<std::uint32_t>(j);
-                size += fresh;
-            }
-            if (state[p] == kSeenMax) maxima.push_back(static_cast<std::uint32_t>(p));
+        out[start] = kSeenMax;
+        component.push_back(static_cast<std::uint32_t>(start));
+        for (std::size_t h = 0; h < component.size(); ++h) {
+            const std::ptrdiff_t p = component[h];
+            const T vp = v[p];
+            bool higher = false;
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                const T vj = v[j];
+                higher |= vj > vp;  // a strictly higher neighbour is in F because v[p] is
+                if (out[j] == 0 && in_f(vj)) {
+                    out[j] = kSeenMax;
+                    component.push_back(static_cast<std::uint32_t>(j));
+                }
+            });
+            if (higher) out[p] = kSeenNotMax;
+            else maxima.push_back(static_cast<std::uint32_t>(p));
         }
-        component.resize(size);
         // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
         // demote its whole plateau.
         for (const std::uint32_t m : maxima) {
-            if (state[m] != kSeenMax) continue;
+            if (out[m] != kSeenMax) continue;
             bool beside_non_max = false;
-            for (const std::ptrdiff_t o : nh.offset)
-                beside_non_max |= state[m + o] == kSeenNotMax && keys[m + o] == keys[m];
-            if (beside_non_max) relabel_plateau(m, kSeenMax, kSeenNotMax);
+            for_neighbours(nh, height, width, m,
+                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kSeenNotMax && v[j] == v[m]; });
+            if (beside_non_max) relabel_plateau(m, kSeenNotMax);
         }
-        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return state[m] != kSeenMax; }),
+        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kSeenMax; }),
                      maxima.end());
-        queue.reset(keys, component, lo, hi);
-        component.resize(std::max<std::size_t>(component.capacity(), 1024));
+        queue.reset(v, component);
 
         // Number the maximum plateaus in raster order of their first pixel and push
         // every plateau pixel in raster order, so seeds are the oldest items.
         std::sort(maxima.begin(), maxima.end());
         for (const std::uint32_t m : maxima) {
-            if (state[m] == kSeenMax) {
+            if (out[m] == kSeenMax) {
                 if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
                     throw std::length_error("watershed_dynamics: too many regional maxima for int32 labels");
-                relabel_plateau(m, kSeenMax, basins.add(KeyOf<T>::value(keys[m])));
+                relabel_plateau(m, basins.add(static_cast<double>(v[m])));
             }
-            queue.push(keys[m], m);
+            queue.push(v[m], m);
         }
 
         // The sweep.
         while (!queue.empty()) {
             const std::ptrdiff_t p = queue.pop();
             if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
-            if (state[p] > 0) {  // a maximum plateau pixel: already labelled, nothing meets here
-                for (const std::ptrdiff_t o : nh.offset) {
-                    const std::ptrdiff_t j = p + o;
-                    if (state[j] == kSeenNotMax) {
-                        state[j] = kQueued;
-                        queue.push(keys[j], static_cast<std::uint32_t>(j));
-                    }
+            const bool seed = out[p] > 0;
+            int k = 0;
+            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+                const std::int32_t s = out[j];
+                if (s == kSeenNotMax) {
+                    out[j] = kQueued;
+                    queue.push(v[j], static_cast<std::uint32_t>(j));
+                } else if (!seed) {
+                    if (s > 0) seen[k++] = {s, true};
+                    else if (is_line(s)) seen[k++] = {-s, false};
                 }
-                continue;
-            }
+            });
+            if (seed) continue;  // a maximum plateau pixel: already labelled, nothing meets here
+
             // Fast path (most pixels): every flooded neighbour carries the same basin, so
             // no components or labels meet and the pixel cannot be a line.
-            std::int32_t first = 0;
             bool single = true;
-            for (const std::ptrdiff_t o : nh.offset) {
-                const std::ptrdiff_t j = p + o;
-                const std::int32_t s = state[j];
-                const bool take = s == kSeenNotMax;
-                state[j] = take ? kQueued : s;
-                queue.push_if(take, keys[j], static_cast<std::uint32_t>(j));
-                // The basin of a labelled or line neighbour, 0 for any other state.
-                const std::int32_t b = (s > kFreshNotMax) ? (s < 0 ? -s : s) : 0;
-                first = first ? first : b;
-                single &= (b == 0) | (b == first);
-            }
+            for (int a = 1; a < k; ++a) single &= seen[a].basin == seen[0].basin;
             if (single) {
-                state[p] = first;
+                out[p] = seen[0].basin;
                 continue;
             }
-            int k = 0;
-            for (const std::ptrdiff_t o : nh.offset) {
-                const std::int32_t s = state[p + o];
-                if (s > 0) seen[k++] = {s, true};
-                else if (is_line(s)) seen[k++] = {-s, false};
-            }
-            state[p] = decide(basins, seen, k, roots, KeyOf<T>::value(keys[p]), lam, line);
+            out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
         }
-    }
-}
 
-// Pass 4, in place: final labels 1..N in raster order of each object's first pixel,
-// background and watershed lines 0, moved from the padded grid to the first
-// height * width entries (each write lands on an entry already read).
-inline void number_objects(std::int32_t* state, std::ptrdiff_t height, std::ptrdiff_t width, Basins& basins) {
-    const std::ptrdiff_t stride = padded_stride(width);
+    }
+
+    // Pass 4: final labels 1..N in raster order of each object's first pixel;
+    // background and watershed lines are 0.
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
     std::int32_t next = 0, last_basin = 0, last_id = 0;
-    for (std::ptrdiff_t y = 0; y < height; ++y) {
-        const std::int32_t* src = state + (y + 1) * stride + 1;
-        std::int32_t* dst = state + y * width;
-        for (std::ptrdiff_t x = 0; x < width; ++x) {
-            const std::int32_t s = src[x];
-            if (s <= 0) {
-                dst[x] = 0;
-            } else if (s == last_basin) {
-                dst[x] = last_id;
-            } else {
-                const std::int32_t r = basins.label_root(s);
-                if (final_id[r] == 0) final_id[r] = ++next;
-                last_basin = s;
-                last_id = dst[x] = final_id[r];
-            }
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
+        const std::int32_t s = out[i];
+        if (s == 0) continue;
+        if (s < 0) {
+            out[i] = 0;
+        } else if (s == last_basin) {
+            out[i] = last_id;
+        } else {
+            const std::int32_t r = basins.label_root(s);
+            if (final_id[r] == 0) final_id[r] = ++next;
+            last_basin = s;
+            last_id = out[i] = final_id[r];
         }
     }
 }
 
 }  // namespace detail
 
-// Size of the `out` buffer watershed_dynamics needs: the padded grid it works in.
-inline std::size_t buffer_size(std::ptrdiff_t height, std::ptrdiff_t width) {
-    return static_cast<std::size_t>(height + 2) * static_cast<std::size_t>(detail::padded_stride(width));
-}
-
-// Segment a 2-D nucleus probability map (C-contiguous, row-major). `out` must hold
-// buffer_size(height, width) int32 values: the sweep runs in it, and on return its
-// first height * width values are the labels, row-major. T is uint8_t, uint16_t,
-// float or double; values must be finite and lam >= 0 (the Python wrapper validates;
-// this is the safety net). Extra memory: one key per pixel (sizeof(T) bytes) plus
-// per-component lists. `interrupted()` is polled every 2^18 pixels; returning true
-// aborts with Interrupted.
+// Segment a 2-D nucleus probability map (C-contiguous, row-major) into `out`
+// (int32, same shape). T is uint8_t, uint16_t, float or double; values must be
+// finite and lam >= 0 (the Python wrapper validates; this is the safety net).
+// `interrupted()` is polled every 2^18 pixels; returning true aborts with Interrupted.
 template <class T, class Interrupt>
 void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t width, double threshold,
                         double lam, int connectivity, bool watershed_line, std::int32_t* out,
@@ -447,27 +360,20 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
     if (connectivity != 1 && connectivity != 2)
         throw std::invalid_argument("watershed_dynamics: connectivity must be 1 or 2");
     if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0");
-    if constexpr (std::is_integral<T>::value) {
-        if (!(threshold >= 0)) throw std::invalid_argument("watershed_dynamics: threshold must be >= 0 for integer maps");
-    }
-    if (static_cast<std::uint64_t>(buffer_size(height, width)) > static_cast<std::uint64_t>(detail::kMaxBasins))
+    if (static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width) >
+        static_cast<std::uint64_t>(detail::kMaxBasins))
         throw std::length_error("watershed_dynamics: image too large for int32 labels");
 
-    using Key = typename KeyOf<T>::Key;
-    const std::size_t size = buffer_size(height, width);
-    std::unique_ptr<Key[]> keys(new Key[size]);
-    detail::fill_keys(prob, height, width, detail::Foreground<T>(threshold), keys.get());
-    detail::Basins basins;
-    basins.add(0.0);  // id 0 is unused: labels are > 0
-    if (connectivity == 1) {
-        detail::classify<Key, 4>(keys.get(), height, width, out);
-        detail::flood<T, 4>(keys.get(), height, width, lam, watershed_line, out, basins, interrupted);
+    const detail::Foreground<T> in_f(threshold);
+    const detail::Neighbourhood nh(connectivity, width);
+    std::fill(out, out + height * width, 0);
+    if constexpr (std::is_same<T, std::uint8_t>::value) {
+        BucketQueue queue;
+        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     } else {
-        detail::classify<Key, 8>(keys.get(), height, width, out);
-        detail::flood<T, 8>(keys.get(), height, width, lam, watershed_line, out, basins, interrupted);
+        HeapQueue<T> queue;
+        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     }
-    keys.reset();
-    detail::number_objects(out, height, width, basins);
 }
 
 }  // namespace nucseg
