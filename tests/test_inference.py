@@ -90,6 +90,25 @@ def test_predict_matches_the_network(tmp_path):
     np.testing.assert_allclose(model.predict(rgb), (p * (0.5 + 0.5 * d)).numpy(), atol=1e-5)
 
 
+def test_tta_is_the_mean_over_the_eight_views_and_equivariant(tmp_path):
+    model = load_model(_tiny(tmp_path)[0], device="cpu")
+    rgb = _rgb(32, 48, seed=3)  # multiples of the stride: no padding, so every view is exact
+    views = []
+    for flip in (False, True):
+        for k in range(4):
+            v = np.rot90(rgb[:, ::-1] if flip else rgb, k)
+            m = np.rot90(model.predict(np.ascontiguousarray(v)), -k)
+            views.append(m[:, ::-1] if flip else m)
+    tta = model.predict(rgb, tta=True)
+    np.testing.assert_allclose(tta, np.mean(views, axis=0), atol=1e-5)
+    assert not np.allclose(tta, model.predict(rgb), atol=1e-3)  # the views do differ
+    for k in (1, 2, 3):  # a rotated input gives the rotated map
+        np.testing.assert_allclose(model.predict(np.ascontiguousarray(np.rot90(rgb, k)), tta=True), np.rot90(tta, k), atol=1e-5)
+    np.testing.assert_allclose(model.predict(np.ascontiguousarray(rgb[::-1]), tta=True), tta[::-1], atol=1e-5)
+    labels = segment(rgb, model, tta=True, tile=16)
+    assert labels.shape == rgb.shape[:2]
+
+
 def test_combine_outputs():
     logits = torch.tensor([[[[0.0]], [[0.0]]]])  # p = 0.5, d = 0.5
     assert float(combine_outputs(logits)) == pytest.approx(0.375)

@@ -154,7 +154,7 @@ class NucleusModel:
     def __repr__(self) -> str:
         return f"NucleusModel(name={self.config.name!r}, arch={self.config.arch!r}, device={str(self.device)!r})"
 
-    def predict(self, rgb: np.ndarray, *, batch_size: int = 4) -> np.ndarray:
+    def predict(self, rgb: np.ndarray, *, batch_size: int = 4, tta: bool = False) -> np.ndarray:
         """Nucleus map in ``[0, 1]`` for one image or a batch.
 
         Parameters
@@ -165,6 +165,10 @@ class NucleusModel:
             sees mirrored context).
         batch_size : int
             Images per forward pass.
+        tta : bool
+            Test-time augmentation: average the maps of the 8 rotations and flips of
+            the input (each mapped back), at 8 times the cost. The result is then
+            exactly equivariant to those transforms.
 
         Returns
         -------
@@ -179,9 +183,8 @@ class NucleusModel:
         ph, pw = (-h) % s, (-w) % s
         mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1)
-        cuda = self.device.type == "cuda"
         out = np.empty((b, h, w), np.float32)
-        amp = torch.autocast("cuda") if cuda else contextlib.nullcontext()
+        amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
         with torch.inference_mode(), amp:
             for i in range(0, b, batch_size):
                 x = torch.tensor(batch[i : i + batch_size], device=self.device)  # copy: inputs may be read-only
@@ -190,11 +193,23 @@ class NucleusModel:
                 if ph or pw:
                     mode = "reflect" if ph < h and pw < w else "replicate"
                     x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                m = combine_outputs(self.net(x))[:, :h, :w]
+                m = self._forward(x, tta)[:, :h, :w]
                 out[i : i + batch_size] = m.float().cpu().numpy()
         return out[0] if single else out
+
+    def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Combined map of a normalised, stride-padded batch, averaged over the dihedral group when ``tta``."""
+        cuda = self.device.type == "cuda"
+        views = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
+        total = None
+        for k, flip in views:
+            v = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+            if cuda:
+                v = v.contiguous(memory_format=torch.channels_last)
+            m = torch.rot90(combine_outputs(self.net(v)).float(), -k, dims=(-2, -1))
+            m = m.flip(-1) if flip else m
+            total = m if total is None else total + m
+        return total / len(views)
 
     def postprocess(
         self, prob_map: np.ndarray, lam: float | None = None, threshold: float | None = None, *, min_area: int | None = None
@@ -423,6 +438,7 @@ def segment(
     device: str | None = None,
     tile: int = 1024,
     return_map: bool = False,
+    tta: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment the nuclei of an RGB image of any size.
 
@@ -450,6 +466,9 @@ def segment(
         Tile core size in pixels (rounded up to the stride).
     return_map : bool
         Also return the float map fed to the watershed (at the model's resolution).
+    tta : bool
+        Average the network over the 8 rotations and flips of each tile (8x the
+        inference cost); see :meth:`NucleusModel.predict`.
 
     Returns
     -------
@@ -473,7 +492,7 @@ def segment(
 
             img = rescale(rgb, factor, order=1, channel_axis=-1, anti_aliasing=factor < 1, preserve_range=True)
             img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    prob = _predict_tiled(model, img, tile)
+    prob = _predict_tiled(model, img, tile, tta)
     labels = model.postprocess(prob, lam=lam, threshold=threshold)
     if labels.shape != (h0, w0):
         from skimage.transform import resize
@@ -482,7 +501,7 @@ def segment(
     return (labels, prob) if return_map else labels
 
 
-def _predict_tiled(model: NucleusModel, img: np.ndarray, tile: int) -> np.ndarray:
+def _predict_tiled(model: NucleusModel, img: np.ndarray, tile: int, tta: bool = False) -> np.ndarray:
     s, halo = model.config.stride, model.config.halo
     core = int(math.ceil(tile / s) * s)
     h, w = img.shape[:2]
@@ -500,6 +519,6 @@ def _predict_tiled(model: NucleusModel, img: np.ndarray, tile: int) -> np.ndarra
             rh += (-rh) % s
             rw += (-rw) % s
             window = padded[y : y + rh, x : x + rw]
-            m = model.predict(window)
+            m = model.predict(window, tta=tta)
             out[y : y + ch, x : x + cw] = m[halo : halo + ch, halo : halo + cw]
     return out

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-baseline", action="store_true", help="omit the non-learned baseline row")
     p.add_argument("--out", default=None, help="folder for images.csv, patients.csv, summary.csv, results.json")
+    p.add_argument("--tta", action="store_true", help="average each network over 8 rotations/flips (8x slower)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; only the table")
@@ -154,9 +155,9 @@ def _run(args: argparse.Namespace) -> int:
             if len(models) == 1:
                 cfg = models[0].config
                 lam, thr, area = cfg.lam, cfg.threshold, cfg.min_area
-                predict = models[0].predict
+                predict = lambda rgb, m=models[0]: m.predict(rgb, tta=args.tta)  # noqa: E731
             else:
-                predict = lambda rgb, ms=models: np.mean([m.predict(rgb) for m in ms], axis=0)  # noqa: E731
+                predict = lambda rgb, ms=models: np.mean([m.predict(rgb, tta=args.tta) for m in ms], axis=0)  # noqa: E731
             if len(models) > 1 or args.retune:
                 # Tune the watershed on this fold's training patients only (never the held-out ones).
                 train = [im for p in split["train_patients"] for im in by_patient.get(p, [])]
@@ -175,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
     for path in args.model:
         model = load_model(None if path == "default" else path, device=args.device)
         name = f"{model.config.name} (not held out)" if path == "default" else Path(path).stem
-        rows += score_images(chosen, lambda im: model.postprocess(model.predict(im.rgb)), name)
+        rows += score_images(chosen, lambda im: model.postprocess(model.predict(im.rgb, tta=args.tta)), name)
         if bar is not None:
             bar.update(1)
     if not args.no_baseline:
