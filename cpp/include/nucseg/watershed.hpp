@@ -207,6 +207,16 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     return (line && real_markers >= 2) ? -target : target;
 }
 
+// The first foreground pixel at or after i not yet gathered into a component (or n).
+// A function of its own so that the loop's index stays in a register.
+template <class T>
+std::ptrdiff_t next_start(const T* v, const std::int32_t* out, const Foreground<T>& in_f, std::ptrdiff_t i,
+                          std::ptrdiff_t n) {
+    for (; i < n; ++i)
+        if (in_f(v[i]) && out[i] == 0) return i;  // background first: cheaper to read
+    return n;
+}
+
 // Passes 2 and 3, one connected component of F at a time. Components never
 // interact, and restricting the sweep to one keeps every access inside a small
 // neighbourhood of memory (a global sweep visits pixels level by level all over the
@@ -246,30 +256,36 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
     };
 
-    for (std::ptrdiff_t start = 0; start < n; ++start) {
-        if (!in_f(v[start]) || out[start] != 0) continue;  // background first: cheaper to read
+    for (std::ptrdiff_t start = next_start(v, out, in_f, 0, n); start < n; start = next_start(v, out, in_f, start + 1, n)) {
 
         // Gather the component (breadth-first), telling apart the pixels with a
         // strictly higher neighbour from the candidate maxima.
-        component.clear();
+        // Branch-free inner loop (a neighbour's fate is unpredictable): every neighbour
+        // is written to the list, which only grows when the neighbour is new.
         maxima.clear();
         out[start] = kSeenMax;
-        component.push_back(static_cast<std::uint32_t>(start));
-        for (std::size_t h = 0; h < component.size(); ++h) {
-            const std::ptrdiff_t p = component[h];
+        component.resize(std::max<std::size_t>(component.capacity(), 1024));
+        component[0] = static_cast<std::uint32_t>(start);
+        std::size_t size = 1;
+        for (std::size_t h = 0; h < size; ++h) {
+            if (size + 8 > component.size()) component.resize(2 * component.size());
+            std::uint32_t* list = component.data();
+            const std::ptrdiff_t p = list[h];
             const T vp = v[p];
             bool higher = false;
             for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
                 const T vj = v[j];
+                const std::int32_t s = out[j];
                 higher |= vj > vp;  // a strictly higher neighbour is in F because v[p] is
-                if (out[j] == 0 && in_f(vj)) {
-                    out[j] = kSeenMax;
-                    component.push_back(static_cast<std::uint32_t>(j));
-                }
+                const bool fresh = (s == 0) & in_f(vj);
+                out[j] = fresh ? kSeenMax : s;
+                list[size] = static_cast<std::uint32_t>(j);
+                size += fresh;
             });
             if (higher) out[p] = kSeenNotMax;
             else maxima.push_back(static_cast<std::uint32_t>(p));
         }
+        component.resize(size);
         // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
         // demote its whole plateau.
         for (const std::uint32_t m : maxima) {
@@ -371,7 +387,7 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
         BucketQueue queue;
         detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     } else {
-        HeapQueue<T> queue;
+        BucketHeapQueue<T> queue;
         detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     }
 }
