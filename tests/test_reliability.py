@@ -339,7 +339,7 @@ def test_dask_finish_steps_turn_write_errors_into_store_errors(
     import shutil
     from types import SimpleNamespace
 
-    from nucseg.wsi.distributed import build_pyramid_block, finish_slide, merge_spill
+    from nucseg.wsi.distributed import build_pyramid_blocks, finish_slide, merge_spill
     from nucseg.wsi.store import save_spill
 
     out = tmp_path / "copy.zarr"
@@ -351,7 +351,7 @@ def test_dask_finish_steps_turn_write_errors_into_store_errors(
     with pytest.raises(StoreError, match=hint):
         merge_spill(str(out), [0], 12)
     with pytest.raises(StoreError, match=hint):
-        build_pyramid_block(str(out), 1, (0, 64, 0, 64))
+        build_pyramid_blocks(str(out), 1, [(0, 64, 0, 64)])
     with pytest.raises(StoreError, match=hint):
         finish_slide(SimpleNamespace(output=str(out)), {}, 0.0)
     assert switch.refused >= 3

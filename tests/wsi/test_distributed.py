@@ -25,12 +25,15 @@ from nucseg.wsi import segment_slide  # noqa: E402
 from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff  # noqa: E402
 from nucseg.wsi.distributed import (  # noqa: E402
     DistributedError,
+    ModelPlugin,
     group_box,
     group_of,
     outcome_lines,
     output_path,
     plan_outputs,
+    relax_malloc_trim,
     run_distributed,
+    split_even,
     split_result,
     store_status,
 )
@@ -246,6 +249,63 @@ def test_single_process_resume_of_a_dask_run(client, demo_slide: Path, reference
         segment_slide(demo_slide, store, model="hematoxylin", tile=256, tissue="none", save_prob=True,
                       save_image=True, threads=1, resume=True)
         _assert_same_store(reference, store)
+
+
+def test_worker_threads_reuse_their_open_slide(demo_slide: Path, tmp_path: Path, monkeypatch) -> None:
+    """One worker with 2 threads, two slides, one tile per task: a thread opens a slide and
+    its store once and reuses them for its next tasks of that slide; both outputs are still
+    the single-process ones."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    other = write_pyramid_tiff(tmp_path / "other.tif", synthetic_he((640, 640), seed=4)[0], mpp=0.25, levels=2)
+    opened = []
+    open_job = ModelPlugin.open_job
+
+    def spy(self, job):
+        job_open = open_job(self, job)
+        opened.append((threading.get_ident(), job_open))
+        return job_open
+
+    monkeypatch.setattr(ModelPlugin, "open_job", spy)
+    kwargs = {"model": "hematoxylin", "tile": 128, "tissue": "none", "save_image": True}
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        outs = run_distributed([demo_slide, other], tmp_path / "out", scheduler=client, group=1, **kwargs)
+    assert [o.status for o in outs] == ["done", "done"]
+    tasks = sum(o.details["tile_tasks"] for o in outs)
+    assert len(opened) == tasks > 80
+    kept = {id(j): j for _, j in opened}
+    # Each open slide belongs to one thread and serves many tasks: 2 threads x 2 slides,
+    # plus a reopening whenever a thread goes back to the other slide (6 seen for 105 tasks).
+    assert len(kept) < len(opened) // 8
+    assert all(len({t for t, j in opened if j is k}) == 1 for k in kept.values())
+    for slide, o in zip([demo_slide, other], outs):
+        ref = tmp_path / f"ref_{slide.stem}.zarr"
+        segment_slide(slide, ref, threads=1, **kwargs)
+        _assert_same_store(ref, o.output)
+
+
+def test_relax_malloc_trim(monkeypatch) -> None:
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536; the worker plugin restores glibc's thresholds."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert relax_malloc_trim() is False
+    for value in ("not a number", str(1 << 30)):
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", value)
+        assert relax_malloc_trim() is False
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert relax_malloc_trim() is glibc
+
+
+def test_split_even() -> None:
+    assert split_even(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_even([1, 2], 4) == [[1], [2]] and split_even([], 3) == []
+    parts = split_even(list(range(47)), 4)
+    assert sum(parts, []) == list(range(47)) and {len(p) for p in parts} == {11, 12}
 
 
 def test_unwritable_output_fails_early(client, demo_slide: Path, tmp_path: Path) -> None:

@@ -14,16 +14,19 @@ tasks and never the recomputation of finished ones):
    reopen the store, list the tiles still to do.
 2. ``tiles``: one task per *group* of ``group x group`` tiles. Label chunks are one tile
    (the runner's chunking), so a group owns a chunk-aligned region that no other task
-   writes. The worker opens the slide itself, reads, runs the model (loaded once per
+   writes. The worker opens the slide itself (each worker thread keeps it open, with
+   the store, for its next task of the slide), reads, runs the model (loaded once per
    worker by :class:`ModelPlugin`), the watershed and the ownership step, and writes
    its region directly. A nucleus owned by a tile may reach into a neighbouring
    group's chunks (the owner writes whole nuclei); those few pixels are not written
    there but saved as a *spill* file ``nucseg/spill/DEST/SRC.npz`` (DEST: the chunk,
    SRC: the owning tile), before the tile's completion record.
-3. ``spill``: once every tile task of the slide has finished, one task per group with
-   spill files writes them into its chunks (idempotent: the pixels are deterministic).
-4. ``pyramid``: level ``k`` by 2x stride subsampling of level ``k - 1``, one task per
-   block of chunks, level after level.
+3. ``spill``: once every tile task of the slide has finished, the chunks with spill
+   files get them written in (idempotent: the pixels are deterministic), split into
+   two tasks per worker thread at most (each chunk in one task).
+4. ``pyramid``: level ``k`` by 2x stride subsampling of level ``k - 1``, level after
+   level; each level's blocks of ``group x group`` chunks split into two tasks per
+   worker thread at most.
 5. ``finish``: merge the table parts, mark the store complete, drop the spill files;
    with ``qc``, render the QC picture there (the worker re-reads the slide's overview)
    and send it back as PNG bytes, which the client writes.
@@ -90,15 +93,61 @@ class DistributedError(RuntimeError):
     """The cluster cannot run the job (no workers, a worker cannot reach the paths)."""
 
 
-# -- worker side: the model ------------------------------------------------------------
+# -- worker side: the model and the allocator ------------------------------------------
+
+#: glibc's own steady state: its dynamic mmap threshold tops out at 32 MiB, and the trim
+#: threshold follows at twice that (mallopt(3)); :func:`relax_malloc_trim` restores it.
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+
+
+def relax_malloc_trim() -> bool:
+    """Undo a low ``MALLOC_TRIM_THRESHOLD_`` in this (worker) process, on glibc.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+    ``distributed.nanny.pre-spawn-environ``), which returns freed memory to the system at
+    once and, as a side effect, freezes glibc's mmap threshold at 128 KiB: every array
+    of a tile (a 512^2 float32 is 1 MiB) is then a fresh ``mmap`` whose pages fault in on
+    first touch. On 54 tiles of 512^2 (hematoxylin predictor) that was 1.2 M page faults
+    and 2.2 s of system time, +35 % on the tile phase (``docs/SCALING.md``). Dask's docs
+    note the cost ("may degrade performance").
+
+    Sets the thresholds glibc settles on by itself (mmap 32 MiB, trim 64 MiB): a worker
+    keeps at most about 64 MiB of freed heap per malloc arena instead of handing it back.
+    Does nothing when the variable is unset or not lower, or on a C library without
+    glibc's ``mallopt``.
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were changed.
+    """
+    import ctypes
+    import sys
+
+    value = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if value is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        if int(value) >= _TRIM_THRESHOLD:
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # not a number, or not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success; musl's stub returns 0.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 class ModelPlugin(_PluginBase):
     """A Dask worker plugin that loads the model once per worker process.
 
-    Registered by :func:`run_distributed`; tasks get the predictor with
-    :func:`worker_predictor`. Workers that join later (or restart after a crash) load
-    it when they start.
+    Registered by :func:`run_distributed`; tasks get it with :func:`worker_plugin`.
+    Workers that join later (or restart after a crash) load it when they start. It also
+    keeps, per worker thread, the slide and store its tile tasks opened
+    (:meth:`open_job`), and relaxes the worker's malloc trimming
+    (:func:`relax_malloc_trim`).
 
     Parameters
     ----------
@@ -118,10 +167,11 @@ class ModelPlugin(_PluginBase):
         self.loads = 0
         self.predictor: Any = None
         self.lock: Any = None
+        self.opened: dict[int, OpenJob] = {}  # by worker thread
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(predictor=None, lock=None)  # loaded and created on the worker
+        state.update(predictor=None, lock=None, opened={})  # loaded and created on the worker
         return state
 
     async def setup(self, worker: Any) -> None:
@@ -136,17 +186,78 @@ class ModelPlugin(_PluginBase):
 
         self.predictor = resolve_model(self.model, device=self.device)
         self.loads += 1
+        if relax_malloc_trim():
+            logger.info("raised this worker's malloc trim threshold (MALLOC_TRIM_THRESHOLD_ was %s)",
+                        os.environ["MALLOC_TRIM_THRESHOLD_"])
         if "torch" in sys.modules:  # CPU inference: one torch thread per task slot
             sys.modules["torch"].set_num_threads(max(1, int(nthreads)))
 
     def teardown(self, worker: Any) -> None:  # noqa: ARG002 - Dask's signature
-        """Drop the model (a later run on the same cluster registers its own)."""
+        """Drop the model and close the open slides (a later run on the same cluster registers its own)."""
         self.predictor = None
+        for opened in list(self.opened.values()):
+            opened.reader.close()
+        self.opened.clear()
+
+    def open_job(self, job: SlideJob) -> OpenJob:
+        """The slide, store, tile grid and id scheme of ``job`` for the calling thread.
+
+        Opened by the thread's first tile task of the job and reused by its next ones
+        (about 8 ms per task saved: opening the slide and the store, building the grid);
+        a task of another job closes them first. One per thread: readers and stores
+        are not shared between threads.
+        """
+        from .reader import open_slide
+        from .store import OutputStore
+        from .tiling import IdScheme, make_tiles
+
+        key = (job.slide, job.output)
+        opened = self.opened.get(threading.get_ident())
+        if opened is not None and opened.key == key:
+            return opened
+        self.close_job()
+        reader = open_slide(job.slide, mpp=job.mpp)
+        try:
+            store = OutputStore.open(job.output)
+        except BaseException:
+            reader.close()
+            raise
+        opened = OpenJob(key, reader, store, make_tiles(job.geom), IdScheme(job.geom.n_tiles))
+        self.opened[threading.get_ident()] = opened
+        return opened
+
+    def close_job(self) -> None:
+        """Close what :meth:`open_job` opened for the calling thread, if anything."""
+        opened = self.opened.pop(threading.get_ident(), None)
+        if opened is not None:
+            opened.reader.close()
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """``predictor.predict`` under a lock: one batch at a time per worker (one GPU)."""
         with self.lock:
             return np.asarray(self.predictor.predict(rgb), dtype=np.float32)
+
+
+@dataclass
+class OpenJob:
+    """What a worker thread keeps open between tile tasks of one slide (:meth:`ModelPlugin.open_job`).
+
+    Attributes
+    ----------
+    key : tuple of str
+        The job's slide and output.
+    reader : SlideReader
+    store : OutputStore
+    tiles : list of Tile
+        The slide's tile grid (:func:`nucseg.wsi.tiling.make_tiles`).
+    scheme : IdScheme
+    """
+
+    key: tuple[str, str]
+    reader: Any
+    store: Any
+    tiles: list[Any]
+    scheme: Any
 
 
 def worker_plugin(name: str) -> ModelPlugin:
@@ -467,18 +578,20 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     single-process runner. Owned pixels inside the group's region are written to the
     labels; the others go to spill files; then :meth:`OutputStore.write_tile` writes
     the table part and the completion record. Returns counts and stage timings (small).
+    The slide and the store stay open for the worker thread's next task of the same
+    slide (:meth:`ModelPlugin.open_job`).
     """
     from .pipeline import compute_tile, read_tile
-    from .reader import open_slide
-    from .store import OutputStore
-    from .tiling import IdScheme, crop_box, make_tiles
+    from .tiling import crop_box
 
     geom = job.geom
+    for i in tiles:
+        if group_of(i, geom.grid, job.group) != group_index:
+            raise ValueError(f"tile {i} is not in group {group_index}")
     plugin = worker_plugin(job.plugin)
-    scheme = IdScheme(geom.n_tiles)
-    all_tiles = make_tiles(geom)
+    opened = plugin.open_job(job)
+    reader, store, scheme = opened.reader, opened.store, opened.scheme
     region = group_box(group_index, geom, job.group)
-    store = OutputStore.open(job.output)
     timings = {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0}
     nuclei: dict[int, int] = {}
     spill_chunks: set[int] = set()
@@ -505,12 +618,8 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
         rgb = read(t)
         return rgb, infer(rgb[None])[0]
 
-    for i in tiles:
-        if group_of(i, geom.grid, job.group) != group_index:
-            raise ValueError(f"tile {i} is not in group {group_index}")
-    reader = open_slide(job.slide, mpp=job.mpp)
     try:
-        for batch in _batches([all_tiles[i] for i in tiles], job.batch_size):
+        for batch in _batches([opened.tiles[i] for i in tiles], job.batch_size):
             rgbs = np.stack([read(t) for t in batch])
             probs = infer(rgbs)
             for t, rgb, prob in zip(batch, rgbs, probs):
@@ -527,8 +636,9 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
                 store.write_tile(inside, out.table, out.record, scheme)
                 clock("write", time.perf_counter() - t0)
                 nuclei[t.index] = out.record["nuclei"]
-    finally:
-        reader.close()
+    except BaseException:
+        plugin.close_job()  # the next task opens them afresh
+        raise
     return {"nuclei": nuclei, "spill": sorted(spill_chunks), "timings": timings, "enlarged": enlarged}
 
 
@@ -575,8 +685,8 @@ def merge_spill(output: str | os.PathLike[str], chunks: Sequence[int], n_tiles: 
         return apply_spill(output, chunks, n_tiles)
 
 
-def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, image: bool = False) -> None:
-    """Dask task: fill ``box`` of pyramid ``level`` from ``level - 1``.
+def build_pyramid_blocks(output: str | os.PathLike[str], level: int, boxes: Sequence[Box], image: bool = False) -> None:
+    """Dask task: fill ``boxes`` of pyramid ``level`` from ``level - 1``.
 
     Labels by 2x stride subsampling, the RGB image (``image=True``) by 2x2 means: the
     values of :meth:`nucseg.wsi.store.OutputStore.build_pyramid`, whose chunks these
@@ -586,24 +696,48 @@ def build_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, im
     from .store import finishing
 
     with finishing(output):
-        _fill_pyramid_block(output, level, box, image)
+        _fill_pyramid_blocks(output, level, boxes, image)
 
 
-def _fill_pyramid_block(output: str | os.PathLike[str], level: int, box: Box, image: bool) -> None:
+def _fill_pyramid_blocks(output: str | os.PathLike[str], level: int, boxes: Sequence[Box], image: bool) -> None:
     import zarr
 
-    y0, y1, x0, x1 = box
+    from .store import mean2
+
     loc = Location.of(output)
     if image:
-        from .store import mean2
-
         root = zarr.open_group(loc.url, mode="r+")
         src, dst = root[str(level - 1)], root[str(level)]
-        dst[:, y0:y1, x0:x1] = mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
-        return
-    nuc = zarr.open_group((loc / "labels" / "nuclei").url, mode="r+")
-    src, dst = nuc[str(level - 1)], nuc[str(level)]
-    dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
+    else:
+        nuc = zarr.open_group((loc / "labels" / "nuclei").url, mode="r+")
+        src, dst = nuc[str(level - 1)], nuc[str(level)]
+    for y0, y1, x0, x1 in boxes:
+        if image:
+            dst[:, y0:y1, x0:x1] = mean2(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
+        else:
+            dst[y0:y1, x0:x1] = src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
+
+
+def split_even(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """``items`` in at most ``parts`` consecutive runs of near-equal length (none empty).
+
+    Examples
+    --------
+    >>> split_even(list(range(7)), 3)
+    [[0, 1, 2], [3, 4], [5, 6]]
+    >>> split_even([1, 2], 4)
+    [[1], [2]]
+    """
+    if not items:
+        return []
+    n = min(len(items), max(1, parts))
+    q, r = divmod(len(items), n)
+    out, start = [], 0
+    for k in range(n):
+        stop = start + q + (k < r)
+        out.append(list(items[start:stop]))
+        start = stop
+    return out
 
 
 def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float, qc: bool = False) -> dict[str, Any]:
@@ -611,7 +745,7 @@ def finish_slide(job: SlideJob, update: dict[str, Any], t_client: float, qc: boo
 
     ``update`` is merged into the run metadata (timings, enlarged tiles...);
     ``t_client`` is the client's elapsed seconds so far (for ``timings["wall"]``).
-    The pyramid was built by :func:`build_pyramid_block` tasks. With ``qc``, the QC
+    The pyramid was built by :func:`build_pyramid_blocks` tasks. With ``qc``, the QC
     picture (:func:`nucseg.wsi.qc.render_qc`, from the slide's overview read again here)
     comes back as PNG bytes under ``"qc"``: the client writes it where it was asked for,
     so the picture needs no path the workers share.
@@ -1000,13 +1134,12 @@ def _drive(
         if st.phase == "tiles":
             st.tiles_wall = time.perf_counter() - st.t_tiles
             enter(st, "spill")
-            dests: dict[int, list[int]] = {}
-            st.counts["spill_chunks"] = len(st.spill | set(plan.spill))
-            for c in sorted(st.spill | set(plan.spill)):
-                dests.setdefault(group_of(c, job.geom.grid, job.group), []).append(c)
-            for g, chunks in dests.items():
-                submit(st, "spill", merge_spill, job.output, chunks, job.geom.n_tiles, tag=g)
-            if dests:
+            chunks = sorted(st.spill | set(plan.spill))
+            st.counts["spill_chunks"] = len(chunks)
+            # Each chunk in one task (no two writers); a few tasks per thread, not one per chunk.
+            for j, part in enumerate(split_even(chunks, 2 * nthreads)):
+                submit(st, "spill", merge_spill, job.output, part, job.geom.n_tiles, tag=j)
+            if chunks:
                 return
         if st.phase == "spill":
             enter(st, "pyramid")
@@ -1015,10 +1148,11 @@ def _drive(
         if st.phase == "pyramid":
             st.level += 1
             if st.level < st.n_levels:
-                for j, box in enumerate(pyramid_blocks(job.geom, st.level, job.group)):
-                    submit(st, "pyramid", build_pyramid_block, job.output, st.level, box, tag=f"{st.level}-{j}")
+                blocks = pyramid_blocks(job.geom, st.level, job.group)
+                for j, part in enumerate(split_even(blocks, 2 * nthreads)):
+                    submit(st, "pyramid", build_pyramid_blocks, job.output, st.level, part, tag=f"{st.level}-{j}")
                     if job.save_image:
-                        submit(st, "pyramid", build_pyramid_block, job.output, st.level, box, True,
+                        submit(st, "pyramid", build_pyramid_blocks, job.output, st.level, part, True,
                                tag=f"{st.level}-{j}-image")
                 return
             enter(st, "finish")
