@@ -17,7 +17,7 @@ per Dask task (``group=1``, so 2 workers can share a small slide). Measured:
 
 Each records Mpix/s over the whole slide; the last one prints the speed-up of 2
 workers over 1, and the overhead of the Dask path: ``dask-1w / single-1t - 1`` in
-wall time (planning, per-task slide opening, spill files, chunked pyramid, the
+wall time (planning, spill files, chunked pyramid, the
 scheduler's round trips). The outputs are checked equal to the single-process one.
 """
 
