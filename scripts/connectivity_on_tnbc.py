@@ -3,13 +3,15 @@
 For each fold model of a grouped k-fold run (``runs/cv_default/fold_XX``), predict the
 held-out patients' images and post-process the same maps with connectivity 1 and 2
 (lam, threshold and min_area from the fold's config, which were tuned on its training
-patients only). Prints mean AJI, PQ and object F1 over the held-out images.
+patients only, or from a ``nucseg-eval --retune`` results.json, tuned the same way).
+Prints mean AJI, PQ and object F1 over the held-out images.
 
-    python scripts/connectivity_on_tnbc.py runs/cv_default /path/to/shared/data/tnbc
+    python scripts/connectivity_on_tnbc.py runs/cv_default /path/to/shared/data/tnbc [runs/eval/results.json]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(run: str, data: str) -> None:
+def main(run: str, data: str, results: str | None = None) -> None:
     import torch
 
     from nucseg.data import load_tnbc
@@ -28,10 +30,17 @@ def main(run: str, data: str) -> None:
 
     torch.set_num_threads(2)
     scores: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    tuned = {}
+    if results:  # per fold, keyed by its held-out patients
+        for folds in json.loads(Path(results).read_text())["folds"].values():
+            tuned.update({tuple(f["test_patients"]): f for f in folds})
     for fold in sorted(Path(run).glob("fold_*")):
         split = json.loads((fold / "split.json").read_text())
         model = load_model(fold / "default.safetensors")
         cfg = model.config
+        if tuned:
+            t = tuned[tuple(split["test_patients"])]
+            cfg = dataclasses.replace(cfg, lam=t["lam"], threshold=t["threshold"], min_area=t["min_area"])
         for image in load_tnbc(data, split["test_patients"]):
             prob = model.predict(image.rgb)
             for conn in (1, 2):
@@ -43,4 +52,4 @@ def main(run: str, data: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
