@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,18 +138,12 @@ def test_two_threads_two_tiles(benchmark, dtype):
 
 
 _RSS_PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 import nucseg
 
-def peak():
-    # VmHWM is this process's own peak. ru_maxrss is not usable here: Linux carries the
-    # parent's peak across fork + exec, so under a large pytest process it never moves.
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, sys.argv[2])  # this folder, for _rss
+from _rss import peak_rss_bytes as peak
 
 prob = np.load(sys.argv[1])
 lam = 0.03 if prob.dtype == np.float32 else 7
@@ -156,7 +151,7 @@ nucseg.watershed_dynamics(prob[:64, :64], lam)  # imports and first-call allocat
 out = np.ones(prob.shape, np.int32)  # an output's worth of pages, freed: the output reuses them
 del out
 before = peak()
-if len(sys.argv) > 2:  # control: hold 4 bytes per pixel during the call
+if len(sys.argv) > 3:  # control: hold 4 bytes per pixel during the call
     waste = np.ones(prob.shape, np.int32)
 labels = nucseg.watershed_dynamics(prob, lam)
 after = peak()
@@ -173,7 +168,8 @@ def test_peak_memory(benchmark, dtype, tmp_path):
     benchmark.group = f"memory {dtype}"
 
     def probe(*control):
-        proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path), *control], check=True,
+        here = str(Path(__file__).parent)
+        proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path), here, *control], check=True,
                               capture_output=True, text=True)
         return json.loads(proc.stdout)
 

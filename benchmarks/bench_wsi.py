@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _rss import peak_rss_bytes  # benchmarks/ is on sys.path, as a script and under pytest
 
 SIDE = int(os.environ.get("NUCSEG_BENCH_WSI_SIDE", "2048"))
 THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
@@ -103,24 +104,6 @@ def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, si
         assert large <= 1.10 * small, f"peak RSS grows with the slide: {small:.0f} MB -> {large:.0f} MB"
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process image in MiB.
-
-    VmHWM is reset by exec; ``ru_maxrss`` is not on Linux (it would include the
-    forked pytest parent that spawned this process).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
     """Run one slide in this process and print a JSON line of figures."""
     if model != "hematoxylin":
@@ -157,7 +140,7 @@ def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:
         "tissue_mpix_per_s": round(tissue_px / 1e6 / wall, 3),
         "tissue_mm2_per_min": round(s.tissue_mm2 / wall * 60, 3),
         **{f"share_{k}": round(v / busy, 3) for k, v in stages.items()},
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
         "timings": t,
     }
     print(json.dumps(figures))
