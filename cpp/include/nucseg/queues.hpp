@@ -89,6 +89,8 @@ struct KeyOf {
 // the heap only ever holds one bucket's few pixels. Measured on a 2048^2 float32 map
 // (whole call, fresh output): 60 ms with these buckets, 78 ms with one heap per
 // component; a radix heap was slower than that heap (114 vs 71 ms, earlier version).
+// uint8 maps keep BucketQueue: this class gives them the same order (shift is always
+// 0), but its extra key and mode work measured 10% slower (43 vs 39 ms at 2048^2).
 template <class T>
 class BucketHeapQueue {
     using Key = typename KeyOf<T>::Key;
