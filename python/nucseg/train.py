@@ -203,6 +203,43 @@ def _sample_batch(
     return x.contiguous(), torch.from_numpy(np.stack(ms)), torch.from_numpy(np.stack(ws)), torch.from_numpy(np.stack(ds))
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``, drawn from a generator seeded by (seed, step).
+
+    Seeding each step instead of drawing from one stream makes a run's batches
+    independent of how many loader processes draw them and of where it was resumed.
+    """
+
+    def __init__(self, data: Sequence[PreparedImage], cfg: TrainConfig, start: int) -> None:
+        self.data, self.cfg, self.start = data, cfg, start
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return max(self.cfg.iterations - self.start, 0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.cfg.seed, self.start + i])
+        return _sample_batch(rng, self.data, self.cfg, self.mean, self.std)
+
+
+def _batch_loader(data: Sequence[PreparedImage], cfg: TrainConfig, start: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """Batches from ``start`` on, augmented in ``workers`` processes (0 = in this process)."""
+    return torch.utils.data.DataLoader(
+        _Batches(data, cfg, start),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=_one_thread if workers else None,
+    )
+
+
+def _one_thread(_worker: int) -> None:
+    # Each loader process augments with numpy; torch threads there would only oversubscribe.
+    torch.set_num_threads(1)
+
+
 def _make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -298,6 +335,8 @@ def train(
     tune: bool = True,
     threads: int | None = None,
     stop_after: int | None = None,
+    device: str | torch.device | None = "cpu",
+    workers: int = 0,
 ) -> TrainResult:
     """Train a network and write its final model to ``out_dir``.
 
@@ -323,6 +362,14 @@ def train(
     stop_after : int, optional
         Stop (with a checkpoint, without writing the model) after this many
         steps in this call; a later call resumes. For chunked runs and tests.
+    device : str or torch.device, optional
+        Where the network trains: ``"cpu"`` (default), ``"cuda"``, or ``None``
+        for CUDA when available. The result does not depend on it beyond
+        floating-point rounding.
+    workers : int
+        Processes that augment batches ahead of the optimiser (0 = in this
+        process). Batches are seeded per step, so the run is the same for any
+        value; on a GPU the augmentation is the bottleneck, so use several.
 
     Returns
     -------
@@ -330,12 +377,18 @@ def train(
     """
     if not images:
         raise ValueError("images is empty: training needs at least one image")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    from .inference import _resolve_device
+
+    dev = _resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     net = build_model(cfg.arch, 3, cfg.out_channels, **cfg.arch_kwargs)
     stride = int(getattr(net, "stride", 1))
     if cfg.crop % stride:
@@ -346,6 +399,7 @@ def train(
         if not hasattr(net, "stages"):
             raise ValueError(f"--encoder-weights applies to VGG models (fcn8s, deconvnet), not {cfg.arch!r}")
         load_vgg16_encoder(net.stages, cfg.encoder_weights)
+    net.to(dev)
     opt = _make_optimizer(net, cfg)
     step, elapsed, losses = 0, 0.0, []
     if resume and (out / "checkpoint.json").is_file():
@@ -354,11 +408,9 @@ def train(
             raise ValueError(f"{out} holds a checkpoint of a different recipe; use another folder or resume=False")
         doc = load_checkpoint(out, net, opt)
         step, elapsed, losses = doc["step"], doc["elapsed"], doc["losses"]
-        rng.bit_generator.state = doc["rng_numpy"]
         log.info("resumed %s at step %d", out, step)
     data = prepare_images(images, w0=cfg.w0, sigma=cfg.sigma)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    batches = iter(_batch_loader(data, cfg, step, workers, pin=dev.type == "cuda"))
     budget = None if cfg.time_budget_min is None else 60.0 * cfg.time_budget_min
 
     def progress_at(s: int, t: float) -> float:
@@ -379,7 +431,7 @@ def train(
             lr = _lr_at(progress_at(step, time.perf_counter() - t_start), step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, m, w, d = _sample_batch(rng, data, cfg, mean, std)
+            x, m, w, d = (t.to(dev, non_blocking=True) for t in next(batches))
             loss = seg_loss(net(x), m, w, d, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -397,13 +449,14 @@ def train(
                 bar.set_postfix(post)
             if step % cfg.checkpoint_every == 0:
                 losses.append(round(ema, 5))
-                _save_checkpoint(out, net, opt, _state(cfg, step, time.perf_counter() - t_start, losses, rng))
+                _save_checkpoint(out, net, opt, _state(cfg, step, time.perf_counter() - t_start, losses))
     finally:
+        del batches  # stops the loader processes now, not at garbage collection
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t_start
     losses.append(round(ema if ema is not None else float("nan"), 5))
-    _save_checkpoint(out, net, opt, _state(cfg, step, elapsed, losses, rng))
+    _save_checkpoint(out, net, opt, _state(cfg, step, elapsed, losses))
     if stop_at is not None and step == stop_at and step < cfg.iterations:
         return TrainResult(out / "checkpoint.safetensors", step, elapsed, losses[-1])
 
@@ -420,14 +473,14 @@ def train(
         halo=receptive_halo(net, stride),
         arch_kwargs=dict(cfg.arch_kwargs),
     )
-    extra = {"recipe": cfg.to_dict(), "steps": step, "cpu_seconds": round(elapsed, 1), "threads": torch.get_num_threads(),
-             "parameters": count_parameters(net), "loss_log": losses}
+    extra = {"recipe": cfg.to_dict(), "steps": step, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(),
+             "device": _device_name(dev), "loader_workers": workers, "parameters": count_parameters(net), "loss_log": losses}
     path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     if tune:
         from .evaluate import DEFAULT_MIN_AREAS, tune_postprocess
         from .inference import load_model
 
-        model = load_model(path, device="cpu")
+        model = load_model(path, device=str(dev))
         lam, thr, area, score = tune_postprocess(model, images, min_areas=DEFAULT_MIN_AREAS)
         mconf = dataclasses.replace(mconf, lam=lam, threshold=thr, min_area=area)
         extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)}
@@ -435,8 +488,12 @@ def train(
     return TrainResult(path, step, elapsed, losses[-1])
 
 
-def _state(cfg: TrainConfig, step: int, elapsed: float, losses: list[float], rng: np.random.Generator) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "step": step, "elapsed": elapsed, "losses": losses, "rng_numpy": rng.bit_generator.state}
+def _state(cfg: TrainConfig, step: int, elapsed: float, losses: list[float]) -> dict[str, Any]:
+    return {"config": cfg.to_dict(), "step": step, "elapsed": elapsed, "losses": losses}
+
+
+def _device_name(dev: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
 
 
 # Recipes by name (the CLI's --preset). The paper's networks use SGD as in Naylor et al.;

@@ -21,6 +21,10 @@ examples:
   # the paper's protocol: leave one patient out, PangNet, only folds 0 and 1
   nucseg-train --data shared/data/tnbc --out runs/lopo_pangnet --preset pangnet --cv lopo --fold 0 --fold 1
 
+  # on a GPU: augmentation in 8 processes keeps it busy (batches are seeded per
+  # step, so the run is the same for any --workers)
+  nucseg-train --data shared/data/tnbc --out runs/default_gpu --device cuda --workers 8 --iterations 20000
+
   # FCN-8s initialised from a local torchvision VGG16 state dict
   nucseg-train --data shared/data/tnbc --out runs/fcn --preset fcn8s --encoder-weights vgg16.pth
 
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=3, help="k for --cv kfold (default: %(default)s)")
     p.add_argument("--fold", type=int, action="append", default=None, help="run only this fold index (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="processes augmenting batches ahead (0 = none; use several on a GPU)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-tune", action="store_true", help="skip the lam/threshold grid search")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -105,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     patients = args.patients.split(",") if args.patients else None
     images = load_tnbc(args.data, patients)
     out = Path(args.out)
-    common = dict(resume=not args.no_resume, progress=not args.quiet, tune=not args.no_tune, threads=args.threads)
+    common = dict(resume=not args.no_resume, progress=not args.quiet, tune=not args.no_tune, threads=args.threads,
+                  device=None if args.device == "auto" else args.device, workers=args.workers)
     if args.cv == "none":
         res = train(cfg, images, out, name=args.preset, **common)
         if not args.quiet:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One prepared GPU session (device tool): CUDA tests, inference and whole-slide
+# timings, then the default recipe trained on the GPU (3 CV folds + all patients at
+# once, augmentation in loader processes). Everything is logged to $OUT.
+#   needs: TNBC in .devdata/tnbc, wheels nucseg's dependencies lack there in .whl/
+#   BUDGET_MIN: training minutes per run (default 4.5)
+set -u
+export PYTHONUNBUFFERED=1 NUCSEG_DATA=$PWD/.devdata
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; LOG=$OUT/log.txt
+BUDGET_MIN=${BUDGET_MIN:-4.5}
+step() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+step setup
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
+lscpu | grep -E "Model name|^CPU\(s\)" >>"$LOG"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$LOG" 2>&1
+export PYTHONPATH=/tmp/site
+timeout 150 python3 -m pip install -q --no-build-isolation --no-deps . >>"$LOG" 2>&1 || { step "build failed"; exit 1; }
+python3 -c "import torch, nucseg; print('torch', torch.__version__, torch.cuda.get_device_name())" >>"$LOG" 2>&1
+step "cuda tests"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_inference.py tests/test_models.py >>"$LOG" 2>&1
+step "inference benchmark"
+NUCSEG_BENCH_FULL_VGG=0 timeout 120 python3 -m pytest -q -p no:cacheprovider benchmarks/bench_inference.py --benchmark-only \
+  -k "cuda or default" --benchmark-columns=min,median,rounds --benchmark-json "$OUT/bench_inference.json" >>"$LOG" 2>&1
+step "whole-slide benchmark"
+NUCSEG_BENCH_WSI_SIDE=4096 NUCSEG_BENCH_WSI_TILE=1024 timeout 150 python3 -m pytest -q -s -p no:cacheprovider benchmarks/bench_wsi.py \
+  --benchmark-only -k "default and cuda" --benchmark-json "$OUT/bench_wsi.json" >>"$LOG" 2>&1
+step "training ${BUDGET_MIN} min per run"
+common=(--data .devdata/tnbc --device cuda --workers 3 --iterations 30000 --time-budget "$BUDGET_MIN" --no-tune --quiet)
+for f in 0 1 2; do
+  nucseg-train "${common[@]}" --out runs/gpu_cv --cv kfold --folds 3 --fold $f >"$OUT/train_fold$f.txt" 2>&1 &
+done
+nucseg-train "${common[@]}" --out runs/gpu_all >"$OUT/train_all.txt" 2>&1 &
+sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$LOG"; uptime >>"$LOG"
+wait
+step "pack"
+tar czf "$OUT/runs.tar.gz" runs/gpu_cv/fold_*/{default.safetensors,default.json,checkpoint.json,split.json} \
+  runs/gpu_all/{default.safetensors,default.json,checkpoint.json} >>"$LOG" 2>&1
+cat "$OUT"/train_*.txt >>"$LOG"; rm -f "$OUT"/train_*.txt
+step done
