@@ -37,6 +37,7 @@ THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
 TILE = int(os.environ.get("NUCSEG_BENCH_WSI_TILE", "512"))
 RUN_MODEL = os.environ.get("NUCSEG_BENCH_WSI_MODEL", "1") != "0"
 _RSS: dict[tuple[str, str, str], float] = {}
+_TILES: dict[tuple[str, str, str], int] = {}
 
 
 def _weights() -> Path:
@@ -96,12 +97,20 @@ def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, si
     assert result["nuclei"] > 0
     benchmark.extra_info.update({k: v for k, v in result.items() if k != "timings"})
     _RSS[(model, device, size)] = result["peak_rss_mb"]
+    _TILES[(model, device, size)] = int(result["tiles"].split("/")[0])
     print(f"\n{model} {device} {size}: " + json.dumps({k: v for k, v in result.items() if k != "timings"}))
     other = "1x" if size == "4x" else "4x"
     if (model, device, other) in _RSS:
         small, large = _RSS[(model, device, "1x")], _RSS[(model, device, "4x")]
         print(f"peak RSS 4x / 1x = {large / small:.3f}")
-        assert large <= 1.10 * small, f"peak RSS grows with the slide: {small:.0f} MB -> {large:.0f} MB"
+        # The runner keeps up to 2 tiles per post-processing thread in flight (pipeline.py):
+        # memory is bounded by that, so the comparison needs a 1x slide with more tiles.
+        in_flight = 2 * (os.cpu_count() or 1)
+        if _TILES[(model, device, "1x")] <= in_flight:
+            print(f"(RSS not compared: the 1x slide has {_TILES[(model, device, '1x')]} tissue tiles, not more than "
+                  f"the {in_flight} in flight; raise NUCSEG_BENCH_WSI_SIDE or lower NUCSEG_BENCH_WSI_TILE)")
+        else:
+            assert large <= 1.10 * small, f"peak RSS grows with the slide: {small:.0f} MB -> {large:.0f} MB"
 
 
 def _child(slide: str, out: str, model: str, device: str, threads: int) -> None:

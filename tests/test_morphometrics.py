@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from skimage.color import rgb_from_hed
 from skimage.draw import disk, ellipse
 
@@ -216,3 +218,30 @@ def test_runner_table_matches_whole_image_measurements(tmp_path) -> None:
     b = tables[352].sort_by([("y_px", "ascending"), ("x_px", "ascending")])
     for c in TABLE_COLUMNS:
         np.testing.assert_allclose(a.column(c).to_numpy(), b.column(c).to_numpy(), rtol=1e-5, atol=1e-6, err_msg=c)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    k=st.integers(1, 5),
+    density=st.floats(0.1, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_perimeter_and_convex_area_equal_regionprops(shape, k, density, seed) -> None:
+    """The compiled kernel against regionprops on arbitrary labels: touching objects,
+    holes, objects in several pieces, the image border."""
+    from skimage.measure import regionprops_table
+
+    from nucseg._core import perimeter_and_convex_area
+
+    rng = np.random.default_rng(seed)
+    lab = np.where(rng.random(shape) < density, rng.integers(1, k + 1, shape), 0)
+    ids, inv = np.unique(lab, return_inverse=True)
+    lab = inv.reshape(shape) if ids[0] == 0 else inv.reshape(shape) + 1
+    n = int(lab.max())
+    assume(n > 0)
+    per, cvx = perimeter_and_convex_area(lab.astype(np.int32), n)
+    ref = regionprops_table(lab, properties=("label", "perimeter", "area_convex"))
+    assert ref["label"].tolist() == list(range(1, n + 1))
+    np.testing.assert_allclose(per, ref["perimeter"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(cvx, ref["area_convex"])

@@ -8,3 +8,7 @@ def watershed_dynamics(
     connectivity: int,
     watershed_line: bool,
 ) -> npt.NDArray[np.int32]: ...
+
+def perimeter_and_convex_area(
+    labels: npt.NDArray[np.int32], n: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
