@@ -267,3 +267,37 @@ def test_cuda_segment_matches_cpu_on_real_tissue(tnbc_dir):
     # float16 moves a few pixels at threshold/saddle ties; the objects stay the same.
     assert abs(int(gpu.max()) - int(cpu.max())) <= max(2, cpu.max() // 50)
     assert object_scores(cpu, gpu).f1 > 0.97
+
+
+# ------------------------------------------------------------------ precision
+
+
+def test_bfloat16_predict_is_close_to_float32(tmp_path):
+    path = _tiny(tmp_path)[0]
+    rgb = _rgb(96, 120)
+    f32 = load_model(path, device="cpu", precision="float32").predict(rgb)
+    auto = load_model(path, device="cpu").predict(rgb)
+    bf16_model = load_model(path, device="cpu", precision="bfloat16")
+    bf16 = bf16_model.predict(rgb)
+    np.testing.assert_array_equal(auto, f32)  # auto is float32 on the CPU
+    assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - f32).max() < 0.05  # bfloat16 did run, and stays close
+    assert bf16_model.precision == "bfloat16"
+
+
+def test_bfloat16_segment_keeps_the_objects(tnbc_dir):
+    from nucseg.data import load_tnbc
+    from nucseg.metrics import object_scores
+
+    im = load_tnbc(tnbc_dir, ["04"])[0]
+    f32 = nucseg.segment(im.rgb, device="cpu")
+    bf16 = nucseg.segment(im.rgb, device="cpu", precision="bfloat16")
+    assert object_scores(f32, bf16).f1 > 0.97
+
+
+def test_bad_precision_is_refused(tmp_path):
+    path = _tiny(tmp_path)[0]
+    for bad in ("bf16", "half", None):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            load_model(path, device="cpu", precision=bad)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        nucseg.segment(_rgb(16, 16), path, device="cpu", precision="fp8")

@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "ModelConfig",
     "NucleusModel",
+    "PRECISIONS",
+    "check_precision",
     "combine_outputs",
     "load_model",
     "receptive_halo",
@@ -141,12 +143,19 @@ class NucleusModel:
     sha256 : str
         Checksum of the weights file.
     device : torch.device
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the network: ``"auto"`` is float16 autocast on CUDA and
+        float32 on the CPU; ``"bfloat16"`` autocasts on either (on CPUs with AMX
+        or AVX512-BF16 it is about 2.5x faster than float32; elsewhere slower).
     """
 
-    def __init__(self, config: ModelConfig, net: nn.Module, sha256: str, device: torch.device) -> None:
+    def __init__(
+        self, config: ModelConfig, net: nn.Module, sha256: str, device: torch.device, precision: str = "auto"
+    ) -> None:
         self.config = config
         self.device = device
         self.sha256 = sha256
+        self.precision = check_precision(precision)
         # Channels-last on every device: cuDNN and oneDNN both run these convolutions
         # fastest in NHWC (measured on the CPU: 2.5x for the default model at 1024 px).
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
@@ -184,8 +193,7 @@ class NucleusModel:
         mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1)
         out = np.empty((b, h, w), np.float32)
-        amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), self._autocast():
             for i in range(0, b, batch_size):
                 x = torch.tensor(batch[i : i + batch_size], device=self.device)  # copy: inputs may be read-only
                 x = x.permute(0, 3, 1, 2).float().div_(255.0)
@@ -196,6 +204,13 @@ class NucleusModel:
                 m = self._forward(x, tta)[:, :h, :w]
                 out[i : i + batch_size] = m.float().cpu().numpy()
         return out[0] if single else out
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "auto" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
         """Combined map of a normalised, stride-padded batch, averaged over the dihedral group when ``tta``."""
@@ -318,7 +333,20 @@ def save_model(net: nn.Module, config: ModelConfig, path: str | os.PathLike, **e
     return weights
 
 
-def load_model(path: str | os.PathLike | None = None, *, device: str | None = None) -> NucleusModel:
+#: Values of ``precision`` (:func:`load_model`, :func:`segment`, ``nucseg-wsi --precision``).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def load_model(
+    path: str | os.PathLike | None = None, *, device: str | None = None, precision: str = "auto"
+) -> NucleusModel:
     """Load a trained model (weights via safetensors only; no pickle).
 
     Parameters
@@ -328,6 +356,9 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | None = No
         loads the default model bundled with nucseg.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; CUDA when available if None.
+    precision : {"auto", "float32", "bfloat16"}
+        See :class:`NucleusModel`. ``"bfloat16"`` changes the map by about 0.02 at
+        most (object F1 >= 0.996 against float32 on TNBC tiles).
 
     Returns
     -------
@@ -345,6 +376,7 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | None = No
 
     from .models import build_model
 
+    check_precision(precision)
     weights, meta = _model_paths(DEFAULT_MODEL if path is None else path)
     for p in (weights, meta):
         if not p.is_file():
@@ -369,7 +401,7 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | None = No
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"weights {weights} do not fit architecture {config.arch!r}: {exc}") from None
-    return NucleusModel(config, net, digest, _resolve_device(device))
+    return NucleusModel(config, net, digest, _resolve_device(device), precision)
 
 
 def _probe_radius(net: nn.Module, size: int, gen: torch.Generator) -> int:
@@ -439,6 +471,7 @@ def segment(
     threshold: float | None = None,
     mpp: float | None = None,
     device: str | None = None,
+    precision: str = "auto",
     tile: int = 1024,
     return_map: bool = False,
     tta: bool = False,
@@ -463,8 +496,8 @@ def segment(
         Resolution of ``rgb`` in um/px. When it differs from ``model.config.mpp``
         by more than 1 %, the image is resampled to the model's resolution and
         the labels back (nearest neighbour) to ``rgb``'s shape.
-    device : str, optional
-        Used when ``model`` is loaded here.
+    device, precision : str, optional
+        Used when ``model`` is loaded here (:func:`load_model`).
     tile : int
         Tile core size in pixels (rounded up to the stride).
     return_map : bool
@@ -480,7 +513,7 @@ def segment(
     """
     rgb = _check_rgb(rgb, "rgb")
     if not isinstance(model, NucleusModel):
-        model = load_model(model, device=device)
+        model = load_model(model, device=device, precision=precision)
     if tile < 1:
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     cfg = model.config

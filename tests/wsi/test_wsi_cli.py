@@ -210,3 +210,27 @@ def test_default_model_is_tile_size_invariant(demo_image: np.ndarray, tmp_path: 
         assert same_partition(outs[0], outs[1]) or matched_fraction(outs[0], outs[1]) >= 0.99
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"bundled model weights not found at {WEIGHTS}")
+def test_precision_option_reaches_the_network(demo_image: np.ndarray, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = write_pyramid_tiff(tmp_path / "s.tif", demo_image[:512, :512], mpp=0.25, levels=1)
+        outs = {}
+        for precision in ("auto", "bfloat16"):
+            out = tmp_path / f"{precision}.zarr"
+            args = [str(path), str(out), "--device", "cpu", "--precision", precision, "--tissue", "none", "--quiet"]
+            assert main(args) == 0
+            root = zarr.open_group(str(out), mode="r")
+            assert root.attrs["nucseg"]["model"]["precision"] == precision
+            outs[precision] = root["labels/nuclei/0"][...]
+        # bfloat16 moves a few boundary pixels, not the nuclei.
+        assert matched_fraction(outs["bfloat16"], outs["auto"], iou=0.5) >= 0.97
+        with pytest.raises(SystemExit) as exc:  # argparse: usage line and exit status 2
+            main([str(path), str(tmp_path / "x.zarr"), "--precision", "fp8"])
+        assert exc.value.code == 2 and not (tmp_path / "x.zarr").exists()
+    finally:
+        torch.set_num_threads(threads)

@@ -256,6 +256,7 @@ def test_small_halo_is_enlarged_or_raises_a_clear_error(demo_slide: Path, demo_i
         ({"model": 3}, TypeError, "model"),
         ({"model": "missing_weights.safetensors"}, FileNotFoundError, "model weights not found"),
         ({"mpp": -1}, ValueError, "mpp"),
+        ({"precision": "bf16"}, ValueError, "precision must be one of"),
     ],
 )
 def test_argument_validation(demo_slide: Path, tmp_path: Path, kwargs: dict, exc: type, match: str) -> None:

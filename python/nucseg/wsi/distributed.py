@@ -156,13 +156,16 @@ class ModelPlugin(_PluginBase):
         pickled once per worker, not per task.
     device : str, optional
         ``"cpu"``, ``"cuda"`` or ``"auto"``/None (the worker's GPU when it has one).
+    precision : str
+        The network's arithmetic (:func:`nucseg.inference.load_model`).
     name : str
         Plugin name (unique per run).
     """
 
-    def __init__(self, model: Any, device: str | None, name: str) -> None:
+    def __init__(self, model: Any, device: str | None, name: str, precision: str = "auto") -> None:
         self.model = model
         self.device = device
+        self.precision = precision
         self.name = name
         self.loads = 0
         self.predictor: Any = None
@@ -184,7 +187,7 @@ class ModelPlugin(_PluginBase):
 
         from .predictors import resolve_model
 
-        self.predictor = resolve_model(self.model, device=self.device)
+        self.predictor = resolve_model(self.model, device=self.device, precision=self.precision)
         self.loads += 1
         if relax_malloc_trim():
             logger.info("raised this worker's malloc trim threshold (MALLOC_TRIM_THRESHOLD_ was %s)",
@@ -891,6 +894,7 @@ def run_distributed(
     max_halo: int | None = None,
     strict: bool = False,
     device: str | None = None,
+    precision: str = "auto",
     batch_size: int = 2,
     tissue: str | os.PathLike[str] = "auto",
     resume: bool = False,
@@ -923,7 +927,7 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, batch_size, tissue
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
     save_prob, save_image, connectivity
         As for :func:`nucseg.wsi.segment_slide`.
@@ -1002,6 +1006,10 @@ def run_distributed(
         for s, _ in pairs:
             if not s.is_file():
                 raise FileNotFoundError(f"slide not found: {s}")
+    if precision != "auto":  # fail here, not on every worker
+        from nucseg.inference import check_precision
+
+        check_precision(precision)
     qcs = _plan_qc(pairs, out, qc)
 
     client, cluster = connect(scheduler, workers, threads_per_worker)
@@ -1014,7 +1022,7 @@ def run_distributed(
                 f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
             ) from None
         _probe(client, sorted({Location.of(o).parent.url for _, o in pairs}), [str(s) for s, _ in pairs])
-        client.register_plugin(ModelPlugin(model, device, name), name=name)
+        client.register_plugin(ModelPlugin(model, device, name, precision), name=name)
         try:
             return _drive(client, pairs, qcs, options, name, errors=errors, progress=progress)
         finally:

@@ -111,7 +111,7 @@ class HematoxylinPredictor:
         return out
 
 
-def resolve_model(model: Any = None, *, device: str | None = None) -> Any:
+def resolve_model(model: Any = None, *, device: str | None = None, precision: str = "auto") -> Any:
     """Turn ``model`` into a predictor.
 
     Parameters
@@ -124,7 +124,14 @@ def resolve_model(model: Any = None, *, device: str | None = None) -> Any:
         Anything with ``predict`` and ``config`` is returned as it is.
     device : str, optional
         Device for the network (``"cpu"``, ``"cuda"``; None picks).
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of a network loaded here (:class:`nucseg.inference.NucleusModel`);
+        the hematoxylin predictor computes in float64 and ignores it.
     """
+    if precision != "auto":  # checked before anything loads (torch is imported only then)
+        from nucseg.inference import check_precision
+
+        check_precision(precision)
     if model is not None and hasattr(model, "predict") and hasattr(model, "config"):
         return model
     if isinstance(model, str) and model.lower() in ("hematoxylin", "classical"):
@@ -137,7 +144,11 @@ def resolve_model(model: Any = None, *, device: str | None = None) -> Any:
         raise FileNotFoundError(f"model weights not found: {model}")
     from nucseg.inference import load_model
 
-    return load_model(None if model is None else os.fspath(model), device=None if device in (None, "auto") else device)
+    return load_model(
+        None if model is None else os.fspath(model),
+        device=None if device in (None, "auto") else device,
+        precision=precision,
+    )
 
 
 def describe(pred: Any) -> dict[str, Any]:
@@ -147,6 +158,7 @@ def describe(pred: Any) -> dict[str, Any]:
         "name": str(getattr(cfg, "name", type(pred).__name__)),
         "arch": str(getattr(cfg, "arch", "")),
         "sha256": str(getattr(pred, "sha256", "")),
+        "precision": str(getattr(pred, "precision", "float64")),
         "mpp": float(cfg.mpp),
         "lam": float(cfg.lam),
         "threshold": float(cfg.threshold),
