@@ -166,18 +166,25 @@ void perimeter_and_convex_area(const L* labels, std::ptrdiff_t height, std::ptrd
     for (std::int64_t k = 1; k <= n; ++k) {
         const std::size_t b = start[static_cast<std::size_t>(k)], e = start[static_cast<std::size_t>(k) + 1];
         if (b == e) continue;
+        // Coordinates relative to the object's first row and leftmost column keep the cross
+        // products small whatever the image size.
+        const std::int64_t r0 = grouped[b].row;
+        std::int64_t c0 = grouped[b].first;
+        for (std::size_t j = b; j < e; ++j) c0 = std::min(c0, grouped[j].first);
         pts.clear();
         for (std::size_t j = b; j < e; ++j) {
             const auto& s = grouped[j];
+            const std::int64_t y = 2 * (s.row - r0);
             for (const std::int64_t c : {s.first, s.last}) {  // the row's extremes bound its pixels' hull
-                pts.push_back({2 * c, 2 * s.row - 1});
-                pts.push_back({2 * c, 2 * s.row + 1});
-                pts.push_back({2 * c - 1, 2 * s.row});
-                pts.push_back({2 * c + 1, 2 * s.row});
+                const std::int64_t x = 2 * (c - c0);
+                pts.push_back({x, y - 1});
+                pts.push_back({x, y + 1});
+                pts.push_back({x - 1, y});
+                pts.push_back({x + 1, y});
             }
         }
         const auto hull = detail::convex_hull(pts);
-        convex_area[k - 1] = detail::centres_in_hull(hull, grouped[b].row, grouped[e - 1].row);
+        convex_area[k - 1] = detail::centres_in_hull(hull, 0, grouped[e - 1].row - r0);
     }
 }
 
