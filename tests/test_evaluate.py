@@ -152,3 +152,19 @@ def test_tuning_can_choose_a_minimum_area():
     m[2:4, 2:4] = 1.0  # a 4-px speck that is not a nucleus
     lam, thr, area, score = tune_postprocess(None, [im], maps=[m], lams=(0.1,), thresholds=(0.5,), min_areas=(0, 30))
     assert area == 30 and score == pytest.approx(1.0)
+
+
+def test_cli_train_loader_workers_default(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from nucseg.cli.train import _workers
+
+    assert _workers(3, "cpu") == 3 and _workers(0, "cuda") == 0  # as asked
+    assert _workers(None, "cpu") == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert _workers(None, "cuda") == 8 and _workers(None, "cuda:1") == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert _workers(None, "cuda") == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _workers(None, None) == 1  # auto picks the GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _workers(None, None) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,9 +22,9 @@ examples:
   # the paper's protocol: leave one patient out, PangNet, only folds 0 and 1
   nucseg-train --data shared/data/tnbc --out runs/lopo_pangnet --preset pangnet --cv lopo --fold 0 --fold 1
 
-  # on a GPU: augmentation in 8 processes keeps it busy (batches are seeded per
-  # step, so the run is the same for any --workers)
-  nucseg-train --data shared/data/tnbc --out runs/default_gpu --device cuda --workers 8 --iterations 20000
+  # on a GPU: batches are augmented in CPU-count - 1 (at most 8) loader processes
+  # by default; they are seeded per step, so the run is the same for any --workers
+  nucseg-train --data shared/data/tnbc --out runs/default_gpu --device cuda --iterations 20000
 
   # FCN-8s initialised from a local torchvision VGG16 state dict
   nucseg-train --data shared/data/tnbc --out runs/fcn --preset fcn8s --encoder-weights vgg16.pth
@@ -61,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, action="append", default=None, help="run only this fold index (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="processes augmenting batches ahead (0 = none; use several on a GPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes augmenting batches ahead (default: 0 on the CPU; on a GPU, the CPU count - 1, at most 8); "
+        "the run does not depend on it",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-tune", action="store_true", help="skip the lam/threshold grid search")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,8 +118,9 @@ def _run(args: argparse.Namespace) -> int:
     patients = args.patients.split(",") if args.patients else None
     images = load_tnbc(args.data, patients)
     out = Path(args.out)
+    device = None if args.device == "auto" else args.device
     common = dict(resume=not args.no_resume, progress=not args.quiet, tune=not args.no_tune, threads=args.threads,
-                  device=None if args.device == "auto" else args.device, workers=args.workers)
+                  device=device, workers=_workers(args.workers, device))
     if args.cv == "none":
         res = train(cfg, images, out, name=args.preset, **common)
         if not args.quiet:
@@ -140,6 +148,16 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"fold {i}: held out {split['test_patients']} -> {res.model_path} ({res.seconds / 60:.1f} min)")
     return 0
+
+
+def _workers(workers: int | None, device: str | None) -> int:
+    """Loader processes: as asked, else none on the CPU and most cores on a GPU (augmentation is its bottleneck)."""
+    if workers is not None:
+        return workers
+    import torch
+
+    on_gpu = (device is None and torch.cuda.is_available()) or (device or "").startswith("cuda")
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if on_gpu else 0
 
 
 if __name__ == "__main__":
