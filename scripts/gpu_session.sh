@@ -4,6 +4,8 @@
 # once, augmentation in loader processes). Everything is logged to $OUT.
 #   needs: TNBC in .devdata/tnbc, wheels nucseg's dependencies lack there in .whl/
 #   BUDGET_MIN: training minutes per run (default 4.5)
+#   CV: kfold (3 folds + the all-patient model, 3 loader processes each; default) or
+#       lopo (the paper's 9 leave-one-patient-out folds, 1 loader process each)
 set -u
 export PYTHONUNBUFFERED=1 NUCSEG_DATA=$PWD/.devdata
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; LOG=$OUT/log.txt
@@ -25,15 +27,21 @@ step "whole-slide benchmark"
 NUCSEG_BENCH_WSI_SIDE=4096 NUCSEG_BENCH_WSI_TILE=1024 timeout 150 python3 -m pytest -q -s -p no:cacheprovider benchmarks/bench_wsi.py \
   --benchmark-only -k "default and cuda" --benchmark-json "$OUT/bench_wsi.json" >>"$LOG" 2>&1
 step "training ${BUDGET_MIN} min per run"
-common=(--data .devdata/tnbc --device cuda --workers 3 --iterations 30000 --time-budget "$BUDGET_MIN" --no-tune --quiet)
-for f in 0 1 2; do
-  nucseg-train "${common[@]}" --out runs/gpu_cv --cv kfold --folds 3 --fold $f >"$OUT/train_fold$f.txt" 2>&1 &
-done
-nucseg-train "${common[@]}" --out runs/gpu_all >"$OUT/train_all.txt" 2>&1 &
+common=(--data .devdata/tnbc --device cuda --iterations 30000 --time-budget "$BUDGET_MIN" --no-tune --quiet)
+if [ "${CV:-kfold}" = lopo ]; then
+  for f in 0 1 2 3 4 5 6 7 8; do
+    nucseg-train "${common[@]}" --workers 1 --out runs/gpu_cv --cv lopo --fold $f >"$OUT/train_fold$f.txt" 2>&1 &
+  done
+else
+  for f in 0 1 2; do
+    nucseg-train "${common[@]}" --workers 3 --out runs/gpu_cv --cv kfold --folds 3 --fold $f >"$OUT/train_fold$f.txt" 2>&1 &
+  done
+  nucseg-train "${common[@]}" --workers 3 --out runs/gpu_all >"$OUT/train_all.txt" 2>&1 &
+fi
 sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$LOG"; uptime >>"$LOG"
 wait
 step "pack"
 tar czf "$OUT/runs.tar.gz" runs/gpu_cv/fold_*/{default.safetensors,default.json,checkpoint.json,split.json} \
-  runs/gpu_all/{default.safetensors,default.json,checkpoint.json} >>"$LOG" 2>&1
+  $(ls runs/gpu_all/{default.safetensors,default.json,checkpoint.json} 2>/dev/null) >>"$LOG" 2>&1
 cat "$OUT"/train_*.txt >>"$LOG"; rm -f "$OUT"/train_*.txt
 step done
