@@ -4,6 +4,8 @@
 # once, augmentation in loader processes). Everything is logged to $OUT.
 #   needs: TNBC in .devdata/tnbc, wheels nucseg's dependencies lack there in .whl/
 #   BUDGET_MIN: training minutes per run (default 4.5)
+#   AUGMENT_ON: cpu (the default recipe: scipy augmentation in loader processes) or device
+#       (torch augmentation of whole batches on the GPU, no CPU bottleneck)
 #   CV: kfold (3 folds + the all-patient model, 3 loader processes each; default) or
 #       lopo (the paper's 9 leave-one-patient-out folds, 1 loader process each)
 set -u
@@ -27,7 +29,8 @@ step "whole-slide benchmark"
 NUCSEG_BENCH_WSI_SIDE=4096 NUCSEG_BENCH_WSI_TILE=1024 timeout 150 python3 -m pytest -q -s -p no:cacheprovider benchmarks/bench_wsi.py \
   --benchmark-only -k "default and cuda" --benchmark-json "$OUT/bench_wsi.json" >>"$LOG" 2>&1
 step "training ${BUDGET_MIN} min per run"
-common=(--data .devdata/tnbc --device cuda --iterations 30000 --time-budget "$BUDGET_MIN" --no-tune --quiet)
+common=(--data .devdata/tnbc --device cuda --iterations 100000 --time-budget "$BUDGET_MIN" --no-tune --quiet
+        --augment-on "${AUGMENT_ON:-cpu}")
 if [ "${CV:-kfold}" = lopo ]; then
   for f in 0 1 2 3 4 5 6 7 8; do
     nucseg-train "${common[@]}" --workers 1 --out runs/gpu_cv --cv lopo --fold $f >"$OUT/train_fold$f.txt" 2>&1 &

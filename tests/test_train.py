@@ -183,3 +183,35 @@ def test_training_on_cuda_matches_cpu_and_overfits(tmp_path):
     assert doc["training"]["device"].startswith("cuda")
     model = load_model(res.model_path, device="cpu")  # a GPU-trained model loads on the CPU
     assert pixel_scores(model.predict(im.rgb) > 0.25, im.mask).f1 > 0.9
+
+
+def test_device_augmentation_trains_and_resumes_exactly(tmp_path):
+    im = _synthetic_image()
+    aug = dict(TINY, augment=AugmentConfig(elastic_alpha=2.0, elastic_sigma=8.0, stain=0.05, blur_p=0.2),
+               augment_on="device")
+    res = train(TrainConfig(iterations=60, checkpoint_every=1000, **aug), [im], tmp_path / "fit", tune=False)
+    model = load_model(res.model_path, device="cpu")
+    assert pixel_scores(model.predict(im.rgb) > 0.25, im.mask).f1 > 0.9
+    doc = json.loads(res.model_path.with_suffix(".json").read_text())
+    assert doc["training"]["recipe"]["augment_on"] == "device"
+    cfg = TrainConfig(iterations=6, checkpoint_every=2, **{**aug, "crop": 32})
+    full = train(cfg, [im], tmp_path / "a", tune=False)
+    train(cfg, [im], tmp_path / "b", tune=False, stop_after=3)
+    done = train(cfg, [im], tmp_path / "b", tune=False)
+    a = load_model(full.model_path, device="cpu").net.state_dict()
+    b = load_model(done.model_path, device="cpu").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="augment_on must be"):
+        train(TrainConfig(iterations=1, **{**aug, "augment_on": "gpu"}), [im], tmp_path / "c", tune=False)
+
+
+def test_checkpoint_of_a_recipe_without_a_newer_field_resumes(tmp_path):
+    # A checkpoint written before TrainConfig had augment_on resumes under the default.
+    im = _synthetic_image(64)
+    cfg = TrainConfig(iterations=4, checkpoint_every=2, **{**TINY, "crop": 32})
+    train(cfg, [im], tmp_path, tune=False, stop_after=2)
+    meta = tmp_path / "checkpoint.json"
+    doc = json.loads(meta.read_text())
+    del doc["config"]["augment_on"]
+    meta.write_text(json.dumps(doc))
+    assert train(cfg, [im], tmp_path, tune=False).iterations == 4

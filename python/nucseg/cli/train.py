@@ -26,6 +26,9 @@ examples:
   # by default; they are seeded per step, so the run is the same for any --workers
   nucseg-train --data shared/data/tnbc --out runs/default_gpu --device cuda --iterations 20000
 
+  # on a GPU, augmenting whole batches there instead (no CPU bottleneck)
+  nucseg-train --data shared/data/tnbc --out runs/default_gpu2 --device cuda --augment-on device --iterations 50000
+
   # FCN-8s initialised from a local torchvision VGG16 state dict
   nucseg-train --data shared/data/tnbc --out runs/fcn --preset fcn8s --encoder-weights vgg16.pth
 
@@ -55,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--augment-on",
+        choices=["cpu", "device"],
+        default=None,
+        help="where crops are augmented: cpu (scipy, per crop; the presets) or device (torch, per batch, on the "
+        "training device: use it on a GPU)",
+    )
     p.add_argument("--encoder-weights", default=None, metavar="PATH", help="local torchvision VGG16 state dict (fcn8s, deconvnet)")
     p.add_argument("--patients", default=None, help="comma-separated patient ids to use (default: all)")
     p.add_argument("--cv", choices=["none", "lopo", "kfold"], default="none", help="validation splits (default: %(default)s)")
@@ -106,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
             "optimizer": args.optimizer,
             "lr": args.lr,
             "encoder_weights": args.encoder_weights,
+            "augment_on": args.augment_on,
         }.items()
         if v is not None
     }
