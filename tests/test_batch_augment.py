@@ -85,7 +85,7 @@ def test_draws_are_seeded_and_in_range():
         h, w = shapes[d.image]
         assert 0.8 <= d.scale <= 1.25 and 0 <= d.theta < 2 * np.pi
         assert -0.5 <= d.cy <= h - 0.5 and -0.5 <= d.cx <= w - 0.5
-        assert d.field.shape == (2, 21, 21) and 0 <= d.blur <= aug.blur_sigma
+        assert d.field.shape == (2, 64, 64) and 0 <= d.blur <= aug.blur_sigma
     none = draw_crop(rng, shapes, 64, AugmentConfig.none())
     assert none.theta == 0 and none.scale == 1 and not none.flip and none.field.size == 0 and none.blur == 0
 
@@ -128,3 +128,30 @@ def test_cuda_render_matches_cpu():
     gpu = render_batch(draws, [stack_sources(rgb, [mask, dist], "cuda")], 48, AugmentConfig(), nearest=[True, False])
     np.testing.assert_allclose(gpu[0].cpu().numpy(), cpu[0].numpy(), atol=1e-3)
     assert (gpu[1][:, 0].cpu() == cpu[1][:, 0]).float().mean() > 0.99
+
+
+def test_elastic_field_has_the_scipy_paths_amplitude_and_smoothness():
+    from nucseg import batch_augment
+    from nucseg.data import _sampling_grid
+
+    aug = AugmentConfig(flip=False, rotate=False, scale=(1, 1))
+    size, lag = 128, 12
+    c = np.arange(size) - (size - 1) / 2
+
+    def autocorr(f):
+        f = f - f.mean()
+        return float((f[:, lag:] * f[:, :-lag]).mean() / f.var())
+
+    ref, got = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        grid = _sampling_grid(rng, (512, 512), size, aug)  # identity + field + centre
+        fx = grid[1] - c[None, :] - (grid[1] - c[None, :]).mean()
+        ref.append((fx.std(), autocorr(fx)))
+        d = draw_crop(rng, [(512, 512)], size, aug)
+        g = batch_augment._grid(d, size, 512, 512, aug, torch.device("cpu"))
+        tx = (g[..., 0].numpy() + 1) * 511 / 2 - c[None, :] - d.cx
+        got.append((tx.std(), autocorr(tx)))
+    ref, got = np.mean(ref, axis=0), np.mean(got, axis=0)
+    assert got[0] == pytest.approx(aug.elastic_alpha, rel=0.05) and ref[0] == pytest.approx(aug.elastic_alpha, rel=0.05)
+    assert got[1] == pytest.approx(ref[1], abs=0.1)  # same smoothness: correlation at 12 px
