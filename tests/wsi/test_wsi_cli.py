@@ -188,49 +188,42 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(demo_slide: Path, tmp_pa
     assert pq.read_table(ref / "nucseg" / "nuclei.parquet").equals(pq.read_table(killed / "nucseg" / "nuclei.parquet"))
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"bundled model weights not found at {WEIGHTS}")
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"bundled model weights not found at {WEIGHTS}")
+
+
+@needs_weights
+@pytest.mark.usefixtures("torch_one_thread")
 def test_default_model_is_tile_size_invariant(demo_image: np.ndarray, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from nucseg.inference import load_model
+    from nucseg.inference import load_model
 
-        model = load_model(device="cpu")
-        rgb = demo_image[:768, :768]
-        path = write_pyramid_tiff(tmp_path / "s.tif", rgb, mpp=0.25, levels=1)
-        whole = nucseg.segment(rgb, model)
-        outs = []
-        for tile in (256, 512):
-            s = segment_slide(path, tmp_path / f"{tile}.zarr", model=model, tile=tile, tissue="none")
-            assert s.nuclei > 0
-            outs.append(zarr.open_array(str(tmp_path / f"{tile}.zarr" / "labels/nuclei/0"), mode="r")[...])
-        assert matched_fraction(outs[0], whole) >= 0.99 and matched_fraction(whole, outs[0]) >= 0.99
-        assert matched_fraction(outs[1], whole) >= 0.99 and matched_fraction(whole, outs[1]) >= 0.99
-        assert same_partition(outs[0], outs[1]) or matched_fraction(outs[0], outs[1]) >= 0.99
-    finally:
-        torch.set_num_threads(threads)
+    model = load_model(device="cpu")
+    rgb = demo_image[:768, :768]
+    path = write_pyramid_tiff(tmp_path / "s.tif", rgb, mpp=0.25, levels=1)
+    whole = nucseg.segment(rgb, model)
+    outs = []
+    for tile in (256, 512):
+        s = segment_slide(path, tmp_path / f"{tile}.zarr", model=model, tile=tile, tissue="none")
+        assert s.nuclei > 0
+        outs.append(zarr.open_array(str(tmp_path / f"{tile}.zarr" / "labels/nuclei/0"), mode="r")[...])
+    assert matched_fraction(outs[0], whole) >= 0.99 and matched_fraction(whole, outs[0]) >= 0.99
+    assert matched_fraction(outs[1], whole) >= 0.99 and matched_fraction(whole, outs[1]) >= 0.99
+    assert same_partition(outs[0], outs[1]) or matched_fraction(outs[0], outs[1]) >= 0.99
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"bundled model weights not found at {WEIGHTS}")
+@needs_weights
+@pytest.mark.usefixtures("torch_one_thread")
 def test_precision_option_reaches_the_network(demo_image: np.ndarray, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = write_pyramid_tiff(tmp_path / "s.tif", demo_image[:512, :512], mpp=0.25, levels=1)
-        outs = {}
-        for precision in ("auto", "bfloat16"):
-            out = tmp_path / f"{precision}.zarr"
-            args = [str(path), str(out), "--device", "cpu", "--precision", precision, "--tissue", "none", "--quiet"]
-            assert main(args) == 0
-            root = zarr.open_group(str(out), mode="r")
-            assert root.attrs["nucseg"]["model"]["precision"] == precision
-            outs[precision] = root["labels/nuclei/0"][...]
-        # bfloat16 moves a few boundary pixels, not the nuclei.
-        assert matched_fraction(outs["bfloat16"], outs["auto"], iou=0.5) >= 0.97
-        with pytest.raises(SystemExit) as exc:  # argparse: usage line and exit status 2
-            main([str(path), str(tmp_path / "x.zarr"), "--precision", "fp8"])
-        assert exc.value.code == 2 and not (tmp_path / "x.zarr").exists()
-    finally:
-        torch.set_num_threads(threads)
+    path = write_pyramid_tiff(tmp_path / "s.tif", demo_image[:512, :512], mpp=0.25, levels=1)
+    outs = {}
+    for precision in ("auto", "bfloat16"):
+        out = tmp_path / f"{precision}.zarr"
+        args = [str(path), str(out), "--device", "cpu", "--precision", precision, "--tissue", "none", "--quiet"]
+        assert main(args) == 0
+        root = zarr.open_group(str(out), mode="r")
+        assert root.attrs["nucseg"]["model"]["precision"] == precision
+        outs[precision] = root["labels/nuclei/0"][...]
+    # bfloat16 moves a few boundary pixels, not the nuclei.
+    assert matched_fraction(outs["bfloat16"], outs["auto"], iou=0.5) >= 0.97
+    with pytest.raises(SystemExit) as exc:  # argparse: usage line and exit status 2
+        main([str(path), str(tmp_path / "x.zarr"), "--precision", "fp8"])
+    assert exc.value.code == 2 and not (tmp_path / "x.zarr").exists()
