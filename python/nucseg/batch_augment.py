@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import AugmentConfig
+from .data import AugmentConfig, draw_centre, draw_pose
 
 __all__ = ["CropDraw", "draw_crop", "render_batch", "stack_sources"]
 
@@ -79,15 +79,8 @@ def draw_crop(rng: np.random.Generator, shapes: Sequence[tuple[int, int]], size:
     aug : AugmentConfig
     """
     image = int(rng.integers(len(shapes)))
-    h, w = shapes[image]
-    lo, hi = aug.scale
-    scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else float(lo)
-    theta = float(rng.uniform(0, 2 * np.pi)) if aug.rotate else 0.0
-    flip = bool(aug.flip and rng.random() < 0.5)
-    # As augment_sample: a centre such that the un-rotated crop mostly lies inside the image.
-    half = min(size / (2 * scale), h / 2, w / 2)
-    cy = float(rng.uniform(half - 0.5, h - half - 0.5)) if h > 2 * half else (h - 1) / 2
-    cx = float(rng.uniform(half - 0.5, w - half - 0.5)) if w > 2 * half else (w - 1) / 2
+    scale, theta, flip = draw_pose(rng, aug)
+    cy, cx = draw_centre(rng, shapes[image], size, scale)
     if aug.elastic_alpha > 0:
         field = rng.standard_normal((2, _coarse(size), _coarse(size))).astype(np.float32)
     else:
@@ -184,15 +177,17 @@ def render_batch(
         Per target: nearest-neighbour resampling (masks) instead of bilinear.
     """
     device = sources[0].device
+    near_ch = [3 + i for i, nn in enumerate(nearest) if nn]  # resampled twice: bilinear, then nearest
     crops = []
     for d in draws:
         src = sources[d.image]
         _, h, w = src.shape
         grid = _grid(d, size, h, w, aug, device)[None]
-        lin = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True)[0]
-        near = F.grid_sample(src[None], grid, mode="nearest", padding_mode="reflection", align_corners=True)[0]
-        pick = torch.tensor([False, False, False, *nearest], device=device)[:, None, None]
-        crops.append(torch.where(pick, near, lin))
+        crop = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True)[0]
+        if near_ch:
+            crop[near_ch] = F.grid_sample(src[None, near_ch], grid, mode="nearest", padding_mode="reflection",
+                                          align_corners=True)[0]
+        crops.append(crop)
     batch = torch.stack(crops)
     img, targets = batch[:, :3], batch[:, 3:]
     if aug.stain > 0:

@@ -25,6 +25,8 @@ __all__ = [
     "AugmentConfig",
     "TNBCImage",
     "augment_sample",
+    "draw_centre",
+    "draw_pose",
     "grouped_kfold",
     "instance_distance",
     "leave_one_patient_out",
@@ -399,17 +401,33 @@ class AugmentConfig:
         return cls(False, False, (1.0, 1.0), 0.0, 12.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
+def draw_pose(rng: np.random.Generator, aug: AugmentConfig) -> tuple[float, float, bool]:
+    """Random zoom ``s`` (> 1 zooms in), rotation ``theta`` (radians) and mirror of one crop."""
+    lo, hi = aug.scale
+    s = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else float(lo)
+    theta = float(rng.uniform(0, 2 * np.pi)) if aug.rotate else 0.0
+    return s, theta, bool(aug.flip and rng.random() < 0.5)
+
+
+def draw_centre(rng: np.random.Generator, shape: tuple[int, int], size: int, s: float) -> tuple[float, float]:
+    """Random crop centre such that the un-rotated crop (side ``size / s`` in the source)
+    mostly lies inside an image of ``shape``; pixel-index coordinates (pixel i covers
+    [i - 0.5, i + 0.5])."""
+    h, w = shape
+    half = min(size / (2 * s), h / 2, w / 2)
+    cy = rng.uniform(half - 0.5, h - half - 0.5) if h > 2 * half else (h - 1) / 2
+    cx = rng.uniform(half - 0.5, w - half - 0.5) if w > 2 * half else (w - 1) / 2
+    return float(cy), float(cx)
+
+
 def _sampling_grid(
     rng: np.random.Generator, shape: tuple[int, int], size: int, aug: AugmentConfig
 ) -> np.ndarray:
     """Source coordinates (2, size, size) for one random crop."""
-    h, w = shape
     c = (np.arange(size, dtype=np.float32) - (size - 1) / 2)
     yy, xx = np.meshgrid(c, c, indexing="ij")
-    lo, hi = aug.scale
-    s = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else float(lo)
-    theta = float(rng.uniform(0, 2 * np.pi)) if aug.rotate else 0.0
-    if aug.flip and rng.random() < 0.5:
+    s, theta, flip = draw_pose(rng, aug)
+    if flip:
         xx = -xx
     ct, st = math.cos(theta), math.sin(theta)
     # Output pixel spacing 1/s in the source: s > 1 zooms in.
@@ -421,11 +439,7 @@ def _sampling_grid(
             field = ndi.gaussian_filter(noise, aug.elastic_sigma, mode="reflect")
             field *= aug.elastic_alpha / (field.std() + 1e-8)
             arr += field
-    # Random centre such that the un-rotated crop mostly lies inside the image.
-    half = min(size / (2 * s), h / 2, w / 2)
-    # Centres in pixel-index coordinates (pixel i covers [i - 0.5, i + 0.5]).
-    cy = rng.uniform(half - 0.5, h - half - 0.5) if h > 2 * half else (h - 1) / 2
-    cx = rng.uniform(half - 0.5, w - half - 0.5) if w > 2 * half else (w - 1) / 2
+    cy, cx = draw_centre(rng, shape, size, s)
     return np.stack([ys + cy, xs + cx]).astype(np.float32)
 
 

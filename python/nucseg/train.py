@@ -509,7 +509,7 @@ def train(
         arch_kwargs=dict(cfg.arch_kwargs),
     )
     extra = {"recipe": cfg.to_dict(), "steps": step, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(),
-             "device": _device_name(dev), "loader_workers": workers, "parameters": count_parameters(net), "loss_log": losses}
+             "device": _device_name(dev), "loader_workers": workers if cfg.augment_on == "cpu" else 0, "parameters": count_parameters(net), "loss_log": losses}
     path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     if tune:
         from .evaluate import DEFAULT_MIN_AREAS, tune_postprocess
