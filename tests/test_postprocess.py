@@ -129,6 +129,28 @@ def test_realistic_map_identical_to_reference():
             )
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("levels", [3, 40, None])
+def test_large_components_with_ties_identical_to_reference(dtype, levels):
+    """Components far above the queue's insertion-sort size (radix-sorted), with plateaus
+    from a few levels up to none, and float keys spanning many binades (all radix
+    digits): the pop order on ties must still be the push order."""
+    rng = np.random.default_rng(levels or 0)
+    smooth = ndi.gaussian_filter(rng.random((48, 56)), 2.0)
+    smooth = (smooth - smooth.min()) / np.ptp(smooth)
+    if levels is not None:
+        smooth = np.round(smooth * levels) / levels
+    if np.dtype(dtype).kind == "u":
+        prob, lam, t = np.round(smooth * 65535).astype(dtype), 600.0, 0.0
+    else:
+        # Powers of two stretch the values over ~40 binades, so the keys use every digit.
+        prob, lam, t = (np.exp2(smooth * 40.0 - 30.0)).astype(dtype), 1e-3, 0.0
+    for conn in (1, 2):
+        expected = reference_watershed(prob, lam, t, conn, True)
+        assert expected.max() > 1  # several objects: ties and meetings are exercised
+        np.testing.assert_array_equal(_ws(prob, lam, threshold=t, connectivity=conn), expected)
+
+
 # ---------------------------------------------------------------- hand-built cases
 
 
