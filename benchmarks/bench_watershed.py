@@ -159,12 +159,23 @@ print(json.dumps({"extra_bytes_per_pixel": (after - before) / prob.size, "object
 """
 
 
+def _one_component(dtype: str) -> np.ndarray:
+    """The worst case for memory: a smooth 4096^2 map entirely above the threshold, so
+    the whole image is one foreground component (tens of thousands of maxima)."""
+    rng = np.random.default_rng(0)
+    f = ndi.gaussian_filter(rng.random((4096, 4096), dtype=np.float32), 3)
+    f = 0.55 + 0.45 * (f - f.min()) / np.ptp(f)
+    return f.astype(np.float32) if dtype == "float32" else np.round(f * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["realistic", "one component"])
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_peak_memory(benchmark, dtype, tmp_path):
+def test_peak_memory(benchmark, dtype, kind, tmp_path):
     """Peak RSS beyond input and output, per pixel, at 4096x4096, in a fresh process that
-    holds only the map (loaded from disk) before the call."""
+    holds only the map (loaded from disk) before the call. The realistic map must stay
+    within 8 bytes per pixel; the one-component worst case is recorded."""
     path = tmp_path / "map.npy"
-    np.save(path, maps(4096)[dtype])
+    np.save(path, maps(4096)[dtype] if kind == "realistic" else _one_component(dtype))
     benchmark.group = f"memory {dtype}"
 
     def probe(*control):
@@ -175,8 +186,9 @@ def test_peak_memory(benchmark, dtype, tmp_path):
 
     result = benchmark.pedantic(probe, rounds=1, iterations=1)
     control = probe("control")
-    benchmark.extra_info.update({"method": "peak RSS", "dtype": dtype, **result,
+    benchmark.extra_info.update({"method": f"peak RSS, {kind}", "dtype": dtype, **result,
                                  "control_4_bytes_per_pixel": round(control["extra_bytes_per_pixel"], 2)})
-    assert 3.5 <= control["extra_bytes_per_pixel"] <= 4.5  # the probe sees a known allocation
+    assert 3.5 <= control["extra_bytes_per_pixel"] - result["extra_bytes_per_pixel"] <= 4.5  # the probe sees a known allocation
     assert result["objects"] > 1000
-    assert result["extra_bytes_per_pixel"] <= 8.0
+    if kind == "realistic":
+        assert result["extra_bytes_per_pixel"] <= 8.0

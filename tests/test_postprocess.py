@@ -130,21 +130,26 @@ def test_realistic_map_identical_to_reference():
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
-@pytest.mark.parametrize("levels", [3, 40, None])
+@pytest.mark.parametrize("levels", [3, 40, 300, None])
 def test_large_components_with_ties_identical_to_reference(dtype, levels):
-    """Components far above the queue's insertion-sort size (radix-sorted), with plateaus
-    from a few levels up to none, and float keys spanning many binades (all radix
-    digits): the pop order on ties must still be the push order."""
+    """One component far above the queue's insertion-sort size (radix-sorted), with
+    plateaus from a few levels up to none, and float keys spanning many binades (all
+    radix digits): the pop order on ties must still be the push order. 3 and 40 levels
+    give few tied keys (found by binary search), 300 many (push stamps)."""
     rng = np.random.default_rng(levels or 0)
     smooth = ndi.gaussian_filter(rng.random((48, 56)), 2.0)
     smooth = (smooth - smooth.min()) / np.ptp(smooth)
     if levels is not None:
         smooth = np.round(smooth * levels) / levels
     if np.dtype(dtype).kind == "u":
-        prob, lam, t = np.round(smooth * 65535).astype(dtype), 600.0, 0.0
+        prob, lam, t = np.round(1000 + smooth * 64000).astype(dtype), 600.0, 0.0
     else:
         # Powers of two stretch the values over ~40 binades, so the keys use every digit.
         prob, lam, t = (np.exp2(smooth * 40.0 - 30.0)).astype(dtype), 1e-3, 0.0
+    tied_keys = int((np.unique(prob, return_counts=True)[1] > 1).sum())
+    assert prob.min() > t  # one component
+    if levels is not None:
+        assert (tied_keys > 64) == (levels == 300)  # the queue mode meant
     for conn in (1, 2):
         expected = reference_watershed(prob, lam, t, conn, True)
         assert expected.max() > 1  # several objects: ties and meetings are exercised

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -85,18 +86,25 @@ struct KeyOf {
 // ties: every pixel is pushed exactly once, before anything below its value is popped
 // (the sweep is monotone), so pixels leave in ascending key order and only pixels of
 // equal key need their push order (FIFO). reset() radix-sorts the component by key;
-// pop() walks the sorted pixels. Each key shared by several pixels gets a FIFO segment
-// sized by its count, and only pushes of such keys are recorded (a binary search among
-// the component's tied keys, none at all for most float components). Extra memory:
-// about 20 bytes per pixel of the largest component. Measured on a 2048^2 float32 map
-// (whole call, single thread): 52 ms; the bucket-plus-heap queue it replaced took 65 ms
-// (float64: 73 vs 80 ms, uint16: equal). uint8 maps keep BucketQueue (every key is
-// tied there, so the FIFO segments are the whole queue).
+// pop() walks the sorted pixels and replays each run of equal keys in push order,
+// recorded in one of two ways:
+//   - few tied keys (most float components have none): each tied key owns a FIFO
+//     segment and a push finds it by binary search among the tied keys;
+//   - many (large or quantised components): every push stamps its pixel with a counter
+//     (one uint32 per image pixel, allocated on first need); when popping reaches a run,
+//     the members already pushed are ordered by stamp and later ones join a FIFO.
+// Extra memory: about 20 bytes per pixel of the largest component, plus 4 bytes per
+// image pixel once a component has many ties. Measured on a 2048^2 float32 map (whole
+// call, single thread): 52 ms; the bucket-plus-heap queue it replaced took 65 ms
+// (float64: 70-73 vs 80 ms, uint16: equal); the map as one smooth component: both 0.9 s.
+// uint8 maps keep BucketQueue (every key is tied there: the FIFOs are the whole queue).
 template <class T>
 class SortedQueue {
     using Key = typename KeyOf<T>::Key;
 
 public:
+    explicit SortedQueue(std::size_t pixels) : pixels_(pixels) {}
+
     void reset(const T* values, const std::vector<std::uint32_t>& component) {
         const std::size_t size = component.size();
         if (keys_.size() < size)
@@ -110,7 +118,7 @@ public:
             hi = std::max(hi, k);
         }
         sort(size, lo, hi);
-        // FIFO segments of the tied keys, in key order.
+        // The tied keys, in key order, each with a FIFO segment sized by its count.
         tied_.clear();
         head_.clear();
         tail_.clear();
@@ -126,27 +134,43 @@ public:
             }
             i = end;
         }
+        stamping_ = tied_.size() > kMaxSearched;
+        if (stamping_) {
+            if (!stamps_) stamps_.reset(new std::uint32_t[pixels_]);  // only this component's entries are read
+            for (std::size_t i = 0; i < size; ++i) stamps_[component[i]] = 0;
+            clock_ = 0;
+        }
         size_ = size;
         next_ = 0;
         run_ = kNoRun;
         runs_seen_ = 0;
+        fifo_head_ = fifo_tail_ = 0;
     }
 
     void push(T value, std::uint32_t index) {
         if (tied_.empty()) return;  // the sorted order is the pop order
         const Key key = KeyOf<T>::of(value);
-        const auto it = std::lower_bound(tied_.begin(), tied_.end(), key);
-        if (it != tied_.end() && *it == key) {
-            const auto t = static_cast<std::size_t>(it - tied_.begin());
-            items_[tail_[t]++] = index;
+        if (stamping_) {
+            if (run_ != kNoRun && key == run_key_) items_[fifo_tail_++] = index;
+            else stamps_[index] = ++clock_;
+            return;
         }
+        const auto it = std::lower_bound(tied_.begin(), tied_.end(), key);
+        if (it != tied_.end() && *it == key) items_[tail_[static_cast<std::size_t>(it - tied_.begin())]++] = index;
     }
 
-    bool empty() const { return next_ == size_ && (run_ == kNoRun || head_[run_] == tail_[run_]); }
+    bool empty() const {
+        if (next_ != size_) return false;
+        if (run_ == kNoRun) return true;
+        return stamping_ ? fifo_head_ == fifo_tail_ : head_[run_] == tail_[run_];
+    }
 
     // Call only after empty() returned false.
     std::uint32_t pop() {
-        if (run_ != kNoRun && head_[run_] < tail_[run_]) return items_[head_[run_]++];
+        if (run_ != kNoRun) {
+            if (stamping_ && fifo_head_ < fifo_tail_) return items_[fifo_head_++];
+            if (!stamping_ && head_[run_] < tail_[run_]) return items_[head_[run_]++];
+        }
         const Key k = keys_[next_];
         if (next_ + 1 == size_ || keys_[next_ + 1] != k) {
             run_ = kNoRun;
@@ -154,8 +178,16 @@ public:
         }
         // A tied key: its members leave in push order; the first was pushed already.
         run_ = runs_seen_++;
+        run_key_ = k;
+        const std::size_t first = next_;
         while (next_ < size_ && keys_[next_] == k) ++next_;
-        return items_[head_[run_]++];
+        if (!stamping_) return items_[head_[run_]++];
+        fifo_head_ = fifo_tail_ = 0;
+        for (std::size_t i = first; i < next_; ++i)
+            if (stamps_[index_[i]] != 0) items_[fifo_tail_++] = index_[i];
+        std::sort(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(fifo_tail_),
+                  [&](std::uint32_t a, std::uint32_t b) { return stamps_[a] < stamps_[b]; });
+        return items_[fifo_head_++];
     }
 
 private:
@@ -191,10 +223,16 @@ private:
     }
 
     static constexpr std::size_t kNoRun = static_cast<std::size_t>(-1);
+    static constexpr std::size_t kMaxSearched = 64;  // tied keys found by binary search
 
+    std::size_t pixels_;
     std::vector<Key> keys_, tmp_keys_, tied_;
     std::vector<std::uint32_t> index_, tmp_index_, items_, head_, tail_;
-    std::size_t size_ = 0, next_ = 0, run_ = kNoRun, runs_seen_ = 0;
+    std::unique_ptr<std::uint32_t[]> stamps_;
+    std::size_t size_ = 0, next_ = 0, run_ = kNoRun, runs_seen_ = 0, fifo_head_ = 0, fifo_tail_ = 0;
+    std::uint32_t clock_ = 0;
+    Key run_key_ = 0;
+    bool stamping_ = false;
 };
 
 }  // namespace nucseg

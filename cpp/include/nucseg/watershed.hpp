@@ -387,7 +387,7 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
         BucketQueue queue;
         detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     } else {
-        SortedQueue<T> queue;
+        SortedQueue<T> queue(static_cast<std::size_t>(height * width));
         detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
     }
 }
