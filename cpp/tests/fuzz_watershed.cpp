@@ -1,5 +1,5 @@
 // Sanitizer fuzz driver for the header-only core (no Python): random maps of every
-// dtype, shapes from 1x1 to thin strips, few grey levels (plateaus), lam from 0 to +inf.
+// dtype, shapes from 1x1 to thin strips, few to thousands of grey levels, lam from 0 to +inf.
 // Built and run under AddressSanitizer + UndefinedBehaviorSanitizer by .ci/sanitize;
 // any report aborts the run. The contract itself is checked against the Python
 // reference by tests/test_postprocess.py, which .ci/sanitize also runs under ASan.
@@ -44,7 +44,9 @@ int main(int argc, char** argv) {
         if (i % 10 == 0) height = 1;                       // 1xN
         if (i % 10 == 1) width = 1;                        // Nx1
         if (i % 10 == 2) width = 1 + static_cast<int>(rng() % 2000), height = 1 + static_cast<int>(rng() % 3);
-        const int levels = static_cast<int>(rng() % 9);    // 0 levels: constant map
+        // 0 levels: constant map; few levels: plateaus; hundreds: components with many
+        // tied keys (the sorted queue's stamp mode for 16-bit and float maps).
+        const int levels = i % 3 == 0 ? 100 + static_cast<int>(rng() % 3000) : static_cast<int>(rng() % 9);
         const double lam = lams[rng() % 5];
         const int connectivity = 1 + static_cast<int>(rng() % 2);
         switch (i % 4) {
