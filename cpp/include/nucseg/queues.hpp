@@ -3,9 +3,9 @@
 // Both queues pop the HIGHEST value first and break ties first-in first-out (the
 // order of pushes), which is the tie rule of the whole algorithm. Both are reused
 // across the connected components of the foreground: reset() prepares them for the
-// next component. The bucket queue relies on the sweep being monotone: nothing is
-// ever pushed above the level being popped (a pixel is reached from a regional
-// maximum through non-increasing values).
+// next component. Both rely on the sweep being monotone: nothing is ever pushed
+// above the level being popped (a pixel is reached from a regional maximum through
+// non-increasing values), and every pixel of a component is pushed exactly once.
 #pragma once
 
 #include <algorithm>
