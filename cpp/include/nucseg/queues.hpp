@@ -92,7 +92,7 @@ struct KeyOf {
 //     segment and a push finds it by binary search among the tied keys;
 //   - many (large or quantised components): every push stamps its pixel with a counter
 //     (one uint32 per image pixel, allocated on first need); when popping reaches a run,
-//     the members already pushed are ordered by stamp and later ones join a FIFO.
+//     its members already pushed fill its segment in stamp order and later ones follow.
 // Extra memory: about 20 bytes per pixel of the largest component, plus 4 bytes per
 // image pixel once a component has many ties. Measured on a 2048^2 float32 map (whole
 // call, single thread): 52 ms; the bucket-plus-heap queue it replaced took 65 ms
@@ -144,14 +144,13 @@ public:
         next_ = 0;
         run_ = kNoRun;
         runs_seen_ = 0;
-        fifo_head_ = fifo_tail_ = 0;
     }
 
     void push(T value, std::uint32_t index) {
         if (tied_.empty()) return;  // the sorted order is the pop order
         const Key key = KeyOf<T>::of(value);
         if (stamping_) {
-            if (run_ != kNoRun && key == run_key_) items_[fifo_tail_++] = index;
+            if (run_ != kNoRun && key == tied_[run_]) items_[tail_[run_]++] = index;
             else stamps_[index] = ++clock_;
             return;
         }
@@ -161,16 +160,12 @@ public:
 
     bool empty() const {
         if (next_ != size_) return false;
-        if (run_ == kNoRun) return true;
-        return stamping_ ? fifo_head_ == fifo_tail_ : head_[run_] == tail_[run_];
+        return run_ == kNoRun || head_[run_] == tail_[run_];
     }
 
     // Call only after empty() returned false.
     std::uint32_t pop() {
-        if (run_ != kNoRun) {
-            if (stamping_ && fifo_head_ < fifo_tail_) return items_[fifo_head_++];
-            if (!stamping_ && head_[run_] < tail_[run_]) return items_[head_[run_]++];
-        }
+        if (run_ != kNoRun && head_[run_] < tail_[run_]) return items_[head_[run_]++];
         const Key k = keys_[next_];
         if (next_ + 1 == size_ || keys_[next_ + 1] != k) {
             run_ = kNoRun;
@@ -178,20 +173,20 @@ public:
         }
         // A tied key: its members leave in push order; the first was pushed already.
         run_ = runs_seen_++;
-        run_key_ = k;
         const std::size_t first = next_;
         while (next_ < size_ && keys_[next_] == k) ++next_;
-        if (!stamping_) return items_[head_[run_]++];
-        fifo_head_ = fifo_tail_ = 0;
-        for (std::size_t i = first; i < next_; ++i)
-            if (stamps_[index_[i]] != 0) items_[fifo_tail_++] = index_[i];
-        std::sort(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(fifo_tail_),
-                  [&](std::uint32_t a, std::uint32_t b) { return stamps_[a] < stamps_[b]; });
-        return items_[fifo_head_++];
+        if (stamping_) {  // the segment is still empty: fill it with the members pushed so far
+            for (std::size_t i = first; i < next_; ++i)
+                if (stamps_[index_[i]] != 0) items_[tail_[run_]++] = index_[i];
+            std::sort(items_.begin() + head_[run_], items_.begin() + tail_[run_],
+                      [&](std::uint32_t a, std::uint32_t b) { return stamps_[a] < stamps_[b]; });
+        }
+        return items_[head_[run_]++];
     }
 
 private:
-    // LSD radix sort of (keys_, index_) by key - lo, 11-bit digits; small components by insertion.
+    // LSD radix sort of (keys_, index_) by key - lo, 8-bit digits (11 from 4,096 pixels);
+    // small components by insertion.
     void sort(std::size_t size, Key lo, Key hi) {
         if (size < 48) {
             for (std::size_t i = 1; i < size; ++i) {
@@ -229,9 +224,8 @@ private:
     std::vector<Key> keys_, tmp_keys_, tied_;
     std::vector<std::uint32_t> index_, tmp_index_, items_, head_, tail_;
     std::unique_ptr<std::uint32_t[]> stamps_;
-    std::size_t size_ = 0, next_ = 0, run_ = kNoRun, runs_seen_ = 0, fifo_head_ = 0, fifo_tail_ = 0;
+    std::size_t size_ = 0, next_ = 0, run_ = kNoRun, runs_seen_ = 0;
     std::uint32_t clock_ = 0;
-    Key run_key_ = 0;
     bool stamping_ = false;
 };
 
