@@ -45,6 +45,8 @@ public:
         if (items_.size() < total) items_.resize(total);
     }
 
+    static constexpr bool kMayNeedNoPushes = false;
+
     void push(std::uint8_t value, std::uint32_t index) { items_[tail_[value]++] = index; }
 
     bool empty() {
@@ -145,6 +147,12 @@ public:
         run_ = kNoRun;
         runs_seen_ = 0;
     }
+
+    // Without tied keys the sorted order is the pop order: the sweep may skip push(),
+    // empty() and pop() and walk order() instead.
+    static constexpr bool kMayNeedNoPushes = true;
+    bool needs_pushes() const { return !tied_.empty(); }
+    const std::uint32_t* order() const { return index_.data(); }
 
     void push(T value, std::uint32_t index) {
         if (tied_.empty()) return;  // the sorted order is the pop order

@@ -10,9 +10,12 @@
 //   merged (union-find) into the label it touches; two labels that are both markers
 //   (dynamics > lam) meeting at a pixel make that pixel a watershed line.
 //
-// Data layout: `out` doubles as the state of every pixel during the sweep, so the
-// extra memory is the queue (4 bytes per queued pixel for integer maps) plus a small
-// record per basin.
+// Passes: (1) one vectorised raster pass marks every pixel background, or foreground
+// with or without a strictly higher neighbour; (2) each connected component of F is
+// gathered by a scanline flood fill; (3) it is swept with the priority queue; (4) one
+// raster pass numbers the objects. Data layout: `out` doubles as the state of every
+// pixel, so the extra memory is the largest component's pixel list and queue plus a
+// small record per basin (measured figures in the Python docstring).
 #pragma once
 
 #include <algorithm>
@@ -36,18 +39,30 @@ struct Interrupted : std::exception {
 
 namespace detail {
 
-// States of a pixel in `out` while the sweep runs. Basin ids are > 0; a watershed
-// line pixel is stored as -id of the label it carries (lines still propagate the
-// flood, so nothing behind a line is left unreached and dynamics stay exact).
-// 0 is background or a foreground pixel not yet gathered into its component.
+// States of a pixel in `out` while the sweep runs. Basin ids are 1..kMaxBasins; a
+// watershed line pixel is stored as its label's id with bit kLine set (lines still
+// propagate the flood, so nothing behind a line is left unreached and dynamics stay
+// exact). 0 is background or a foreground pixel not yet gathered into its component;
+// the other states are negative. So a flooded pixel's basin is one mask away:
+// max(s, 0) & kIdMask, no branch (see the sweep).
 constexpr std::int32_t kQueued = std::numeric_limits<std::int32_t>::min();  // pushed, not yet flooded
 constexpr std::int32_t kSeenMax = kQueued + 1;     // gathered, on a regional-maximum plateau
 constexpr std::int32_t kSeenNotMax = kQueued + 2;  // gathered, not on a maximum plateau
-constexpr std::int32_t kMaxBasins = std::numeric_limits<std::int32_t>::max() - 3;
+constexpr std::int32_t kFgMax = kQueued + 3;       // not yet gathered, no strictly higher neighbour
+constexpr std::int32_t kFgNotMax = kQueued + 4;    // not yet gathered, a strictly higher neighbour
+constexpr std::int32_t kGathered = 2;              // kFg* - kGathered = kSeen*
+constexpr std::int32_t kLine = std::int32_t{1} << 30;
+constexpr std::int32_t kIdMask = kLine - 1;
+constexpr std::int32_t kMaxBasins = kIdMask;
+constexpr std::int64_t kMaxPixels = std::numeric_limits<std::int32_t>::max() - 3;  // labels are int32
 
 enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
-inline bool is_line(std::int32_t s) { return s < 0 && s > kSeenNotMax; }
+inline bool is_line(std::int32_t s) { return s >= kLine; }
+
+// The basin of a flooded pixel (labelled or line), 0 for any other state; bit
+// operations only, because whether a neighbour is flooded is unpredictable.
+inline std::int32_t basin_of(std::int32_t s) { return (s & ~(s >> 31)) & kIdMask; }
 
 // Row of a pixel index without an integer division (the hot loop's main cost
 // otherwise): a float reciprocal, corrected to be exact for any index < 2^31.
@@ -86,34 +101,38 @@ struct Neighbourhood {
 };
 
 // Calls f(neighbour_index) for each in-bounds neighbour of pixel i, in order.
-// Interior pixels skip the bounds test.
+// Interior pixels skip the bounds test. Returns whether i is an interior pixel.
 template <class Fn>
-inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
+inline bool for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
                            std::ptrdiff_t width, std::ptrdiff_t i, Fn&& f) {
     const std::ptrdiff_t y = nh.row_of(i), x = i - y * width;
     if (y > 0 && x > 0 && y < height - 1 && x < width - 1) {
         for (int k = 0; k < nh.count; ++k) f(i + nh.offset[k]);
-    } else {
-        for (int k = 0; k < nh.count; ++k) {
-            const std::ptrdiff_t yy = y + nh.dy[k], xx = x + nh.dx[k];
-            if (yy >= 0 && yy < height && xx >= 0 && xx < width) f(i + nh.offset[k]);
-        }
+        return true;
     }
+    for (int k = 0; k < nh.count; ++k) {
+        const std::ptrdiff_t yy = y + nh.dy[k], xx = x + nh.dx[k];
+        if (yy >= 0 && yy < height && xx >= 0 && xx < width) f(i + nh.offset[k]);
+    }
+    return false;
 }
 
-// v > threshold, exactly, for every supported dtype: integer maps compare with an
-// integer cut (threshold validated to lie in the dtype's range), floats in double.
+// v > threshold, exactly, in T's own arithmetic: integer maps compare with the
+// integer floor(t) (threshold validated to lie in the dtype's range), float32 maps with
+// the largest float <= t (for a float v, v > t exactly when v > that float), so the
+// test vectorises.
 template <class T>
 struct Foreground {
-    double threshold;
     T cut;
-    explicit Foreground(double t) : threshold(t), cut(0) {
-        if constexpr (std::is_integral<T>::value) cut = static_cast<T>(std::floor(t));
+    explicit Foreground(double t) {
+        if constexpr (std::is_integral<T>::value) {
+            cut = static_cast<T>(std::floor(t));
+        } else {
+            cut = static_cast<T>(t);
+            if (static_cast<double>(cut) > t) cut = std::nextafter(cut, -std::numeric_limits<T>::infinity());
+        }
     }
-    bool operator()(T v) const {
-        if constexpr (std::is_integral<T>::value) return v > cut;
-        else return static_cast<double>(v) > threshold;
-    }
+    bool operator()(T v) const { return v > cut; }
 };
 
 // Basin records: label union-find (watershed labels) and component union-find
@@ -155,13 +174,15 @@ struct Basins {
 // A pixel at `level` whose flooded neighbours carry more than one basin: merge the
 // components that meet (fixing the dynamics of all but the highest-peaked one), then
 // decide its label and whether it is a watershed line. Returns the value to store:
-// the label's basin id, negated for a line pixel.
+// the label's basin id, with kLine set for a line pixel. seen[0..k) has one entry per
+// neighbour; basin 0 marks one that is not flooded.
 template <class Seen>
 std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots, double level, double lam,
                     bool line) {
     // 1. Components meeting here: all but the highest-peaked one get their dynamics now.
     int nc = 0;
     for (int a = 0; a < k; ++a) {
+        if (seen[a].basin == 0) continue;
         const std::int32_t c = basins.comp_root(seen[a].basin);
         if (std::find(roots, roots + nc, c) == roots + nc) roots[nc++] = c;
     }
@@ -186,6 +207,7 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     std::int32_t real_seen[8];
     std::int32_t best_real = 0, best_line = 0, unknown = 0, oldest = 0;
     for (int a = 0; a < k; ++a) {
+        if (seen[a].basin == 0) continue;
         const std::int32_t r = basins.label_root(seen[a].basin);
         if (std::find(roots, roots + nl, r) == roots + nl) roots[nl++] = r;
         const std::uint8_t st = basins.status[r];
@@ -204,16 +226,51 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     const std::int32_t target = best_real ? best_real : best_line ? best_line : unknown ? unknown : oldest;
     for (int a = 0; a < nl; ++a)
         if (roots[a] != target && basins.status[roots[a]] == kNonMarker) basins.label_parent[roots[a]] = target;
-    return (line && real_markers >= 2) ? -target : target;
+    return (line && real_markers >= 2) ? (target | kLine) : target;
 }
 
-// The first foreground pixel at or after i not yet gathered into a component (or n).
-// A function of its own so that the loop's index stays in a register.
-template <class T>
-std::ptrdiff_t next_start(const T* v, const std::int32_t* out, const Foreground<T>& in_f, std::ptrdiff_t i,
-                          std::ptrdiff_t n) {
+inline bool ungathered(std::int32_t s) {
+    return static_cast<std::uint32_t>(s) - static_cast<std::uint32_t>(kFgMax) <= 1u;
+}
+
+// Pass 1, one row: 0 for background, kFgMax or kFgNotMax for a foreground pixel
+// without or with a strictly higher neighbour (such a neighbour is in F too). `up`
+// and `down` are the rows above and below, or `row` itself at the image's edge (a
+// pixel is not higher than itself). Interior pixels take a branch-free loop that
+// vectorises; the two end columns test their bounds.
+template <class T, bool kDiagonal>
+void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width, const Foreground<T>& in_f,
+                  std::int32_t* out) {
+    const auto mx = [](T a, T b) { return a > b ? a : b; };
+    const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kFgNotMax : kFgMax) : 0; };
+    const auto edge = [&](std::ptrdiff_t x) {
+        const T t = row[x];
+        const auto at = [&](const T* r, std::ptrdiff_t xx) { return xx < 0 || xx >= width ? t : r[xx]; };
+        T h = mx(mx(up[x], down[x]), mx(at(row, x - 1), at(row, x + 1)));
+        if constexpr (kDiagonal) h = mx(h, mx(mx(at(up, x - 1), at(up, x + 1)), mx(at(down, x - 1), at(down, x + 1))));
+        out[x] = state(t, h);
+    };
+    edge(0);
+    for (std::ptrdiff_t x = 1; x < width - 1; ++x) {
+        const T t = row[x];
+        T h = mx(mx(up[x], down[x]), mx(row[x - 1], row[x + 1]));
+        if constexpr (kDiagonal) h = mx(h, mx(mx(up[x - 1], up[x + 1]), mx(down[x - 1], down[x + 1])));
+        out[x] = state(t, h);
+    }
+    if (width > 1) edge(width - 1);
+}
+
+// The first pixel at or after i not yet gathered into a component (or n). Most of
+// an image is background or gathered: blocks of 32 are skipped with one vector test.
+inline std::ptrdiff_t next_start(const std::int32_t* out, std::ptrdiff_t i, std::ptrdiff_t n) {
+    constexpr std::ptrdiff_t kBlock = 32;
+    for (; i + kBlock <= n; i += kBlock) {
+        int hits = 0;  // an int, not a bool, so the loop vectorises
+        for (std::ptrdiff_t k = 0; k < kBlock; ++k) hits |= static_cast<int>(ungathered(out[i + k]));
+        if (hits) break;
+    }
     for (; i < n; ++i)
-        if (in_f(v[i]) && out[i] == 0) return i;  // background first: cheaper to read
+        if (ungathered(out[i])) return i;
     return n;
 }
 
@@ -228,10 +285,29 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
            const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
            Interrupt&& interrupted) {
     const std::ptrdiff_t n = height * width;
+    std::uint64_t work = 0;  // pixels handled, to poll for interrupts
+
+    // Pass 1: classify every pixel (this also initialises `out`).
+    for (std::ptrdiff_t y = 0; y < height; ++y) {
+        const T* row = v + y * width;
+        const T* up = y > 0 ? row - width : row;
+        const T* down = y < height - 1 ? row + width : row;
+        if (nh.count == 8) classify_row<T, true>(up, row, down, width, in_f, out + y * width);
+        else classify_row<T, false>(up, row, down, width, in_f, out + y * width);
+        work += static_cast<std::uint64_t>(width);
+        if (work >= 0x40000) {
+            work = 0;
+            if (interrupted()) throw Interrupted();
+        }
+    }
+
     Basins basins;
     basins.add(0.0);  // id 0 is unused: labels are > 0
     std::vector<std::uint32_t> component, maxima, stack;
-    std::uint64_t work = 0;  // pixels flooded, to poll for interrupts
+    struct Run {
+        std::ptrdiff_t y, first, last;  // columns first..last of row y
+    };
+    std::vector<Run> runs;
 
     struct Seen {
         std::int32_t basin;
@@ -256,36 +332,44 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
     };
 
-    for (std::ptrdiff_t start = next_start(v, out, in_f, 0, n); start < n; start = next_start(v, out, in_f, start + 1, n)) {
+    const std::ptrdiff_t reach = nh.count == 8 ? 1 : 0;  // how far a run's neighbours extend past its ends
+    for (std::ptrdiff_t start = next_start(out, 0, n); start < n; start = next_start(out, start + 1, n)) {
 
-        // Gather the component (breadth-first), telling apart the pixels with a
-        // strictly higher neighbour from the candidate maxima.
-        // Branch-free inner loop (a neighbour's fate is unpredictable): every neighbour
-        // is written to the list, which only grows when the neighbour is new.
+        // Gather the component, a run of pixels at a time (scanline flood fill): mark
+        // the run gathered, list its pixels and its candidate maxima, then look for
+        // ungathered runs touching it in the rows above and below. Pass 1 already knows
+        // which pixels have a strictly higher neighbour.
         maxima.clear();
-        out[start] = kSeenMax;
-        component.resize(std::max<std::size_t>(component.capacity(), 1024));
-        component[0] = static_cast<std::uint32_t>(start);
-        std::size_t size = 1;
-        for (std::size_t h = 0; h < size; ++h) {
-            if (size + 8 > component.size()) component.resize(2 * component.size());
-            std::uint32_t* list = component.data();
-            const std::ptrdiff_t p = list[h];
-            const T vp = v[p];
-            bool higher = false;
-            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                const T vj = v[j];
-                const std::int32_t s = out[j];
-                higher |= vj > vp;  // a strictly higher neighbour is in F because v[p] is
-                const bool fresh = (s == 0) & in_f(vj);
-                out[j] = fresh ? kSeenMax : s;
-                list[size] = static_cast<std::uint32_t>(j);
-                size += fresh;
-            });
-            if (higher) out[p] = kSeenNotMax;
-            else maxima.push_back(static_cast<std::uint32_t>(p));
+        component.clear();
+        bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
+        const auto take_run = [&](std::ptrdiff_t y, std::ptrdiff_t x) {
+            const std::ptrdiff_t base = y * width;
+            std::ptrdiff_t first = x, last = x;
+            while (first > 0 && ungathered(out[base + first - 1])) --first;
+            while (last < width - 1 && ungathered(out[base + last + 1])) ++last;
+            interior &= y > 0 && y < height - 1 && first > 0 && last < width - 1;
+            const std::size_t at = component.size();
+            component.resize(at + static_cast<std::size_t>(last - first + 1));
+            std::uint32_t* list = component.data() + at;
+            for (std::ptrdiff_t i = base + first; i <= base + last; ++i) {
+                if (out[i] == kFgMax) maxima.push_back(static_cast<std::uint32_t>(i));  // rare
+                *list++ = static_cast<std::uint32_t>(i);
+            }
+            for (std::ptrdiff_t i = base + first; i <= base + last; ++i) out[i] -= kGathered;
+            runs.push_back({y, first, last});
+            return last;
+        };
+        take_run(start / width, start % width);
+        while (!runs.empty()) {
+            const Run r = runs.back();
+            runs.pop_back();
+            for (const std::ptrdiff_t y : {r.y - 1, r.y + 1}) {
+                if (y < 0 || y >= height) continue;
+                const std::ptrdiff_t last = std::min(width - 1, r.last + reach);
+                for (std::ptrdiff_t x = std::max<std::ptrdiff_t>(0, r.first - reach); x <= last; ++x)
+                    if (ungathered(out[y * width + x])) x = take_run(y, x) + 1;  // x + 1 is not ungathered
+            }
         }
-        component.resize(size);
         // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
         // demote its whole plateau.
         for (const std::uint32_t m : maxima) {
@@ -305,41 +389,66 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         for (const std::uint32_t m : maxima) {
             if (out[m] == kSeenMax) {
                 if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
-                    throw std::length_error("watershed_dynamics: too many regional maxima for int32 labels");
+                    throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
                 relabel_plateau(m, basins.add(static_cast<double>(v[m])));
             }
             queue.push(v[m], m);
         }
 
-        // The sweep.
-        while (!queue.empty()) {
-            const std::ptrdiff_t p = queue.pop();
-            if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
-            const bool seed = out[p] > 0;
-            int k = 0;
-            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                const std::int32_t s = out[j];
-                if (s == kSeenNotMax) {
-                    out[j] = kQueued;
-                    queue.push(v[j], static_cast<std::uint32_t>(j));
-                } else if (!seed) {
-                    if (s > 0) seen[k++] = {s, true};
-                    else if (is_line(s)) seen[k++] = {-s, false};
+        // The sweep, compiled four ways: with or without pushes (a sorted queue
+        // without tied keys already knows its pop order), with or without bounds tests.
+        const auto sweep = [&](auto pushes, auto inside) {
+            const auto step = [&](std::ptrdiff_t p) {
+                if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
+                const bool seed = out[p] > 0;
+                int k = 0;  // neighbours seen
+                // Branch-free bookkeeping of the flooded neighbours (which of them are
+                // flooded is unpredictable): the highest and lowest basin among them.
+                std::uint32_t hi = 0, lo = ~0u;
+                const auto visit = [&](std::ptrdiff_t j) {
+                    const std::int32_t s = out[j];
+                    if constexpr (decltype(pushes)::value) {
+                        if (s == kSeenNotMax) {
+                            out[j] = kQueued;
+                            queue.push(v[j], static_cast<std::uint32_t>(j));
+                        }
+                    }
+                    const std::int32_t b = basin_of(s);
+                    seen[k++] = {b, b == s};  // real: labelled, not a line (b = 0: not flooded)
+                    hi = std::max(hi, static_cast<std::uint32_t>(b));
+                    lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
+                };
+                if constexpr (decltype(inside)::value) {
+                    for (int a = 0; a < nh.count; ++a) visit(p + nh.offset[a]);
+                } else {
+                    for_neighbours(nh, height, width, p, visit);
                 }
-            });
-            if (seed) continue;  // a maximum plateau pixel: already labelled, nothing meets here
+                if (seed) return;  // a maximum plateau pixel: already labelled, nothing meets here
 
-            // Fast path (most pixels): every flooded neighbour carries the same basin, so
-            // no components or labels meet and the pixel cannot be a line.
-            bool single = true;
-            for (int a = 1; a < k; ++a) single &= seen[a].basin == seen[0].basin;
-            if (single) {
-                out[p] = seen[0].basin;
+                // Fast path (most pixels): every flooded neighbour carries the same basin, so
+                // no components or labels meet and the pixel cannot be a line. (There is
+                // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
+                out[p] = lo + 1u == hi ? static_cast<std::int32_t>(hi)
+                                       : decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
+            };
+            if constexpr (decltype(pushes)::value) {
+                while (!queue.empty()) step(queue.pop());
+            } else {
+                const std::uint32_t* order = queue.order();
+                for (std::size_t i = 0, size = component.size(); i < size; ++i) step(order[i]);
+            }
+        };
+        using Yes = std::true_type;
+        using No = std::false_type;
+        if constexpr (Queue::kMayNeedNoPushes) {
+            if (!queue.needs_pushes()) {
+                if (interior) sweep(No{}, Yes{});
+                else sweep(No{}, No{});
                 continue;
             }
-            out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
         }
-
+        if (interior) sweep(Yes{}, Yes{});
+        else sweep(Yes{}, No{});
     }
 
     // Pass 4: final labels 1..N in raster order of each object's first pixel;
@@ -349,7 +458,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     for (std::ptrdiff_t i = 0; i < n; ++i) {
         const std::int32_t s = out[i];
         if (s == 0) continue;
-        if (s < 0) {
+        if (is_line(s)) {
             out[i] = 0;
         } else if (s == last_basin) {
             out[i] = last_id;
@@ -377,12 +486,11 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
         throw std::invalid_argument("watershed_dynamics: connectivity must be 1 or 2");
     if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0");
     if (static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width) >
-        static_cast<std::uint64_t>(detail::kMaxBasins))
+        static_cast<std::uint64_t>(detail::kMaxPixels))
         throw std::length_error("watershed_dynamics: image too large for int32 labels");
 
     const detail::Foreground<T> in_f(threshold);
     const detail::Neighbourhood nh(connectivity, width);
-    std::fill(out, out + height * width, 0);
     if constexpr (std::is_same<T, std::uint8_t>::value) {
         BucketQueue queue;
         detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
