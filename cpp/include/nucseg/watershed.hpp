@@ -381,19 +381,26 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
         maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kSeenMax; }),
                      maxima.end());
-        queue.reset(v, component);
-
-        // Number the maximum plateaus in raster order of their first pixel and push
-        // every plateau pixel in raster order, so seeds are the oldest items.
+        // Number the maximum plateaus in raster order of their first pixel.
         std::sort(maxima.begin(), maxima.end());
+        const std::size_t first_basin = basins.peak.size();
         for (const std::uint32_t m : maxima) {
             if (out[m] == kSeenMax) {
                 if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
                     throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
                 relabel_plateau(m, basins.add(static_cast<double>(v[m])));
             }
-            queue.push(v[m], m);
         }
+        // One maximum (an isolated nucleus): its basin floods the whole component, no
+        // line can form, and the sweep would only confirm it.
+        if (basins.peak.size() == first_basin + 1) {
+            for (const std::uint32_t p : component) out[p] = static_cast<std::int32_t>(first_basin);
+            continue;
+        }
+
+        // Push every plateau pixel in raster order, so seeds are the oldest items.
+        queue.reset(v, component);
+        for (const std::uint32_t m : maxima) queue.push(v[m], m);
 
         // The sweep, compiled four ways: with or without pushes (a sorted queue
         // without tied keys already knows its pop order), with or without bounds tests.
