@@ -46,11 +46,8 @@ namespace detail {
 // the other states are negative. So a flooded pixel's basin is one mask away:
 // max(s, 0) & kIdMask, no branch (see the sweep).
 constexpr std::int32_t kQueued = std::numeric_limits<std::int32_t>::min();  // pushed, not yet flooded
-constexpr std::int32_t kSeenMax = kQueued + 1;     // gathered, on a regional-maximum plateau
-constexpr std::int32_t kSeenNotMax = kQueued + 2;  // gathered, not on a maximum plateau
-constexpr std::int32_t kFgMax = kQueued + 3;       // not yet gathered, no strictly higher neighbour
-constexpr std::int32_t kFgNotMax = kQueued + 4;    // not yet gathered, a strictly higher neighbour
-constexpr std::int32_t kGathered = 2;              // kFg* - kGathered = kSeen*
+constexpr std::int32_t kSeenMax = kQueued + 1;     // no strictly higher neighbour (pass 1); a maximum plateau
+constexpr std::int32_t kSeenNotMax = kQueued + 2;  // not on a maximum plateau
 constexpr std::int32_t kLine = std::int32_t{1} << 30;
 constexpr std::int32_t kIdMask = kLine - 1;
 constexpr std::int32_t kMaxBasins = kIdMask;
@@ -229,11 +226,7 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     return (line && real_markers >= 2) ? (target | kLine) : target;
 }
 
-inline bool ungathered(std::int32_t s) {
-    return static_cast<std::uint32_t>(s) - static_cast<std::uint32_t>(kFgMax) <= 1u;
-}
-
-// Pass 1, one row: 0 for background, kFgMax or kFgNotMax for a foreground pixel
+// Pass 1, one row: 0 for background, kSeenMax or kSeenNotMax for a foreground pixel
 // without or with a strictly higher neighbour (such a neighbour is in F too). `up`
 // and `down` are the rows above and below, or `row` itself at the image's edge (a
 // pixel is not higher than itself). Interior pixels take a branch-free loop that
@@ -242,7 +235,7 @@ template <class T, bool kDiagonal>
 void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width, const Foreground<T>& in_f,
                   std::int32_t* out) {
     const auto mx = [](T a, T b) { return a > b ? a : b; };
-    const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kFgNotMax : kFgMax) : 0; };
+    const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kSeenNotMax : kSeenMax) : 0; };
     const auto edge = [&](std::ptrdiff_t x) {
         const T t = row[x];
         const auto at = [&](const T* r, std::ptrdiff_t xx) { return xx < 0 || xx >= width ? t : r[xx]; };
@@ -260,18 +253,63 @@ void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width
     if (width > 1) edge(width - 1);
 }
 
-// The first pixel at or after i not yet gathered into a component (or n). Most of
-// an image is background or gathered: blocks of 32 are skipped with one vector test.
-inline std::ptrdiff_t next_start(const std::int32_t* out, std::ptrdiff_t i, std::ptrdiff_t n) {
-    constexpr std::ptrdiff_t kBlock = 32;
-    for (; i + kBlock <= n; i += kBlock) {
-        int hits = 0;  // an int, not a bool, so the loop vectorises
-        for (std::ptrdiff_t k = 0; k < kBlock; ++k) hits |= static_cast<int>(ungathered(out[i + k]));
-        if (hits) break;
+// A run: the foreground pixels start..start+length-1 of one row, maximal.
+struct Run {
+    std::uint32_t start, length, row;
+};
+
+// Appends the runs of one classified row (`out`, pixel `base` first) to `runs`.
+// Background stretches are skipped 32 pixels per vectorised test.
+inline void find_runs(const std::int32_t* out, std::ptrdiff_t base, std::ptrdiff_t width, std::uint32_t row,
+                      std::vector<Run>& runs) {
+    const std::int32_t* o = out + base;
+    std::ptrdiff_t x = 0;
+    while (x < width) {
+        for (; x + 32 <= width; x += 32) {
+            std::uint32_t any = 0;
+            for (std::ptrdiff_t k = 0; k < 32; ++k) any |= static_cast<std::uint32_t>(o[x + k]);
+            if (any != 0) break;
+        }
+        while (x < width && o[x] == 0) ++x;
+        if (x == width) break;
+        const std::ptrdiff_t first = x;
+        while (x < width && o[x] != 0) ++x;
+        runs.push_back({static_cast<std::uint32_t>(base + first), static_cast<std::uint32_t>(x - first), row});
     }
-    for (; i < n; ++i)
-        if (ungathered(out[i])) return i;
-    return n;
+}
+
+// Union-find over runs, rooted at the lowest index (the component's first run in
+// raster order).
+inline std::uint32_t run_root(std::vector<std::uint32_t>& parent, std::uint32_t r) {
+    while (parent[r] != r) {
+        parent[r] = parent[parent[r]];  // path halving
+        r = parent[r];
+    }
+    return r;
+}
+
+// Joins the runs of two consecutive rows that touch (`reach` = 1 lets diagonal
+// neighbours touch): a merge of the two sorted lists.
+inline void join_rows(const std::vector<Run>& runs, std::uint32_t above, std::uint32_t above_end, std::uint32_t below,
+                      std::uint32_t below_end, std::uint32_t width, std::uint32_t reach,
+                      std::vector<std::uint32_t>& parent) {
+    while (above < above_end && below < below_end) {
+        const Run& a = runs[above];
+        const Run& b = runs[below];
+        const std::uint32_t a0 = a.start - a.row * width, a1 = a0 + a.length - 1;
+        const std::uint32_t b0 = b.start - b.row * width, b1 = b0 + b.length - 1;
+        if (a1 + reach < b0) {
+            ++above;
+        } else if (b1 + reach < a0) {
+            ++below;
+        } else {
+            const std::uint32_t ra = run_root(parent, above), rb = run_root(parent, below);
+            if (ra < rb) parent[rb] = ra;
+            else if (rb < ra) parent[ra] = rb;
+            if (a1 < b1) ++above;
+            else ++below;
+        }
+    }
 }
 
 // Passes 2 and 3, one connected component of F at a time. Components never
@@ -284,16 +322,26 @@ template <class T, class Queue, class Interrupt>
 void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
            const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
            Interrupt&& interrupted) {
-    const std::ptrdiff_t n = height * width;
     std::uint64_t work = 0;  // pixels handled, to poll for interrupts
 
-    // Pass 1: classify every pixel (this also initialises `out`).
+    // Pass 1: classify every pixel (this also initialises `out`), find the runs of
+    // foreground row by row and join the touching ones into connected components.
+    const std::uint32_t reach = nh.count == 8 ? 1 : 0;
+    std::vector<Run> runs;
+    std::vector<std::uint32_t> parent;
+    std::uint32_t row_begin = 0, previous_begin = 0;
     for (std::ptrdiff_t y = 0; y < height; ++y) {
         const T* row = v + y * width;
         const T* up = y > 0 ? row - width : row;
         const T* down = y < height - 1 ? row + width : row;
         if (nh.count == 8) classify_row<T, true>(up, row, down, width, in_f, out + y * width);
         else classify_row<T, false>(up, row, down, width, in_f, out + y * width);
+        previous_begin = row_begin;
+        row_begin = static_cast<std::uint32_t>(runs.size());
+        find_runs(out, y * width, width, static_cast<std::uint32_t>(y), runs);
+        for (auto r = static_cast<std::uint32_t>(parent.size()); r < runs.size(); ++r) parent.push_back(r);
+        join_rows(runs, previous_begin, row_begin, row_begin, static_cast<std::uint32_t>(runs.size()),
+                  static_cast<std::uint32_t>(width), reach, parent);
         work += static_cast<std::uint64_t>(width);
         if (work >= 0x40000) {
             work = 0;
@@ -301,13 +349,24 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
     }
 
+    // Pass 2: the runs of each component, components in raster order of their first
+    // pixel, runs in raster order (a counting sort on the roots; parent[r] <= r, so
+    // one increasing pass resolves every root).
+    std::vector<std::uint32_t> by_component(runs.size()), component_end;
+    {
+        std::vector<std::uint32_t>& id = parent;  // root -> component id, in place
+        std::uint32_t components = 0;
+        for (std::uint32_t r = 0; r < runs.size(); ++r) id[r] = parent[r] == r ? components++ : id[parent[r]];
+        component_end.assign(components, 0);
+        for (std::uint32_t r = 0; r < runs.size(); ++r) ++component_end[id[r]];
+        std::uint32_t total = 0;
+        for (auto& e : component_end) total += e, e = total - e;  // first run of each component
+        for (std::uint32_t r = 0; r < runs.size(); ++r) by_component[component_end[id[r]]++] = r;
+    }
+
     Basins basins;
     basins.add(0.0);  // id 0 is unused: labels are > 0
     std::vector<std::uint32_t> component, maxima, stack;
-    struct Run {
-        std::ptrdiff_t y, first, last;  // columns first..last of row y
-    };
-    std::vector<Run> runs;
 
     struct Seen {
         std::int32_t basin;
@@ -332,44 +391,22 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
     };
 
-    const std::ptrdiff_t reach = nh.count == 8 ? 1 : 0;  // how far a run's neighbours extend past its ends
-    for (std::ptrdiff_t start = next_start(out, 0, n); start < n; start = next_start(out, start + 1, n)) {
-
-        // Gather the component, a run of pixels at a time (scanline flood fill): mark
-        // the run gathered, list its pixels and its candidate maxima, then look for
-        // ungathered runs touching it in the rows above and below. Pass 1 already knows
-        // which pixels have a strictly higher neighbour.
+    std::uint32_t component_begin = 0;
+    for (const std::uint32_t end : component_end) {
+        // The component's pixels (raster order) and its candidate maxima.
         maxima.clear();
         component.clear();
         bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
-        const auto take_run = [&](std::ptrdiff_t y, std::ptrdiff_t x) {
-            const std::ptrdiff_t base = y * width;
-            std::ptrdiff_t first = x, last = x;
-            while (first > 0 && ungathered(out[base + first - 1])) --first;
-            while (last < width - 1 && ungathered(out[base + last + 1])) ++last;
-            interior &= y > 0 && y < height - 1 && first > 0 && last < width - 1;
-            const std::size_t at = component.size();
-            component.resize(at + static_cast<std::size_t>(last - first + 1));
-            std::uint32_t* list = component.data() + at;
-            for (std::ptrdiff_t i = base + first; i <= base + last; ++i) {
-                if (out[i] == kFgMax) maxima.push_back(static_cast<std::uint32_t>(i));  // rare
-                *list++ = static_cast<std::uint32_t>(i);
-            }
-            for (std::ptrdiff_t i = base + first; i <= base + last; ++i) out[i] -= kGathered;
-            runs.push_back({y, first, last});
-            return last;
-        };
-        take_run(start / width, start % width);
-        while (!runs.empty()) {
-            const Run r = runs.back();
-            runs.pop_back();
-            for (const std::ptrdiff_t y : {r.y - 1, r.y + 1}) {
-                if (y < 0 || y >= height) continue;
-                const std::ptrdiff_t last = std::min(width - 1, r.last + reach);
-                for (std::ptrdiff_t x = std::max<std::ptrdiff_t>(0, r.first - reach); x <= last; ++x)
-                    if (ungathered(out[y * width + x])) x = take_run(y, x) + 1;  // x + 1 is not ungathered
+        for (std::uint32_t c = component_begin; c < end; ++c) {
+            const Run& r = runs[by_component[c]];
+            const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
+            interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
+            for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
+                component.push_back(i);
+                if (out[i] == kSeenMax) maxima.push_back(i);
             }
         }
+        component_begin = end;
         // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
         // demote its whole plateau.
         for (const std::uint32_t m : maxima) {
@@ -462,19 +499,20 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     // background and watershed lines are 0.
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
     std::int32_t next = 0, last_basin = 0, last_id = 0;
-    for (std::ptrdiff_t i = 0; i < n; ++i) {
+    for (const Run& r : runs) {  // raster order; background is 0 already
+      for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
         const std::int32_t s = out[i];
-        if (s == 0) continue;
         if (is_line(s)) {
             out[i] = 0;
         } else if (s == last_basin) {
             out[i] = last_id;
         } else {
-            const std::int32_t r = basins.label_root(s);
-            if (final_id[r] == 0) final_id[r] = ++next;
+            const std::int32_t root = basins.label_root(s);
+            if (final_id[root] == 0) final_id[root] = ++next;
             last_basin = s;
-            last_id = out[i] = final_id[r];
+            last_id = out[i] = final_id[root];
         }
+      }
     }
 }
 
