@@ -30,6 +30,14 @@
 
 #include "nucseg/queues.hpp"
 
+#if defined(__SSE2__) || defined(_M_X64)
+#define NUCSEG_SSE2 1
+#include <emmintrin.h>
+#endif
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
+
 namespace nucseg {
 
 // Thrown when the interrupt callback asks the sweep to stop (e.g. Ctrl-C).
@@ -258,24 +266,60 @@ struct Run {
     std::uint32_t start, length, row;
 };
 
-// Appends the runs of one classified row (`out`, pixel `base` first) to `runs`.
-// Background stretches are skipped 32 pixels per vectorised test.
+// Bit k of the result: out[k] != 0, for k < count <= 32.
+inline std::uint32_t nonzero_mask(const std::int32_t* out, int count) {
+    std::uint32_t m = 0;
+#if defined(NUCSEG_SSE2)
+    if (count == 32) {
+        const __m128i zero = _mm_setzero_si128();
+        for (int k = 0; k < 32; k += 4) {
+            const __m128i is_zero = _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(out + k)), zero);
+            m |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(is_zero))) << k;
+        }
+        return ~m;
+    }
+#endif
+    for (int k = 0; k < count; ++k) m |= static_cast<std::uint32_t>(out[k] != 0) << k;
+    return m;
+}
+
+// Number of trailing zero bits (bits != 0).
+inline int trailing_zeros(std::uint32_t bits) {
+#if defined(_MSC_VER)
+    unsigned long index;
+    _BitScanForward(&index, bits);
+    return static_cast<int>(index);
+#else
+    return __builtin_ctz(bits);
+#endif
+}
+
+// Appends the runs of one classified row (`out`, pixel `base` first) to `runs`,
+// 32 pixels at a time: a bit mask of the foreground, read run by run.
 inline void find_runs(const std::int32_t* out, std::ptrdiff_t base, std::ptrdiff_t width, std::uint32_t row,
                       std::vector<Run>& runs) {
     const std::int32_t* o = out + base;
-    std::ptrdiff_t x = 0;
-    while (x < width) {
-        for (; x + 32 <= width; x += 32) {
-            std::uint32_t any = 0;
-            for (std::ptrdiff_t k = 0; k < 32; ++k) any |= static_cast<std::uint32_t>(o[x + k]);
-            if (any != 0) break;
+    std::ptrdiff_t open = -1;  // first column of a run not yet ended
+    for (std::ptrdiff_t x = 0; x < width; x += 32) {
+        const int count = static_cast<int>(std::min<std::ptrdiff_t>(32, width - x));
+        const std::uint32_t m = nonzero_mask(o + x, count);
+        int at = 0;  // bits below `at` are read
+        while (at < count) {
+            if (open < 0) {
+                const std::uint32_t ones = m >> at;
+                if (ones == 0) break;
+                at += trailing_zeros(ones);
+                open = x + at;
+            }
+            const std::uint32_t zeros = ~m >> at;  // past `count` the bits of ~m are 1: a run ends there
+            if (zeros == 0) break;                  // the run goes on into the next block
+            at += trailing_zeros(zeros);
+            runs.push_back({static_cast<std::uint32_t>(base + open), static_cast<std::uint32_t>(x + at - open), row});
+            open = -1;
         }
-        while (x < width && o[x] == 0) ++x;
-        if (x == width) break;
-        const std::ptrdiff_t first = x;
-        while (x < width && o[x] != 0) ++x;
-        runs.push_back({static_cast<std::uint32_t>(base + first), static_cast<std::uint32_t>(x - first), row});
     }
+    if (open >= 0)
+        runs.push_back({static_cast<std::uint32_t>(base + open), static_cast<std::uint32_t>(width - open), row});
 }
 
 // Union-find over runs, rooted at the lowest index (the component's first run in
@@ -472,7 +516,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                 // Fast path (most pixels): every flooded neighbour carries the same basin, so
                 // no components or labels meet and the pixel cannot be a line. (There is
                 // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
-                out[p] = lo + 1u == hi ? static_cast<std::int32_t>(hi)
+                out[p] = lo + 1u == hi ? basins.label_parent[hi]
                                        : decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
             };
             if constexpr (decltype(pushes)::value) {
