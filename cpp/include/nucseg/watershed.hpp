@@ -179,16 +179,16 @@ struct Basins {
 // A pixel at `level` whose flooded neighbours carry more than one basin: merge the
 // components that meet (fixing the dynamics of all but the highest-peaked one), then
 // decide its label and whether it is a watershed line. Returns the value to store:
-// the label's basin id, with kLine set for a line pixel. seen[0..k) has one entry per
-// neighbour; basin 0 marks one that is not flooded.
-template <class Seen>
-std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots, double level, double lam,
-                    bool line) {
+// the label's basin id, with kLine set for a line pixel. seen[0..k) are the states of
+// the pixel's neighbours (basin_of 0: not flooded).
+inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std::int32_t* roots, double level,
+                           double lam, bool line) {
     // 1. Components meeting here: all but the highest-peaked one get their dynamics now.
     int nc = 0;
     for (int a = 0; a < k; ++a) {
-        if (seen[a].basin == 0) continue;
-        const std::int32_t c = basins.comp_root(seen[a].basin);
+        const std::int32_t b = basin_of(seen[a]);
+        if (b == 0) continue;
+        const std::int32_t c = basins.comp_root(b);
         if (std::find(roots, roots + nc, c) == roots + nc) roots[nc++] = c;
     }
     if (nc > 1) {
@@ -212,12 +212,13 @@ std::int32_t decide(Basins& basins, const Seen* seen, int k, std::int32_t* roots
     std::int32_t real_seen[8];
     std::int32_t best_real = 0, best_line = 0, unknown = 0, oldest = 0;
     for (int a = 0; a < k; ++a) {
-        if (seen[a].basin == 0) continue;
-        const std::int32_t r = basins.label_root(seen[a].basin);
+        const std::int32_t b = basin_of(seen[a]);
+        if (b == 0) continue;
+        const std::int32_t r = basins.label_root(b);
         if (std::find(roots, roots + nl, r) == roots + nl) roots[nl++] = r;
         const std::uint8_t st = basins.status[r];
         const bool marker = st == kMarker || (st == kTop && basins.peak[r] - level > lam);
-        if (marker && seen[a].real) {
+        if (marker && b == seen[a]) {  // a labelled neighbour, not a line
             if (std::find(real_seen, real_seen + real_markers, r) == real_seen + real_markers)
                 real_seen[real_markers++] = r;
             if (best_real == 0 || r < best_real) best_real = r;
@@ -412,11 +413,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     basins.add(0.0);  // id 0 is unused: labels are > 0
     std::vector<std::uint32_t> component, maxima, stack;
 
-    struct Seen {
-        std::int32_t basin;
-        bool real;  // a labelled pixel, not a watershed line
-    };
-    Seen seen[8];
+    std::int32_t seen[8];  // the states of the pixel's neighbours
     std::int32_t roots[8];
 
     // Give `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
@@ -502,7 +499,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                         }
                     }
                     const std::int32_t b = basin_of(s);
-                    seen[k++] = {b, b == s};  // real: labelled, not a line (b = 0: not flooded)
+                    seen[k++] = s;
                     hi = std::max(hi, static_cast<std::uint32_t>(b));
                     lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
                 };
