@@ -65,6 +65,15 @@ enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
 inline bool is_line(std::int32_t s) { return s >= kLine; }
 
+// A hint to fetch the cache line at p (no effect where unsupported).
+inline void prefetch(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p);
+#else
+    (void)p;
+#endif
+}
+
 // The basin of a flooded pixel (labelled or line), 0 for any other state; bit
 // operations only, because whether a neighbour is flooded is unpredictable.
 inline std::int32_t basin_of(std::int32_t s) { return (s & ~(s >> 31)) & kIdMask; }
@@ -439,6 +448,11 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         component.clear();
         bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
         for (std::uint32_t c = component_begin; c < end; ++c) {
+            if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
+                const Run& ahead = runs[by_component[c + 4]];
+                prefetch(out + ahead.start);
+                prefetch(v + ahead.start);
+            }
             const Run& r = runs[by_component[c]];
             const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
             interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
@@ -480,8 +494,9 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         queue.reset(v, component);
         for (const std::uint32_t m : maxima) queue.push(v[m], m);
 
-        // The sweep, compiled four ways: with or without pushes (a sorted queue
-        // without tied keys already knows its pop order), with or without bounds tests.
+        // The sweep, compiled six ways: with or without pushes (a sorted queue without
+        // tied keys already knows its pop order), with or without bounds tests (and
+        // then for 4 or 8 neighbours, so the neighbour loop unrolls).
         const auto sweep = [&](auto pushes, auto inside) {
             const auto step = [&](std::ptrdiff_t p) {
                 if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
@@ -503,8 +518,8 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                     hi = std::max(hi, static_cast<std::uint32_t>(b));
                     lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
                 };
-                if constexpr (decltype(inside)::value) {
-                    for (int a = 0; a < nh.count; ++a) visit(p + nh.offset[a]);
+                if constexpr (decltype(inside)::value != 0) {
+                    for (int a = 0; a < decltype(inside)::value; ++a) visit(p + nh.offset[a]);
                 } else {
                     for_neighbours(nh, height, width, p, visit);
                 }
@@ -523,24 +538,28 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                 for (std::size_t i = 0, size = component.size(); i < size; ++i) step(order[i]);
             }
         };
-        using Yes = std::true_type;
-        using No = std::false_type;
+        // `inside`: the neighbour count when no bounds test is needed, else 0.
+        const auto sweep_inside = [&](auto pushes) {
+            if (!interior) sweep(pushes, std::integral_constant<int, 0>{});
+            else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
+            else sweep(pushes, std::integral_constant<int, 8>{});
+        };
         if constexpr (Queue::kMayNeedNoPushes) {
             if (!queue.needs_pushes()) {
-                if (interior) sweep(No{}, Yes{});
-                else sweep(No{}, No{});
+                sweep_inside(std::false_type{});
                 continue;
             }
         }
-        if (interior) sweep(Yes{}, Yes{});
-        else sweep(Yes{}, No{});
+        sweep_inside(std::true_type{});
     }
 
     // Pass 4: final labels 1..N in raster order of each object's first pixel;
     // background and watershed lines are 0.
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
     std::int32_t next = 0, last_basin = 0, last_id = 0;
-    for (const Run& r : runs) {  // raster order; background is 0 already
+    for (std::size_t c = 0; c < runs.size(); ++c) {  // raster order; background is 0 already
+        if (c + 8 < runs.size()) prefetch(out + runs[c + 8].start);
+        const Run& r = runs[c];
       for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
         const std::int32_t s = out[i];
         if (is_line(s)) {
