@@ -60,7 +60,7 @@ public:
 private:
     std::vector<std::uint32_t> items_;
     std::uint32_t head_[kLevels] = {}, tail_[kLevels] = {};
-    int lo_ = 0, level_ = -1;
+    std::ptrdiff_t lo_ = 0, level_ = -1;  // not int: stores to int32 pixels could alias an int
 };
 
 // Order-preserving unsigned key, smallest key = highest value, so a min-queue on keys
