@@ -383,6 +383,10 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     const std::uint32_t reach = nh.count == 8 ? 1 : 0;
     std::vector<Run> runs;
     std::vector<std::uint32_t> parent;
+    // Room for a realistic map's runs (a few per hundred pixels) and then some, so the
+    // vectors rarely grow: pages never written are never resident.
+    runs.reserve(static_cast<std::size_t>(height * width / 8 + height));
+    parent.reserve(runs.capacity());
     std::uint32_t row_begin = 0, previous_begin = 0;
     for (std::ptrdiff_t y = 0; y < height; ++y) {
         const T* row = v + y * width;
