@@ -185,6 +185,13 @@ struct Basins {
     }
 };
 
+// Whether x is among list[0..n) (n <= 8).
+inline bool contains(const std::int32_t* list, int n, std::int32_t x) {
+    bool found = false;
+    for (int a = 0; a < n; ++a) found |= list[a] == x;
+    return found;
+}
+
 // A pixel at `level` whose flooded neighbours carry more than one basin: merge the
 // components that meet (fixing the dynamics of all but the highest-peaked one), then
 // decide its label and whether it is a watershed line. Returns the value to store:
@@ -198,7 +205,7 @@ inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std:
         const std::int32_t b = basin_of(seen[a]);
         if (b == 0) continue;
         const std::int32_t c = basins.comp_root(b);
-        if (std::find(roots, roots + nc, c) == roots + nc) roots[nc++] = c;
+        if (!contains(roots, nc, c)) roots[nc++] = c;
     }
     if (nc > 1) {
         std::int32_t top = roots[0];
@@ -224,12 +231,11 @@ inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std:
         const std::int32_t b = basin_of(seen[a]);
         if (b == 0) continue;
         const std::int32_t r = basins.label_root(b);
-        if (std::find(roots, roots + nl, r) == roots + nl) roots[nl++] = r;
+        if (!contains(roots, nl, r)) roots[nl++] = r;
         const std::uint8_t st = basins.status[r];
         const bool marker = st == kMarker || (st == kTop && basins.peak[r] - level > lam);
         if (marker && b == seen[a]) {  // a labelled neighbour, not a line
-            if (std::find(real_seen, real_seen + real_markers, r) == real_seen + real_markers)
-                real_seen[real_markers++] = r;
+            if (!contains(real_seen, real_markers, r)) real_seen[real_markers++] = r;
             if (best_real == 0 || r < best_real) best_real = r;
         } else if (marker) {
             if (best_line == 0 || r < best_line) best_line = r;
