@@ -10,12 +10,15 @@
 //   merged (union-find) into the label it touches; two labels that are both markers
 //   (dynamics > lam) meeting at a pixel make that pixel a watershed line.
 //
-// Passes: (1) one vectorised raster pass marks every pixel background, or foreground
-// with or without a strictly higher neighbour; (2) each connected component of F is
-// gathered by a scanline flood fill; (3) it is swept with the priority queue; (4) one
-// raster pass numbers the objects. Data layout: `out` doubles as the state of every
-// pixel, so the extra memory is the largest component's pixel list and queue plus a
-// small record per basin (measured figures in the Python docstring).
+// Passes: (1) one raster pass marks every pixel background, or foreground with or
+// without a strictly higher neighbour (vectorised), cuts each row's foreground into
+// runs and joins the runs that touch across rows (union-find on runs); (2) the runs are
+// grouped by connected component of F; (3) each component is swept with the priority
+// queue (or, with a single maximum, filled); (4) the objects are numbered along the
+// runs. Background costs only pass 1. Data layout: `out` doubles as the state of every
+// pixel, so the extra memory is the runs (20 bytes each), the largest component's pixel
+// list and queue, and a small record per basin (measured figures in the Python
+// docstring).
 #pragma once
 
 #include <algorithm>
@@ -372,7 +375,7 @@ inline void join_rows(const std::vector<Run>& runs, std::uint32_t above, std::ui
     }
 }
 
-// Passes 2 and 3, one connected component of F at a time. Components never
+// Passes 1 to 4; the sweep runs one connected component of F at a time. Components never
 // interact, and restricting the sweep to one keeps every access inside a small
 // neighbourhood of memory (a global sweep visits pixels level by level all over the
 // image and is bound by cache misses). The result is the same as one global sweep:
@@ -451,6 +454,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         }
     };
 
+    // Pass 3: each component in turn.
     std::uint32_t component_begin = 0;
     for (const std::uint32_t end : component_end) {
         // The component's pixels (raster order) and its candidate maxima.
