@@ -53,12 +53,11 @@ namespace detail {
 // States of a pixel in `out` while the sweep runs. Basin ids are 1..kMaxBasins; a
 // watershed line pixel is stored as its label's id with bit kLine set (lines still
 // propagate the flood, so nothing behind a line is left unreached and dynamics stay
-// exact). 0 is background or a foreground pixel not yet gathered into its component;
-// the other states are negative. So a flooded pixel's basin is one mask away:
-// max(s, 0) & kIdMask, no branch (see the sweep).
+// exact). 0 is background; the other states are negative. So a flooded pixel's basin
+// is one mask away: max(s, 0) & kIdMask, no branch (see the sweep).
 constexpr std::int32_t kQueued = std::numeric_limits<std::int32_t>::min();  // pushed, not yet flooded
-constexpr std::int32_t kSeenMax = kQueued + 1;     // no strictly higher neighbour (pass 1); a maximum plateau
-constexpr std::int32_t kSeenNotMax = kQueued + 2;  // not on a maximum plateau
+constexpr std::int32_t kMaybeMax = kQueued + 1;  // no strictly higher neighbour (pass 1); then a maximum plateau
+constexpr std::int32_t kNotMax = kQueued + 2;    // not on a maximum plateau
 constexpr std::int32_t kLine = std::int32_t{1} << 30;
 constexpr std::int32_t kIdMask = kLine - 1;
 constexpr std::int32_t kMaxBasins = kIdMask;
@@ -118,20 +117,19 @@ struct Neighbourhood {
 };
 
 // Calls f(neighbour_index) for each in-bounds neighbour of pixel i, in order.
-// Interior pixels skip the bounds test. Returns whether i is an interior pixel.
+// Interior pixels skip the bounds test.
 template <class Fn>
-inline bool for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
+inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
                            std::ptrdiff_t width, std::ptrdiff_t i, Fn&& f) {
     const std::ptrdiff_t y = nh.row_of(i), x = i - y * width;
     if (y > 0 && x > 0 && y < height - 1 && x < width - 1) {
         for (int k = 0; k < nh.count; ++k) f(i + nh.offset[k]);
-        return true;
+    } else {
+        for (int k = 0; k < nh.count; ++k) {
+            const std::ptrdiff_t yy = y + nh.dy[k], xx = x + nh.dx[k];
+            if (yy >= 0 && yy < height && xx >= 0 && xx < width) f(i + nh.offset[k]);
+        }
     }
-    for (int k = 0; k < nh.count; ++k) {
-        const std::ptrdiff_t yy = y + nh.dy[k], xx = x + nh.dx[k];
-        if (yy >= 0 && yy < height && xx >= 0 && xx < width) f(i + nh.offset[k]);
-    }
-    return false;
 }
 
 // v > threshold, exactly, in T's own arithmetic: integer maps compare with the
@@ -253,7 +251,7 @@ inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std:
     return (line && real_markers >= 2) ? (target | kLine) : target;
 }
 
-// Pass 1, one row: 0 for background, kSeenMax or kSeenNotMax for a foreground pixel
+// Pass 1, one row: 0 for background, kMaybeMax or kNotMax for a foreground pixel
 // without or with a strictly higher neighbour (such a neighbour is in F too). `up`
 // and `down` are the rows above and below, or `row` itself at the image's edge (a
 // pixel is not higher than itself). Interior pixels take a branch-free loop that
@@ -262,7 +260,7 @@ template <class T, bool kDiagonal>
 void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width, const Foreground<T>& in_f,
                   std::int32_t* out) {
     const auto mx = [](T a, T b) { return a > b ? a : b; };
-    const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kSeenNotMax : kSeenMax) : 0; };
+    const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kNotMax : kMaybeMax) : 0; };
     const auto edge = [&](std::ptrdiff_t x) {
         const T t = row[x];
         const auto at = [&](const T* r, std::ptrdiff_t xx) { return xx < 0 || xx >= width ? t : r[xx]; };
@@ -446,7 +444,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             const std::ptrdiff_t p = stack.back();
             stack.pop_back();
             for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                if (out[j] == kSeenMax && v[j] == v[m]) {
+                if (out[j] == kMaybeMax && v[j] == v[m]) {
                     out[j] = state;
                     stack.push_back(static_cast<std::uint32_t>(j));
                 }
@@ -472,26 +470,26 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
             for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
                 component.push_back(i);
-                if (out[i] == kSeenMax) maxima.push_back(i);
+                if (out[i] == kMaybeMax) maxima.push_back(i);
             }
         }
         component_begin = end;
         // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
         // demote its whole plateau.
         for (const std::uint32_t m : maxima) {
-            if (out[m] != kSeenMax) continue;
+            if (out[m] != kMaybeMax) continue;
             bool beside_non_max = false;
             for_neighbours(nh, height, width, m,
-                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kSeenNotMax && v[j] == v[m]; });
-            if (beside_non_max) relabel_plateau(m, kSeenNotMax);
+                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kNotMax && v[j] == v[m]; });
+            if (beside_non_max) relabel_plateau(m, kNotMax);
         }
-        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kSeenMax; }),
+        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kMaybeMax; }),
                      maxima.end());
         // Number the maximum plateaus in raster order of their first pixel.
         std::sort(maxima.begin(), maxima.end());
         const std::size_t first_basin = basins.peak.size();
         for (const std::uint32_t m : maxima) {
-            if (out[m] == kSeenMax) {
+            if (out[m] == kMaybeMax) {
                 if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
                     throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
                 relabel_plateau(m, basins.add(static_cast<double>(v[m])));
@@ -522,7 +520,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                 const auto visit = [&](std::ptrdiff_t j) {
                     const std::int32_t s = out[j];
                     if constexpr (decltype(pushes)::value) {
-                        if (s == kSeenNotMax) {
+                        if (s == kNotMax) {
                             out[j] = kQueued;
                             queue.push(v[j], static_cast<std::uint32_t>(j));
                         }
@@ -574,19 +572,19 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     for (std::size_t c = 0; c < runs.size(); ++c) {  // raster order; background is 0 already
         if (c + 8 < runs.size()) prefetch(out + runs[c + 8].start);
         const Run& r = runs[c];
-      for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
-        const std::int32_t s = out[i];
-        if (is_line(s)) {
-            out[i] = 0;
-        } else if (s == last_basin) {
-            out[i] = last_id;
-        } else {
-            const std::int32_t root = basins.label_root(s);
-            if (final_id[root] == 0) final_id[root] = ++next;
-            last_basin = s;
-            last_id = out[i] = final_id[root];
+        for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
+            const std::int32_t s = out[i];
+            if (is_line(s)) {
+                out[i] = 0;
+            } else if (s == last_basin) {
+                out[i] = last_id;
+            } else {
+                const std::int32_t root = basins.label_root(s);
+                if (final_id[root] == 0) final_id[root] = ++next;
+                last_basin = s;
+                last_id = out[i] = final_id[root];
+            }
         }
-      }
     }
 }
 
