@@ -45,7 +45,7 @@ public:
         if (items_.size() < total) items_.resize(total);
     }
 
-    static constexpr bool kMayNeedNoPushes = false;
+    static constexpr bool kCanSkipPushes = false;
 
     void push(std::uint8_t value, std::uint32_t index) { items_[tail_[value]++] = index; }
 
@@ -150,7 +150,7 @@ public:
 
     // Without tied keys the sorted order is the pop order: the sweep may skip push(),
     // empty() and pop() and walk order() instead.
-    static constexpr bool kMayNeedNoPushes = true;
+    static constexpr bool kCanSkipPushes = true;
     bool needs_pushes() const { return !tied_.empty(); }
     const std::uint32_t* order() const { return index_.data(); }
 

@@ -556,7 +556,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
             else sweep(pushes, std::integral_constant<int, 8>{});
         };
-        if constexpr (Queue::kMayNeedNoPushes) {
+        if constexpr (Queue::kCanSkipPushes) {
             if (!queue.needs_pushes()) {
                 sweep_inside(std::false_type{});
                 continue;
