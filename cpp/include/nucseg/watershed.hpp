@@ -391,8 +391,9 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     std::vector<Run> runs;
     std::vector<std::uint32_t> parent;
     // Room for a realistic map's runs (a few per hundred pixels) and then some, so the
-    // vectors rarely grow: pages never written are never resident.
-    runs.reserve(static_cast<std::size_t>(height * width / 8 + height));
+    // vectors rarely grow: pages never written are never resident (capped, as Windows
+    // commits what is reserved).
+    runs.reserve(std::min<std::size_t>(static_cast<std::size_t>(height * width / 8 + height), std::size_t{1} << 24));
     parent.reserve(runs.capacity());
     std::uint32_t row_begin = 0, previous_begin = 0;
     for (std::ptrdiff_t y = 0; y < height; ++y) {
