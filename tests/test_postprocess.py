@@ -129,6 +129,23 @@ def test_realistic_map_identical_to_reference():
             )
 
 
+@pytest.mark.parametrize("width", [31, 32, 33, 64, 65, 97])
+def test_runs_across_mask_blocks_identical_to_reference(width):
+    """Rows wider than the 32-pixel masks that cut the foreground into runs: runs that
+    start, end or continue at a block boundary or at the row's end, touching the image
+    border, in many components with several maxima each."""
+    rng = np.random.default_rng(width)
+    smooth = ndi.gaussian_filter(rng.random((37, width)), 1.5)
+    prob = ((smooth - smooth.min()) / np.ptp(smooth)).astype(np.float32)
+    prob[:, -1] = 0.9  # a column of foreground on the right border: runs end with the row
+    prob[5, 28:36] = 0.95  # a run across the first block boundary
+    for p, lam, t in ((prob, 0.02, 0.45), (np.round(prob * 255).astype(np.uint8), 5.0, 115.0)):
+        for conn in (1, 2):
+            labels = _ws(p, lam, threshold=t, connectivity=conn)
+            assert labels.max() > 3
+            np.testing.assert_array_equal(labels, reference_watershed(p, lam, t, conn, True))
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
 @pytest.mark.parametrize("levels", [3, 40, 300, None])
 def test_large_components_with_ties_identical_to_reference(dtype, levels):
