@@ -26,11 +26,12 @@ class BucketQueue {
 public:
     static constexpr int kLevels = 256;
 
-    void reset(const std::uint8_t* values, const std::vector<std::uint32_t>& component) {
+    // The next component: its pixels' indices component[0..size).
+    void reset(const std::uint8_t* values, const std::uint32_t* component, std::size_t size) {
         std::uint32_t counts[kLevels] = {};
         int lo = kLevels - 1, hi = 0;
-        for (const std::uint32_t p : component) {
-            const int v = values[p];
+        for (std::size_t i = 0; i < size; ++i) {
+            const int v = values[component[i]];
             ++counts[v];
             lo = std::min(lo, v);
             hi = std::max(hi, v);
@@ -107,8 +108,8 @@ class SortedQueue {
 public:
     explicit SortedQueue(std::size_t pixels) : pixels_(pixels) {}
 
-    void reset(const T* values, const std::vector<std::uint32_t>& component) {
-        const std::size_t size = component.size();
+    // The next component: its pixels' indices component[0..size).
+    void reset(const T* values, const std::uint32_t* component, std::size_t size) {
         if (keys_.size() < size)
             keys_.resize(size), index_.resize(size), tmp_keys_.resize(size), tmp_index_.resize(size), items_.resize(size);
         Key lo = std::numeric_limits<Key>::max(), hi = 0;

@@ -458,7 +458,10 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     for (const std::uint32_t end : component_end) {
         // The component's pixels (raster order) and its candidate maxima.
         maxima.clear();
-        component.clear();
+        std::size_t size = 0;
+        for (std::uint32_t c = component_begin; c < end; ++c) size += runs[by_component[c]].length;
+        if (component.size() < size) component.resize(2 * size);  // a buffer: only grows
+        std::uint32_t* list = component.data();
         bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
         for (std::uint32_t c = component_begin; c < end; ++c) {
             if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
@@ -470,8 +473,8 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
             interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
             for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
-                component.push_back(i);
-                if (out[i] == kMaybeMax) maxima.push_back(i);
+                *list++ = i;
+                if (out[i] == kMaybeMax) maxima.push_back(i);  // rare
             }
         }
         component_begin = end;
@@ -499,12 +502,12 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         // One maximum (an isolated nucleus): its basin floods the whole component, no
         // line can form, and the sweep would only confirm it.
         if (basins.peak.size() == first_basin + 1) {
-            for (const std::uint32_t p : component) out[p] = static_cast<std::int32_t>(first_basin);
+            for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
             continue;
         }
 
         // Push every plateau pixel in raster order, so seeds are the oldest items.
-        queue.reset(v, component);
+        queue.reset(v, component.data(), size);
         for (const std::uint32_t m : maxima) queue.push(v[m], m);
 
         // The sweep, compiled six ways: with or without pushes (a sorted queue without
@@ -565,7 +568,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
                 while (!queue.empty()) step(queue.pop());
             } else {
                 const std::uint32_t* order = queue.order();
-                for (std::size_t i = 0, size = component.size(); i < size; ++i) step(order[i]);
+                for (std::size_t i = 0; i < size; ++i) step(order[i]);
             }
         };
         // `inside`: the neighbour count when no bounds test is needed, else 0.
