@@ -460,7 +460,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         maxima.clear();
         std::size_t size = 0;
         for (std::uint32_t c = component_begin; c < end; ++c) size += runs[by_component[c]].length;
-        if (component.size() < size) component.resize(2 * size);  // a buffer: only grows
+        if (component.size() < size) component.resize(std::max(size, 2 * component.size()));  // a buffer: only grows
         std::uint32_t* list = component.data();
         bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
         for (std::uint32_t c = component_begin; c < end; ++c) {
