@@ -162,7 +162,7 @@ def watershed_dynamics(
     maximum, and 4 bytes per image pixel once a uint16/float component has many tied
     values. Measured at 4096 x 4096: realistic maps (nuclei, ~20 % foreground) need 0.5
     byte per image pixel; the worst cases are a map that is one smooth component (8 bytes
-    per pixel for uint8, 31 for float32) and foreground in one-pixel runs (11).
+    per pixel for uint8, 30 for float32) and foreground in one-pixel runs (11).
 
     **Ties.** Pixels of equal value leave the queue first-in first-out; regional-maximum
     plateaus are pushed first, in raster order; neighbours are pushed in raster order of
