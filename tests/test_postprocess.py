@@ -3,6 +3,11 @@ dynamics, scikit-image, and the paper authors' post-processing."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -404,3 +409,32 @@ def test_input_is_not_modified():
     before = prob.copy()
     _ws(prob, 0.03)
     np.testing.assert_array_equal(prob, before)
+
+
+_LONG_CALL = """
+import numpy as np
+from scipy import ndimage as ndi
+import nucseg
+rng = np.random.default_rng(0)
+f = ndi.gaussian_filter(rng.random((4096, 4096), dtype=np.float32), 2)
+prob = (0.55 + 0.45 * (f - f.min()) / np.ptp(f)).astype(np.float32)  # one component, ~10^5 maxima
+print("ready", flush=True)
+try:
+    nucseg.watershed_dynamics(prob, 0.0)  # seconds of sweep
+    print("finished", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_ctrl_c_interrupts_a_long_call():
+    """Ctrl-C during a long call raises KeyboardInterrupt from inside the call (the
+    kernel polls for signals), instead of letting it run to the end."""
+    proc = subprocess.Popen([sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)  # into the call, which takes seconds here
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert "interrupted" in out and "finished" not in out
+
