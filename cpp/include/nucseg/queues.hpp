@@ -194,25 +194,30 @@ public:
     }
 
 private:
-    // LSD radix sort of (keys_, index_) by key - lo, 8-bit digits (11 from 4,096 pixels);
-    // small components by insertion.
+    // Sorts (keys_, index_) by key: insertion below 48 pixels, else LSD radix on 8-bit
+    // digits (11 from 4,096 pixels), or radix on the top 16 bits plus insertion.
     void sort(std::size_t size, Key lo, Key hi) {
         if (size < 48) {
-            for (std::size_t i = 1; i < size; ++i) {
-                const Key k = keys_[i];
-                const std::uint32_t x = index_[i];
-                std::size_t j = i;
-                for (; j > 0 && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1], index_[j] = index_[j - 1];
-                keys_[j] = k, index_[j] = x;
-            }
+            insertion_sort(0, size, ~std::size_t{0});
             return;
         }
         const Key range = hi - lo;
-        // Digits sized to the component so the histogram stays small beside it.
-        const unsigned bits = size < 4096 ? 8 : 11;
-        const Key mask = (Key{1} << bits) - 1;
+        unsigned bits = 0;  // significant bits of the range
+        while (bits < 8 * sizeof(Key) && (range >> bits) != 0) ++bits;
+        if (size < 4096 && bits > 16) {
+            // The top 16 bits by radix, then the few keys left out of order by insertion
+            // (spread keys, as in a smooth map); clustered keys fall back to full radix.
+            radix(size, lo, bits - 16, bits, 8);
+            if (insertion_sort(0, size, 4 * size)) return;
+        }
+        radix(size, lo, 0, bits, size < 4096 ? 8 : 11);
+    }
+
+    // LSD radix sort of (keys_, index_) by bits [from, to) of key - lo, `digit` bits at a time.
+    void radix(std::size_t size, Key lo, unsigned from, unsigned to, unsigned digit) {
+        const Key mask = (Key{1} << digit) - 1;
         std::uint32_t count[(1u << 11) + 1];
-        for (unsigned shift = 0; shift < 8 * sizeof(Key) && (range >> shift) != 0; shift += bits) {
+        for (unsigned shift = from; shift < to; shift += digit) {
             std::fill(count, count + mask + 2, 0u);
             for (std::size_t i = 0; i < size; ++i) ++count[(((keys_[i] - lo) >> shift) & mask) + 1];
             for (Key d = 0; d < mask; ++d) count[d + 1] += count[d];
@@ -224,6 +229,23 @@ private:
             keys_.swap(tmp_keys_);
             index_.swap(tmp_index_);
         }
+    }
+
+    // Insertion sort of [begin, end); gives up (false) after `budget` moves, leaving a
+    // permutation of the input.
+    bool insertion_sort(std::size_t begin, std::size_t end, std::size_t budget) {
+        std::size_t moves = 0;
+        for (std::size_t i = begin + 1; i < end; ++i) {
+            const Key k = keys_[i];
+            if (!(keys_[i - 1] > k)) continue;
+            const std::uint32_t x = index_[i];
+            std::size_t j = i;
+            for (; j > begin && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1], index_[j] = index_[j - 1];
+            keys_[j] = k, index_[j] = x;
+            moves += i - j;
+            if (moves > budget) return false;
+        }
+        return true;
     }
 
     static constexpr std::size_t kNoRun = static_cast<std::size_t>(-1);
