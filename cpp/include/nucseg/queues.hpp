@@ -198,7 +198,7 @@ private:
     // digits (11 from 4,096 pixels), or radix on the top 16 bits plus insertion.
     void sort(std::size_t size, Key lo, Key hi) {
         if (size < 48) {
-            insertion_sort(0, size, ~std::size_t{0});
+            insertion_sort(size, ~std::size_t{0});
             return;
         }
         const Key range = hi - lo;
@@ -208,7 +208,7 @@ private:
             // The top 16 bits by radix, then the few keys left out of order by insertion
             // (spread keys, as in a smooth map); clustered keys fall back to full radix.
             radix(size, lo, bits - 16, bits, 8);
-            if (insertion_sort(0, size, 4 * size)) return;
+            if (insertion_sort(size, 4 * size)) return;
         }
         radix(size, lo, 0, bits, size < 4096 ? 8 : 11);
     }
@@ -231,16 +231,16 @@ private:
         }
     }
 
-    // Insertion sort of [begin, end); gives up (false) after `budget` moves, leaving a
-    // permutation of the input.
-    bool insertion_sort(std::size_t begin, std::size_t end, std::size_t budget) {
+    // Insertion sort of the first `size` entries; gives up (false) after `budget` moves,
+    // leaving a permutation of the input.
+    bool insertion_sort(std::size_t size, std::size_t budget) {
         std::size_t moves = 0;
-        for (std::size_t i = begin + 1; i < end; ++i) {
+        for (std::size_t i = 1; i < size; ++i) {
             const Key k = keys_[i];
             if (!(keys_[i - 1] > k)) continue;
             const std::uint32_t x = index_[i];
             std::size_t j = i;
-            for (; j > begin && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1], index_[j] = index_[j - 1];
+            for (; j > 0 && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1], index_[j] = index_[j - 1];
             keys_[j] = k, index_[j] = x;
             moves += i - j;
             if (moves > budget) return false;

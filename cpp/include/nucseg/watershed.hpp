@@ -390,11 +390,13 @@ inline std::uint32_t run_root(std::vector<std::uint32_t>& parent, std::uint32_t 
     return r;
 }
 
-// Joins the runs of two consecutive rows that touch (`reach` = 1 lets diagonal
-// neighbours touch): a merge of the two sorted lists.
-inline void join_rows(const std::vector<Run>& runs, std::uint32_t above, std::uint32_t above_end, std::uint32_t below,
-                      std::uint32_t below_end, std::uint32_t width, std::uint32_t reach,
-                      std::vector<std::uint32_t>& parent) {
+// Joins the runs of the last row (from `below` to the end of `runs`) that touch runs
+// of the row above (from `above` to `below`); `reach` = 1 lets diagonal neighbours
+// touch. A merge of the two sorted lists.
+inline void join_rows(const std::vector<Run>& runs, std::uint32_t above, std::uint32_t below, std::uint32_t width,
+                      std::uint32_t reach, std::vector<std::uint32_t>& parent) {
+    const std::uint32_t above_end = below;
+    const auto below_end = static_cast<std::uint32_t>(runs.size());
     while (above < above_end && below < below_end) {
         const Run& a = runs[above];
         const Run& b = runs[below];
@@ -447,8 +449,7 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         row_begin = static_cast<std::uint32_t>(runs.size());
         find_runs(out, y * width, width, static_cast<std::uint32_t>(y), runs);
         for (auto r = static_cast<std::uint32_t>(parent.size()); r < runs.size(); ++r) parent.push_back(r);
-        join_rows(runs, previous_begin, row_begin, row_begin, static_cast<std::uint32_t>(runs.size()),
-                  static_cast<std::uint32_t>(width), reach, parent);
+        join_rows(runs, previous_begin, row_begin, static_cast<std::uint32_t>(width), reach, parent);
         work += static_cast<std::uint64_t>(width);
         if (work >= 0x40000) {
             work = 0;
