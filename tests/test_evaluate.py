@@ -57,6 +57,22 @@ def test_mean_and_std_over_patients_not_images():
     assert "0.700 ± 0.283" in table
 
 
+def test_pooled_f1_weighs_images_by_their_pixels():
+    from nucseg.metrics import evaluate
+
+    # Image 1: a 2x10 nucleus found exactly (F1 1); image 2: a 1x2 nucleus missed half (tp 1, fn 1: F1 2/3).
+    gt1 = np.zeros((4, 10), np.int32); gt1[:2] = 1
+    gt2 = np.zeros((4, 10), np.int32); gt2[0, :2] = 1
+    pred2 = np.zeros((4, 10), np.int32); pred2[0, 0] = 1
+    rows = [{"method": "A", "patient": p, "image": p, **evaluate(g, q)} for p, g, q in (("01", gt1, gt1), ("02", gt2, pred2))]
+    assert (rows[1]["pixel_tp"], rows[1]["pixel_fp"], rows[1]["pixel_fn"]) == (1, 0, 1)
+    s = summarise(rows)[0]
+    assert s["f1_mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert s["f1_pooled"] == pytest.approx(2 * 21 / (2 * 21 + 0 + 1))
+    assert "f1_pooled" not in summarise([_row("A", "01", 0.8)])[0]
+    assert format_table([s]).splitlines()[-1] == f"Pixel F1 pooled over all images (not per patient): A {s['f1_pooled']:.3f}"
+
+
 def test_write_results(tmp_path):
     rows = [_row("A", "01", 0.8), _row("A", "02", 0.6)]
     paths = write_results(tmp_path, rows, {"note": "x"})
@@ -168,3 +184,30 @@ def test_cli_train_loader_workers_default(monkeypatch):
     assert _workers(None, None) == 1  # auto picks the GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _workers(None, None) == 0
+
+
+def test_cli_train_init_weights_per_fold_and_leakage(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from nucseg.cli import train as cli_train
+
+    data = _folder(tmp_path / "tnbc")
+    tiny = ["--data", str(data), "--iterations", "1", "--crop", "32", "--batch-size", "2", "--arch-kwargs", '{"width": 4, "depth": 2}', "--no-tune", "--quiet"]
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "cv"), "--cv", "lopo"]) == 0
+    # Each fold continues the earlier run's model of the same fold.
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "more"), "--cv", "lopo", "--init-weights", str(tmp_path / "cv")]) == 0
+    for i in (0, 1):
+        rec = json.loads((tmp_path / "more" / f"fold_{i:02d}" / "default.json").read_text())["training"]["init_weights"]
+        assert rec["path"] == str(tmp_path / "cv" / f"fold_{i:02d}" / "default.safetensors")
+    # A model trained on every patient has seen each fold's held-out patient: refused.
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "all")]) == 0
+    leak = tiny + ["--out", str(tmp_path / "leak"), "--cv", "lopo", "--init-weights", str(tmp_path / "all" / "default.safetensors")]
+    assert cli_train.main(leak) == 2
+    err = capsys.readouterr().err
+    assert "was trained on patients ['01']" in err and err.count("\n") == 1
+    # The bundled model (trained on all 9 TNBC patients) as a starting point, without CV.
+    base = ["--data", str(data), "--iterations", "1", "--crop", "32", "--batch-size", "2", "--no-tune", "--quiet"]
+    assert cli_train.main(base + ["--out", str(tmp_path / "ft"), "--init-weights", "default"]) == 0
+    rec = json.loads((tmp_path / "ft" / "default.json").read_text())["training"]["init_weights"]
+    assert rec["patients"] == ["01", "02", "04", "05", "06", "07", "09", "10", "11"]
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "x"), "--init-weights", str(tmp_path / "missing")]) == 2
+    assert "--init-weights" in capsys.readouterr().err

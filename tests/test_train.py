@@ -215,3 +215,33 @@ def test_checkpoint_of_a_recipe_without_a_newer_field_resumes(tmp_path):
     del doc["config"]["augment_on"]
     meta.write_text(json.dumps(doc))
     assert train(cfg, [im], tmp_path, tune=False).iterations == 4
+
+
+def test_init_weights_start_from_a_trained_model(tmp_path):
+    im = _synthetic_image()
+    first = train(TrainConfig(iterations=60, checkpoint_every=1000, **TINY), [im], tmp_path / "a", tune=False)
+    # Zero steps from the trained model: the saved network is that model, bit for bit.
+    same = train(TrainConfig(iterations=0, init_weights=str(first.model_path), **TINY), [im], tmp_path / "b", tune=False)
+    a = load_model(first.model_path, device="cpu")
+    b = load_model(same.model_path, device="cpu")
+    for k, v in a.net.state_dict().items():
+        assert torch.equal(v, b.net.state_dict()[k]), k
+    doc = json.loads(same.model_path.with_suffix(".json").read_text())["training"]
+    assert doc["init_weights"]["sha256"] == a.sha256 and doc["init_weights"]["patients"] == ["01"]
+    assert doc["patients"] == ["01"]
+    # Three more steps at a low rate keep what the model learnt; three steps from scratch learn nothing.
+    few = dict(TINY, lr=1e-3, warmup=1)
+    tuned = train(TrainConfig(iterations=3, init_weights=str(first.model_path), **few), [im], tmp_path / "c", tune=False)
+    fresh = train(TrainConfig(iterations=3, **few), [im], tmp_path / "d", tune=False)
+    f1 = {k: pixel_scores(load_model(r.model_path, device="cpu").predict(im.rgb) > 0.25, im.mask).f1 for k, r in (("tuned", tuned), ("fresh", fresh))}
+    assert f1["tuned"] > 0.9 > f1["fresh"]
+
+
+def test_init_weights_must_match_the_architecture(tmp_path):
+    im = _synthetic_image(64)
+    src = train(TrainConfig(iterations=1, **{**TINY, "crop": 32}), [im], tmp_path / "a", tune=False)
+    wider = {**TINY, "crop": 32, "arch_kwargs": {"width": 4, "depth": 2}}
+    with pytest.raises(ValueError, match="init_weights .* is a unet"):
+        train(TrainConfig(iterations=1, init_weights=str(src.model_path), **wider), [im], tmp_path / "b", tune=False)
+    with pytest.raises(FileNotFoundError):
+        train(TrainConfig(iterations=1, init_weights=str(tmp_path / "none.safetensors"), **TINY), [im], tmp_path / "c")

@@ -197,26 +197,27 @@ def pixel_scores(pred: np.ndarray, gt: np.ndarray) -> PixelScores:
     (1.0, 0.5, 0.5)
     """
     p, g = _check_pair(pred, gt, "pred", "gt")
-    p = p.astype(bool, copy=False).ravel()
-    g = g.astype(bool, copy=False).ravel()
-    n = p.size
-    tp = int(np.count_nonzero(p & g))
-    n_p = int(np.count_nonzero(p))
-    n_g = int(np.count_nonzero(g))
-    fp = n_p - tp
-    fn = n_g - tp
-    tn = n - tp - fp - fn
+    tp, fp, fn = _pixel_counts(p, g)
+    tn = p.size - tp - fp - fn
     same = fp == 0 and fn == 0
     tpr = _ratio(tp, tp + fn, same)
     tnr = _ratio(tn, tn + fp, same)
     return PixelScores(
-        accuracy=(tp + tn) / n,
+        accuracy=(tp + tn) / p.size,
         iu=_ratio(tp, tp + fp + fn, same),
         recall=tpr,
         precision=_ratio(tp, tp + fp, same),
         f1=_ratio(2 * tp, 2 * tp + fp + fn, same),
         performance=(tpr + tnr) / 2,
     )
+
+
+def _pixel_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """True-positive, false-positive and false-negative pixel counts of two checked masks."""
+    p = pred.astype(bool, copy=False).ravel()
+    g = gt.astype(bool, copy=False).ravel()
+    tp = int(np.count_nonzero(p & g))
+    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp
 
 
 # --------------------------------------------------------------------------- overlaps
@@ -520,9 +521,10 @@ def evaluate(gt_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, float]
         ``precision``, ``f1``, ``performance``); object scores at IoU > 0.5
         prefixed where the name would clash (``object_precision``,
         ``object_recall``, ``object_f1``) or as is (``sq``, ``dq``, ``pq``,
-        ``n_true``, ``n_pred``, ``tp``, ``fp``, ``fn``, ``count_error``); and
-        ``aji``. Counts are stored as floats so the dict averages and
-        serialises uniformly.
+        ``n_true``, ``n_pred``, ``tp``, ``fp``, ``fn``, ``count_error``);
+        ``aji``; and the pixel counts ``pixel_tp``, ``pixel_fp``, ``pixel_fn``.
+        Counts are stored as floats so the dict averages and serialises
+        uniformly.
 
     Examples
     --------
@@ -534,6 +536,8 @@ def evaluate(gt_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, float]
     """
     gt, pred = _check_labels(gt_labels, pred_labels)
     out = {k: float(v) for k, v in asdict(pixel_scores(pred, gt)).items()}
+    # Raw counts too, so F1 can also be pooled over a whole test set (nucseg.evaluate.summarise).
+    out.update(zip(("pixel_tp", "pixel_fp", "pixel_fn"), map(float, _pixel_counts(pred, gt))))
     ov = _overlap(gt, pred)
     obj = asdict(_object_scores(ov, 0.5))
     for key in ("precision", "recall", "f1"):

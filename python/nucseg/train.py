@@ -45,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "load_checkpoint",
+    "model_patients",
     "prepare_images",
     "preset",
     "seg_loss",
@@ -90,6 +91,12 @@ class TrainConfig:
         Resolution of the training images (um/px).
     encoder_weights : str, optional
         Local torchvision VGG16 state dict for the VGG encoders.
+    init_weights : str, optional
+        A trained nucseg model (``.safetensors`` with its ``.json``, e.g. the
+        bundled default) whose weights start the network: fine-tuning. Its
+        architecture, ``arch_kwargs`` and output channels must be the recipe's.
+        The schedule (warm-up, then a cosine from ``lr``) starts afresh, so give
+        a lower ``lr`` than the preset's.
     augment : AugmentConfig
     augment_on : {"cpu", "device"}
         ``"cpu"``: each crop augmented with numpy/scipy (:func:`nucseg.data.augment_sample`),
@@ -118,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     mpp: float = 0.25
     encoder_weights: str | None = None
+    init_weights: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     augment_on: str = "cpu"
 
@@ -427,6 +435,7 @@ def train(
         if not hasattr(net, "stages"):
             raise ValueError(f"--encoder-weights applies to VGG models (fcn8s, deconvnet), not {cfg.arch!r}")
         load_vgg16_encoder(net.stages, cfg.encoder_weights)
+    init = _load_init_weights(net, cfg) if cfg.init_weights else None
     # Channels-last: oneDNN and cuDNN run these convolutions fastest in NHWC (a CPU step of
     # the default recipe: 1.45x faster). Checkpoints store plain contiguous tensors.
     net.to(dev).to(memory_format=torch.channels_last)
@@ -509,7 +518,10 @@ def train(
         arch_kwargs=dict(cfg.arch_kwargs),
     )
     extra = {"recipe": cfg.to_dict(), "steps": step, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(),
-             "device": _device_name(dev), "loader_workers": workers if cfg.augment_on == "cpu" else 0, "parameters": count_parameters(net), "loss_log": losses}
+             "device": _device_name(dev), "loader_workers": workers if cfg.augment_on == "cpu" else 0, "parameters": count_parameters(net),
+             "patients": sorted({im.patient for im in images}), "loss_log": losses}
+    if init is not None:
+        extra["init_weights"] = init
     path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     if tune:
         from .evaluate import DEFAULT_MIN_AREAS, tune_postprocess
@@ -521,6 +533,56 @@ def train(
         extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)}
         path = save_model(net, mconf, path, **extra)
     return TrainResult(path, step, elapsed, losses[-1])
+
+
+def _load_init_weights(net: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Copy a trained model's weights into ``net`` (checksum-verified, safetensors only).
+
+    Returns what the model JSON records about where the weights came from.
+    """
+    from .inference import load_model
+
+    src = load_model(cfg.init_weights, device="cpu")
+    c = src.config
+    mine = (cfg.arch, dict(cfg.arch_kwargs), cfg.out_channels)
+    theirs = (c.arch, dict(c.arch_kwargs), c.out_channels)
+    if mine != theirs:
+        raise ValueError(
+            f"init_weights {cfg.init_weights} is a {theirs[0]} {theirs[1]} with {theirs[2]} output channels; "
+            f"the recipe builds a {mine[0]} {mine[1]} with {mine[2]}"
+        )
+    net.load_state_dict(src.net.state_dict(), strict=True)
+    return {"path": str(cfg.init_weights), "sha256": src.sha256, "patients": model_patients(cfg.init_weights)}
+
+
+def model_patients(path: str | os.PathLike) -> list[str] | None:
+    """The patients a saved model was trained on, or None when nothing records them.
+
+    Read from the model JSON's ``training.patients`` (models trained since
+    2026-11-26) or else from the ``split.json`` a cross-validation run writes
+    beside each fold's model.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model's ``.safetensors`` or ``.json``.
+    """
+    from .inference import _model_paths
+
+    weights, meta = _model_paths(path)
+    try:
+        recorded = json.loads(meta.read_text()).get("training", {}).get("patients")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if recorded is not None:
+        return sorted(str(p) for p in recorded)
+    split = weights.parent / "split.json"
+    if split.is_file():
+        try:
+            return sorted(str(p) for p in json.loads(split.read_text())["train_patients"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
+    return None
 
 
 def _state(cfg: TrainConfig, step: int, elapsed: float, losses: list[float]) -> dict[str, Any]:

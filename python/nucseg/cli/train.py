@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,12 @@ examples:
 
   # on a GPU, augmenting whole batches there instead (no CPU bottleneck)
   nucseg-train --data shared/data/tnbc --out runs/default_gpu2 --device cuda --augment-on device --iterations 50000
+
+  # fine-tune the bundled default model on your own annotations (TNBC folder layout)
+  nucseg-train --data my_annotations --out runs/finetuned --init-weights default --lr 5e-4 --time-budget 30
+
+  # continue each fold of an earlier cross-validation run (same splits) with a fresh, lower schedule
+  nucseg-train --data shared/data/tnbc --out runs/cv_more --cv kfold --folds 3 --init-weights runs/cv_default --lr 5e-4 --time-budget 40
 
   # FCN-8s initialised from a local torchvision VGG16 state dict
   nucseg-train --data shared/data/tnbc --out runs/fcn --preset fcn8s --encoder-weights vgg16.pth
@@ -68,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "training device: use it on a GPU)",
     )
     p.add_argument("--encoder-weights", default=None, metavar="PATH", help="local torchvision VGG16 state dict (fcn8s, deconvnet)")
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        metavar="MODEL",
+        help="start from a trained model: a .safetensors/.json, 'default' (the bundled model), or with --cv an earlier "
+        "cross-validation run folder (fold i starts from its fold_i model; splits must match). With --cv, the model "
+        "must not have seen a fold's held-out patients",
+    )
     p.add_argument("--patients", default=None, help="comma-separated patient ids to use (default: all)")
     p.add_argument("--cv", choices=["none", "lopo", "kfold"], default="none", help="validation splits (default: %(default)s)")
     p.add_argument("--folds", type=int, default=3, help="k for --cv kfold (default: %(default)s)")
@@ -128,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise ValueError(f"--arch-kwargs is not valid JSON: {exc}") from None
     cfg = preset(args.preset, seed=args.seed, **overrides)
+    init = _init_source(args.init_weights)
     patients = args.patients.split(",") if args.patients else None
     images = load_tnbc(args.data, patients)
     out = Path(args.out)
@@ -135,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     common = dict(resume=not args.no_resume, progress=not args.quiet, tune=not args.no_tune, threads=args.threads,
                   device=device, workers=_workers(args.workers, device))
     if args.cv == "none":
+        if init is not None:
+            cfg = dataclasses.replace(cfg, init_weights=str(_init_model(init, None)))
         res = train(cfg, images, out, name=args.preset, **common)
         if not args.quiet:
             print(f"model: {res.model_path} ({res.iterations} steps, {res.seconds / 60:.1f} min, loss {res.final_loss:.4f})")
@@ -156,11 +174,64 @@ def _run(args: argparse.Namespace) -> int:
             "test_patients": sorted({images[j].patient for j in te}),
             "preset": args.preset,
         }
+        fold_cfg = cfg
+        if init is not None:
+            fold_cfg = dataclasses.replace(cfg, init_weights=str(_init_model(init, split)))
         (fold_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
-        res = train(cfg, [images[j] for j in np.asarray(tr)], fold_dir, name=args.preset, **common)
+        res = train(fold_cfg, [images[j] for j in np.asarray(tr)], fold_dir, name=args.preset, **common)
         if not args.quiet:
             print(f"fold {i}: held out {split['test_patients']} -> {res.model_path} ({res.seconds / 60:.1f} min)")
     return 0
+
+
+def _init_source(value: str | None) -> Path | None:
+    """``--init-weights`` as a path: 'default' is the bundled model."""
+    if value is None:
+        return None
+    if value == "default" and not Path(value).exists():
+        from ..inference import DEFAULT_MODEL
+
+        return DEFAULT_MODEL
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, 'default', or a run folder)")
+    return path
+
+
+def _init_model(source: Path, split: dict | None) -> Path:
+    """The model that starts one run: ``source`` itself, or for fold i of a CV run its ``fold_i`` model.
+
+    With a ``split``, refuses a model that was trained on any of the fold's
+    held-out patients (or that records no patients): the fold's scores would
+    then not be held out.
+    """
+    from ..train import model_patients
+
+    if source.is_dir():
+        if split is None:
+            raise ValueError(f"--init-weights {source} is a folder; without --cv give a model .safetensors or .json")
+        fold_dir = source / f"fold_{split['fold']:02d}"
+        models = sorted(p for p in fold_dir.glob("*.json") if p.name not in ("split.json", "checkpoint.json"))
+        if len(models) != 1:
+            raise ValueError(f"--init-weights: expected one model in {fold_dir}, found {len(models)}")
+        theirs = json.loads((fold_dir / "split.json").read_text()) if (fold_dir / "split.json").is_file() else {}
+        if theirs.get("test_patients") != split["test_patients"]:
+            raise ValueError(
+                f"--init-weights: {fold_dir} held out {theirs.get('test_patients')}, this fold holds out "
+                f"{split['test_patients']}; use the same --cv, --folds and --seed as that run"
+            )
+        source = models[0].with_suffix(".safetensors")
+    if split is not None:
+        seen = model_patients(source)
+        if seen is None:
+            raise ValueError(f"--init-weights: {source} records no training patients, so fold {split['fold']} cannot be checked for leakage")
+        leaked = sorted(set(seen) & set(split["test_patients"]))
+        if leaked:
+            raise ValueError(
+                f"--init-weights: {source} was trained on patients {leaked}, which fold {split['fold']} holds out; "
+                "its scores would not be held out"
+            )
+    return source
 
 
 def _workers(workers: int | None, device: str | None) -> int:
