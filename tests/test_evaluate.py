@@ -203,11 +203,23 @@ def test_cli_train_init_weights_per_fold_and_leakage(tmp_path, capsys):
     leak = tiny + ["--out", str(tmp_path / "leak"), "--cv", "lopo", "--init-weights", str(tmp_path / "all" / "default.safetensors")]
     assert cli_train.main(leak) == 2
     err = capsys.readouterr().err
-    assert "was trained on patients ['01']" in err and err.count("\n") == 1
+    assert "was trained on images of patients ['01']" in err and err.count("\n") == 1
     # The bundled model (trained on all 9 TNBC patients) as a starting point, without CV.
     base = ["--data", str(data), "--iterations", "1", "--crop", "32", "--batch-size", "2", "--no-tune", "--quiet"]
     assert cli_train.main(base + ["--out", str(tmp_path / "ft"), "--init-weights", "default"]) == 0
     rec = json.loads((tmp_path / "ft" / "default.json").read_text())["training"]["init_weights"]
     assert rec["patients"] == ["01", "02", "04", "05", "06", "07", "09", "10", "11"]
+    # Other images under the same patient ids: the bundled model never saw them, so CV may start from it.
+    assert cli_train.main(base + ["--out", str(tmp_path / "ftcv"), "--cv", "lopo", "--init-weights", "default"]) == 0
     assert cli_train.main(tiny + ["--out", str(tmp_path / "x"), "--init-weights", str(tmp_path / "missing")]) == 2
     assert "--init-weights" in capsys.readouterr().err
+
+
+def test_cli_train_refuses_the_bundled_model_for_cv_on_tnbc(tnbc_dir, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from nucseg.cli import train as cli_train
+
+    # The bundled model was trained on all 41 TNBC images: a fold that starts from it would not be held out.
+    args = ["--data", str(tnbc_dir), "--out", str(tmp_path / "cv"), "--cv", "kfold", "--init-weights", "default", "--quiet"]
+    assert cli_train.main(args) == 2
+    assert "was trained on images of patients ['04', '06', '11'], which fold 0 holds out" in capsys.readouterr().err

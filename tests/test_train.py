@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from nucseg.data import AugmentConfig, TNBCImage, mask_to_instances  # noqa: E402
 from nucseg.inference import load_model  # noqa: E402
 from nucseg.metrics import pixel_scores  # noqa: E402
-from nucseg.train import TrainConfig, load_checkpoint, preset, seg_loss, train  # noqa: E402
+from nucseg.train import TrainConfig, image_digest, load_checkpoint, preset, seg_loss, train  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -228,7 +228,7 @@ def test_init_weights_start_from_a_trained_model(tmp_path):
         assert torch.equal(v, b.net.state_dict()[k]), k
     doc = json.loads(same.model_path.with_suffix(".json").read_text())["training"]
     assert doc["init_weights"]["sha256"] == a.sha256 and doc["init_weights"]["patients"] == ["01"]
-    assert doc["patients"] == ["01"]
+    assert doc["patients"] == ["01"] and doc["image_digests"] == [image_digest(im.rgb)]
     # Three more steps at a low rate keep what the model learnt; three steps from scratch learn nothing.
     few = dict(TINY, lr=1e-3, warmup=1)
     tuned = train(TrainConfig(iterations=3, init_weights=str(first.model_path), **few), [im], tmp_path / "c", tune=False)
@@ -245,3 +245,14 @@ def test_init_weights_must_match_the_architecture(tmp_path):
         train(TrainConfig(iterations=1, init_weights=str(src.model_path), **wider), [im], tmp_path / "b", tune=False)
     with pytest.raises(FileNotFoundError):
         train(TrainConfig(iterations=1, init_weights=str(tmp_path / "none.safetensors"), **TINY), [im], tmp_path / "c")
+
+
+def test_image_digest_depends_on_pixels_and_shape_only():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    assert image_digest(a) == image_digest(a.copy()) and len(image_digest(a)) == 16
+    b = a.copy()
+    b[3, 2, 1] ^= 1
+    assert image_digest(b) != image_digest(a)
+    assert image_digest(a.reshape(6, 8, 3)) != image_digest(a)
+    assert image_digest(np.asfortranarray(a)) == image_digest(a)

@@ -20,6 +20,7 @@ against the soft target, weight ``aux_weight``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -44,12 +45,14 @@ __all__ = [
     "PreparedImage",
     "TrainConfig",
     "TrainResult",
+    "TrainingRecord",
+    "image_digest",
     "load_checkpoint",
-    "model_patients",
     "prepare_images",
     "preset",
     "seg_loss",
     "train",
+    "training_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -519,7 +522,8 @@ def train(
     )
     extra = {"recipe": cfg.to_dict(), "steps": step, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(),
              "device": _device_name(dev), "loader_workers": workers if cfg.augment_on == "cpu" else 0, "parameters": count_parameters(net),
-             "patients": sorted({im.patient for im in images}), "loss_log": losses}
+             "patients": sorted({im.patient for im in images}), "image_digests": sorted(image_digest(im.rgb) for im in images),
+             "loss_log": losses}
     if init is not None:
         extra["init_weights"] = init
     path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
@@ -552,15 +556,44 @@ def _load_init_weights(net: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
             f"the recipe builds a {mine[0]} {mine[1]} with {mine[2]}"
         )
     net.load_state_dict(src.net.state_dict(), strict=True)
-    return {"path": str(cfg.init_weights), "sha256": src.sha256, "patients": model_patients(cfg.init_weights)}
+    return {"path": str(cfg.init_weights), "sha256": src.sha256, "patients": training_record(cfg.init_weights).patients}
 
 
-def model_patients(path: str | os.PathLike) -> list[str] | None:
-    """The patients a saved model was trained on, or None when nothing records them.
+def image_digest(rgb: np.ndarray) -> str:
+    """A short fingerprint of an image's pixels (first 16 hex digits of a SHA-256 of shape and bytes).
 
-    Read from the model JSON's ``training.patients`` (models trained since
-    2026-11-26) or else from the ``split.json`` a cross-validation run writes
-    beside each fold's model.
+    Models record the digests of their training images, so a later run can tell
+    whether a starting model has seen an image without relying on file or
+    patient names, which differ between datasets.
+    """
+    arr = np.ascontiguousarray(rgb)
+    h = hashlib.sha256(repr((arr.shape, arr.dtype.str)).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a saved model records about its training data.
+
+    Attributes
+    ----------
+    patients : list of str or None
+        Patient ids, or None when nothing records them.
+    image_digests : frozenset of str or None
+        :func:`image_digest` of every training image (models trained since
+        2026-11-26 and the bundled default), or None.
+    """
+
+    patients: list[str] | None
+    image_digests: frozenset[str] | None
+
+
+def training_record(path: str | os.PathLike) -> TrainingRecord:
+    """The training patients and image fingerprints a saved model records.
+
+    Read from the model JSON's ``training`` section, or for older
+    cross-validation folds from the ``split.json`` beside the model (patients only).
 
     Parameters
     ----------
@@ -571,18 +604,19 @@ def model_patients(path: str | os.PathLike) -> list[str] | None:
 
     weights, meta = _model_paths(path)
     try:
-        recorded = json.loads(meta.read_text()).get("training", {}).get("patients")
+        training = json.loads(meta.read_text()).get("training", {})
+        patients, digests = training.get("patients"), training.get("image_digests")
     except (OSError, json.JSONDecodeError, AttributeError):
-        recorded = None
-    if recorded is not None:
-        return sorted(str(p) for p in recorded)
-    split = weights.parent / "split.json"
-    if split.is_file():
+        patients, digests = None, None
+    if patients is None and (weights.parent / "split.json").is_file():
         try:
-            return sorted(str(p) for p in json.loads(split.read_text())["train_patients"])
+            patients = json.loads((weights.parent / "split.json").read_text())["train_patients"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            return None
-    return None
+            patients = None
+    return TrainingRecord(
+        None if patients is None else sorted(str(p) for p in patients),
+        None if digests is None else frozenset(str(d) for d in digests),
+    )
 
 
 def _state(cfg: TrainConfig, step: int, elapsed: float, losses: list[float]) -> dict[str, Any]:

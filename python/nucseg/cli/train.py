@@ -176,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         }
         fold_cfg = cfg
         if init is not None:
-            fold_cfg = dataclasses.replace(cfg, init_weights=str(_init_model(init, split)))
+            source = _init_model(init, split, [images[j] for j in np.asarray(te)])
+            fold_cfg = dataclasses.replace(cfg, init_weights=str(source))
         (fold_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
         res = train(fold_cfg, [images[j] for j in np.asarray(tr)], fold_dir, name=args.preset, **common)
         if not args.quiet:
@@ -198,14 +199,15 @@ def _init_source(value: str | None) -> Path | None:
     return path
 
 
-def _init_model(source: Path, split: dict | None) -> Path:
+def _init_model(source: Path, split: dict | None, held_out: Sequence | None = None) -> Path:
     """The model that starts one run: ``source`` itself, or for fold i of a CV run its ``fold_i`` model.
 
     With a ``split``, refuses a model that was trained on any of the fold's
-    held-out patients (or that records no patients): the fold's scores would
-    then not be held out.
+    ``held_out`` images (by pixel fingerprint when the model records them, else
+    by patient id; a model that records neither is refused too): the fold's
+    scores would then not be held out.
     """
-    from ..train import model_patients
+    from ..train import image_digest, training_record
 
     if source.is_dir():
         if split is None:
@@ -222,14 +224,18 @@ def _init_model(source: Path, split: dict | None) -> Path:
             )
         source = models[0].with_suffix(".safetensors")
     if split is not None:
-        seen = model_patients(source)
-        if seen is None:
-            raise ValueError(f"--init-weights: {source} records no training patients, so fold {split['fold']} cannot be checked for leakage")
-        leaked = sorted(set(seen) & set(split["test_patients"]))
+        rec = training_record(source)
+        if rec.image_digests is not None:
+            leaked = sorted({im.patient for im in held_out or () if image_digest(im.rgb) in rec.image_digests})
+        elif rec.patients is not None:
+            leaked = sorted(set(rec.patients) & set(split["test_patients"]))
+        else:
+            raise ValueError(f"--init-weights: {source} records neither its training images nor its patients, "
+                             f"so fold {split['fold']} cannot be checked for leakage")
         if leaked:
             raise ValueError(
-                f"--init-weights: {source} was trained on patients {leaked}, which fold {split['fold']} holds out; "
-                "its scores would not be held out"
+                f"--init-weights: {source} was trained on images of patients {leaked}, which fold {split['fold']} "
+                "holds out; its scores would not be held out"
             )
     return source
 
