@@ -198,6 +198,13 @@ def test_cli_train_init_weights_per_fold_and_leakage(tmp_path, capsys):
     for i in (0, 1):
         rec = json.loads((tmp_path / "more" / f"fold_{i:02d}" / "default.json").read_text())["training"]["init_weights"]
         assert rec["path"] == str(tmp_path / "cv" / f"fold_{i:02d}" / "default.safetensors")
+    # A folder needs --cv, and its folds must hold out the same patients.
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "y"), "--init-weights", str(tmp_path / "cv")]) == 2
+    assert "is a folder; without --cv" in capsys.readouterr().err
+    split = tmp_path / "cv" / "fold_00" / "split.json"
+    split.write_text(json.dumps({**json.loads(split.read_text()), "test_patients": ["02"]}))
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "z"), "--cv", "lopo", "--init-weights", str(tmp_path / "cv")]) == 2
+    assert "held out ['02'], this fold holds out ['01']" in capsys.readouterr().err
     # A model trained on every patient has seen each fold's held-out patient: refused.
     assert cli_train.main(tiny + ["--out", str(tmp_path / "all")]) == 0
     leak = tiny + ["--out", str(tmp_path / "leak"), "--cv", "lopo", "--init-weights", str(tmp_path / "all" / "default.safetensors")]
