@@ -17,8 +17,11 @@ examples:
   # the shipped default model's recipe on all 9 patients, 75 CPU-minutes
   nucseg-train --data shared/data/tnbc --out runs/default --time-budget 75 --iterations 6000
 
-  # the shipped model itself: the same recipe for 4.5 minutes on a GPU (5,187 steps on an H200)
+  # the shipped model itself: the same recipe for 4.5 minutes on a GPU (5,187 steps on an H200),
+  # then continued from there for 40 CPU-minutes at a quarter of the learning rate (3,371 steps)
   nucseg-train --data shared/data/tnbc --out runs/default_gpu --device cuda --workers 3 --time-budget 4.5 --iterations 30000
+  nucseg-train --data shared/data/tnbc --out runs/default_more --init-weights runs/default_gpu/default.safetensors \\
+      --lr 5e-4 --time-budget 40 --iterations 20000
 
   # 3-fold cross-validation grouped by patient, 15 minutes per fold
   nucseg-train --data shared/data/tnbc --out runs/cv_default --cv kfold --folds 3 --time-budget 15
