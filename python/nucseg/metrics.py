@@ -197,19 +197,7 @@ def pixel_scores(pred: np.ndarray, gt: np.ndarray) -> PixelScores:
     (1.0, 0.5, 0.5)
     """
     p, g = _check_pair(pred, gt, "pred", "gt")
-    tp, fp, fn = _pixel_counts(p, g)
-    tn = p.size - tp - fp - fn
-    same = fp == 0 and fn == 0
-    tpr = _ratio(tp, tp + fn, same)
-    tnr = _ratio(tn, tn + fp, same)
-    return PixelScores(
-        accuracy=(tp + tn) / p.size,
-        iu=_ratio(tp, tp + fp + fn, same),
-        recall=tpr,
-        precision=_ratio(tp, tp + fp, same),
-        f1=_ratio(2 * tp, 2 * tp + fp + fn, same),
-        performance=(tpr + tnr) / 2,
-    )
+    return _scores_from_counts(*_pixel_counts(p, g), p.size)
 
 
 def _pixel_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
@@ -218,6 +206,21 @@ def _pixel_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     g = gt.astype(bool, copy=False).ravel()
     tp = int(np.count_nonzero(p & g))
     return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp
+
+
+def _scores_from_counts(tp: int, fp: int, fn: int, n: int) -> PixelScores:
+    tn = n - tp - fp - fn
+    same = fp == 0 and fn == 0
+    tpr = _ratio(tp, tp + fn, same)
+    tnr = _ratio(tn, tn + fp, same)
+    return PixelScores(
+        accuracy=(tp + tn) / n,
+        iu=_ratio(tp, tp + fp + fn, same),
+        recall=tpr,
+        precision=_ratio(tp, tp + fp, same),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn, same),
+        performance=(tpr + tnr) / 2,
+    )
 
 
 # --------------------------------------------------------------------------- overlaps
@@ -535,9 +538,10 @@ def evaluate(gt_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, float]
     (1.0, 1.0, 1.0, 1.0)
     """
     gt, pred = _check_labels(gt_labels, pred_labels)
-    out = {k: float(v) for k, v in asdict(pixel_scores(pred, gt)).items()}
+    counts = _pixel_counts(pred, gt)
+    out = {k: float(v) for k, v in asdict(_scores_from_counts(*counts, gt.size)).items()}
     # Raw counts too, so F1 can also be pooled over a whole test set (nucseg.evaluate.summarise).
-    out.update(zip(("pixel_tp", "pixel_fp", "pixel_fn"), map(float, _pixel_counts(pred, gt))))
+    out.update(zip(("pixel_tp", "pixel_fp", "pixel_fn"), map(float, counts)))
     ov = _overlap(gt, pred)
     obj = asdict(_object_scores(ov, 0.5))
     for key in ("precision", "recall", "f1"):
