@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -282,7 +283,8 @@ def test_evaluate_keys_and_values() -> None:
     obj = object_scores(gt, pred)
     pix = pixel_scores(pred, gt)
     assert m["object_f1"] == obj.f1 and m["object_precision"] == obj.precision
-    assert m["f1"] == pix.f1 and m["precision"] == pix.precision
+    assert all(m[k] == v for k, v in asdict(pix).items())
+    assert (m["pixel_tp"], m["pixel_fp"], m["pixel_fn"]) == (200.0, 9.0, 0.0)  # both squares inside the 10x20 one
     assert m["pq"] == obj.pq and m["count_error"] == 0.0 and m["tp"] == 1.0
     assert m["aji"] == aji(gt, pred)
     assert all(isinstance(v, float) for v in m.values())
