@@ -15,6 +15,9 @@ held-out images again, and prints:
   upper bound, not a result).
 
     python scripts/f1_gap.py runs/eval_gpu_cv/results.json ../shared/data/tnbc
+
+The network runs once per image, unpadded (TNBC images are 512 px, a multiple of every
+stride here); its map is ``combine_outputs`` of the logits, as in ``NucleusModel.predict``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ def _f1(tp: float, fp: float, fn: float) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
-def _counts(pred: np.ndarray, gt: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
-    if keep is not None:
-        pred, gt = pred[keep], gt[keep]
-    return np.array([np.sum(pred & gt), np.sum(pred & ~gt), np.sum(~pred & gt)], float)
+def _counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    from nucseg.metrics import _pixel_counts
+
+    return np.array(_pixel_counts(pred, gt), float)
 
 
 def main(results: str, data: str) -> None:
@@ -42,7 +45,7 @@ def main(results: str, data: str) -> None:
 
     from nucseg.data import load_tnbc
     from nucseg.evaluate import remove_small
-    from nucseg.inference import load_model
+    from nucseg.inference import combine_outputs, load_model
     from nucseg.postprocess import watershed_dynamics
 
     torch.set_num_threads(2)
@@ -56,7 +59,12 @@ def main(results: str, data: str) -> None:
     for fold in folds:
         model = load_model(fold["weights"][0], device="cpu")
         for im in load_tnbc(data, fold["test_patients"]):
-            prob = model.predict(im.rgb)
+            # One forward pass gives both the nucleus channel and the map `predict` returns (combine_outputs).
+            with torch.inference_mode():
+                x = torch.tensor(im.rgb).permute(2, 0, 1)[None].float().div(255)
+                x = (x - torch.tensor(model.config.mean).view(1, 3, 1, 1)) / torch.tensor(model.config.std).view(1, 3, 1, 1)
+                logits = model.net(x.contiguous(memory_format=torch.channels_last))
+            nuc, prob = torch.sigmoid(logits[0, 0]).numpy(), combine_outputs(logits)[0].numpy()
             labels = remove_small(watershed_dynamics(prob, fold["lam"], threshold=fold["threshold"]), fold["min_area"])
             p, g = labels > 0, im.labels > 0
             c = _counts(p, g)
@@ -64,7 +72,7 @@ def main(results: str, data: str) -> None:
             per_patient.setdefault(im.patient, []).append(_f1(*c))
             for d in band:
                 border = ndi.binary_dilation(g, iterations=d) & ~ndi.binary_erosion(g, iterations=d, border_value=1)
-                cb = _counts(p, g, ~border)
+                cb = _counts(p[~border], g[~border])
                 band[d] += cb
                 band_pp[d].setdefault(im.patient, []).append(_f1(*cb))
             missed = g & ~np.isin(im.labels, np.unique(im.labels[p]))
@@ -74,10 +82,6 @@ def main(results: str, data: str) -> None:
             hit = np.bincount(im.labels.ravel(), weights=p.ravel(), minlength=area.size + 1)[1:]
             coverage += list(hit[area > 0] / area[area > 0])
             missing += list((area - hit)[area > 0])
-            with torch.inference_mode():  # the nucleus channel alone: sigmoid of the first logit
-                x = torch.tensor(im.rgb).permute(2, 0, 1)[None].float().div(255)
-                x = (x - torch.tensor(model.config.mean).view(1, 3, 1, 1)) / torch.tensor(model.config.std).view(1, 3, 1, 1)
-                nuc = torch.sigmoid(model.net(x)[0, 0]).numpy()
             for i, t in enumerate(thresholds):
                 nuclear[i] += _counts(nuc > t, g)
     mean_pp = lambda d: float(np.mean([np.mean(v) for v in d.values()]))  # noqa: E731
