@@ -59,7 +59,9 @@ fi
 sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$LOG"; uptime >>"$LOG"
 wait
 step "pack"
-tar czf "$OUT/runs.tar.gz" runs/gpu_cv/fold_*/{default.safetensors,default.json,checkpoint.json,split.json} \
-  $(ls runs/gpu_all/{default.safetensors,default.json,checkpoint.json} 2>/dev/null) >>"$LOG" 2>&1
+# Within the device tool's limits (8 files of 16 MB): one meta.tar.gz, one weights file per
+# run (float16 when over 15 MB). Here: python scripts/gpu_runs_transfer.py unpack FILES_AT DEST
+# rebuilds DEST/runs/gpu_cv/fold_*, DEST/runs/gpu_all
+python3 scripts/gpu_runs_transfer.py pack "$OUT" $(ls -d runs/gpu_cv/fold_* runs/gpu_all 2>/dev/null) >>"$LOG" 2>&1
 cat "$OUT"/train_*.txt >>"$LOG"; rm -f "$OUT"/train_*.txt
 step done
