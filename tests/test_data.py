@@ -222,3 +222,26 @@ def test_no_augmentation_is_a_plain_crop():
     rgb = np.random.default_rng(0).integers(0, 256, (50, 50, 3), dtype=np.uint8)
     img, _ = augment_sample(np.random.default_rng(0), rgb, [], 50, AugmentConfig.none())
     np.testing.assert_allclose(img, rgb / 255.0, atol=1e-6)
+
+
+def test_augment_config_merged_replaces_and_checks_fields():
+    base = AugmentConfig()
+    light = base.merged({"rotate": False, "scale": [1, 1], "elastic_alpha": 0, "blur_p": 0})
+    assert light.rotate is False and light.scale == (1.0, 1.0) and light.elastic_alpha == 0.0 and light.blur_p == 0.0
+    assert light.stain == base.stain and light.flip is True  # the rest unchanged
+    assert base.merged({}) == base
+    for bad, match in [
+        ({"elastic": 1}, "unknown augment field 'elastic'"),
+        ({"flip": 1}, "flip must be true or false"),
+        ({"scale": [1.2, 0.8]}, "scale must be"),
+        ({"scale": [0, 1]}, "scale must be"),
+        ({"scale": 1.0}, "scale must be"),
+        ({"stain": -0.1}, "stain must be a finite number >= 0"),
+        ({"blur_sigma": float("nan")}, "blur_sigma must be a finite number"),
+        ({"contrast": "0.1"}, "contrast must be a finite number"),
+        ({"blur_p": 1.5}, "blur_p is a probability"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            base.merged(bad)
+    with pytest.raises(ValueError, match="must be a dict"):
+        base.merged([("flip", False)])

@@ -170,6 +170,24 @@ def test_tuning_can_choose_a_minimum_area():
     assert area == 30 and score == pytest.approx(1.0)
 
 
+def test_cli_train_augment_option(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from nucseg.cli import train as cli_train
+
+    data = _folder(tmp_path / "tnbc")
+    tiny = ["--data", str(data), "--iterations", "1", "--crop", "32", "--batch-size", "2", "--arch-kwargs", '{"width": 4, "depth": 2}', "--no-tune", "--quiet"]
+    light = '{"rotate": false, "scale": [1, 1], "elastic_alpha": 0}'
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "r"), "--augment", light]) == 0
+    aug = json.loads((tmp_path / "r" / "default.json").read_text())["training"]["recipe"]["augment"]
+    assert aug["rotate"] is False and aug["scale"] == [1.0, 1.0] and aug["elastic_alpha"] == 0.0 and aug["flip"] is True
+    capsys.readouterr()
+    for bad, msg in [("{rotate", "--augment is not valid JSON"), ("[1, 2]", "--augment must be a JSON object"),
+                     ('{"wobble": 1}', "unknown augment field 'wobble'")]:
+        assert cli_train.main(tiny + ["--out", str(tmp_path / "bad"), "--augment", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nucseg-train: error: ") and msg in err and err.count("\n") == 1
+
+
 def test_cli_train_loader_workers_default(monkeypatch):
     torch = pytest.importorskip("torch")
     from nucseg.cli.train import _workers

@@ -142,6 +142,9 @@ def test_presets():
     assert preset("fcn8s").optimizer == "sgd" and preset("fcn8s").momentum == 0.9
     assert preset("fcn8s").weight_decay == 5e-5
     assert preset("unet", arch_kwargs={"width": 8}).arch_kwargs == {"width": 8, "depth": 4}
+    still = preset("default", augment={"rotate": False, "elastic_alpha": 0})
+    assert not still.augment.rotate and still.augment.elastic_alpha == 0 and still.augment.scale == preset("default").augment.scale
+    assert TrainConfig.from_dict(json.loads(json.dumps(still.to_dict()))) == still
     cfg = preset("default")
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

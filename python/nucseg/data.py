@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -399,6 +399,38 @@ class AugmentConfig:
     def none(cls) -> "AugmentConfig":
         """No augmentation at all (plain random crops)."""
         return cls(False, False, (1.0, 1.0), 0.0, 12.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def merged(self, changes: dict) -> "AugmentConfig":
+        """A copy with the fields in ``changes`` replaced, checked.
+
+        Raises ``ValueError`` naming the field for an unknown name, a wrong type, a
+        negative amount, a probability outside [0, 1] or a scale range that is not
+        ``0 < lo <= hi``.
+        """
+        if not isinstance(changes, dict):
+            raise ValueError(f"augment changes must be a dict of field: value, got {type(changes).__name__}")
+        known = {f.name for f in fields(self)}
+        clean: dict = {}
+        for key, value in changes.items():
+            if key not in known:
+                raise ValueError(f"unknown augment field {key!r}; expected one of {sorted(known)}")
+            if key in ("flip", "rotate"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"augment {key} must be true or false, got {value!r}")
+            elif key == "scale":
+                ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                if not ok or not 0 < value[0] <= value[1]:
+                    raise ValueError(f"augment scale must be [lo, hi] with 0 < lo <= hi, got {value!r}")
+                value = (float(value[0]), float(value[1]))
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise ValueError(f"augment {key} must be a finite number >= 0, got {value!r}")
+                if key == "blur_p" and value > 1:
+                    raise ValueError(f"augment blur_p is a probability in [0, 1], got {value!r}")
+                value = float(value)
+            clean[key] = value
+        return replace(self, **clean)
 
 
 def draw_pose(rng: np.random.Generator, aug: AugmentConfig) -> tuple[float, float, bool]:

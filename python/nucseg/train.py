@@ -646,12 +646,16 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     name : str
         One of :data:`PRESETS`.
     **overrides
-        Any :class:`TrainConfig` field; ``arch_kwargs`` is merged, not replaced.
+        Any :class:`TrainConfig` field; ``arch_kwargs`` is merged, not replaced, and
+        ``augment`` may be a dict of :class:`~nucseg.data.AugmentConfig` fields merged
+        into the preset's augmentation.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     base = dict(PRESETS[name])
     if "arch_kwargs" in overrides:
         base["arch_kwargs"] = {**base.get("arch_kwargs", {}), **(overrides.pop("arch_kwargs") or {})}
+    if isinstance(overrides.get("augment"), dict):
+        overrides["augment"] = base.get("augment", AugmentConfig()).merged(overrides.pop("augment"))
     base.update(overrides)
     return TrainConfig(**base)

@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, model, splits)")
     p.add_argument("--preset", default="default", help="recipe: default, unet, pangnet, fcn8s, deconvnet (default: %(default)s)")
     p.add_argument("--arch-kwargs", default=None, help='JSON merged into the constructor kwargs, e.g. \'{"width": 8}\'')
+    p.add_argument(
+        "--augment",
+        default=None,
+        metavar="JSON",
+        help="JSON merged into the training augmentation (nucseg.data.AugmentConfig), e.g. "
+        '\'{"elastic_alpha": 0, "scale": [1, 1], "rotate": false, "blur_p": 0}\'',
+    )
     p.add_argument("--iterations", type=int, default=None, help="optimiser steps")
     p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after MIN minutes (schedule follows time)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -140,11 +147,15 @@ def _run(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    if args.arch_kwargs:
-        try:
-            overrides["arch_kwargs"] = json.loads(args.arch_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--arch-kwargs is not valid JSON: {exc}") from None
+    for flag, key in (("--arch-kwargs", "arch_kwargs"), ("--augment", "augment")):
+        text = getattr(args, key)
+        if text:
+            try:
+                overrides[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+            if not isinstance(overrides[key], dict):
+                raise ValueError(f"{flag} must be a JSON object, got {text!r}")
     cfg = preset(args.preset, seed=args.seed, **overrides)
     init = _init_source(args.init_weights)
     patients = args.patients.split(",") if args.patients else None
