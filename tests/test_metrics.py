@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from skimage.draw import disk
@@ -317,20 +317,64 @@ def test_aji_vs_brute_force(pair: tuple[np.ndarray, np.ndarray]) -> None:
     assert aji(gt, pred) == pytest.approx(bf_aji(gt, pred))
 
 
+# Found by this test at IoU 0.2 (issue 20): three pairs tie for the optimal total IoU, and the
+# mean IoU of the matched pairs changed in its last bit with the order of the sum.
+_ORDER_COUNTEREXAMPLE = (
+    np.array([[0, 1], [3, 3], [3, 2], [3, 3], [3, 3], [3, 3]], dtype=np.int32),
+    np.array([[2, 2], [0, 3], [0, 1], [2, 0], [3, 1], [1, 1]], dtype=np.int32),
+)
+
+
+def _relabel(labels: np.ndarray, lut: dict[int, int]) -> np.ndarray:
+    return np.vectorize(lambda v: lut.get(int(v), 0), otypes=[np.int64])(labels)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(label_pairs, st.randoms(use_true_random=False))
+@example(_ORDER_COUNTEREXAMPLE, __import__("random").Random(0))
 def test_invariant_to_label_permutation(pair: tuple[np.ndarray, np.ndarray], rnd) -> None:  # noqa: ANN001
     gt, pred = pair
 
     def scramble(labels: np.ndarray) -> np.ndarray:
         ids = _ids(labels)
-        new = rnd.sample(range(1, 10**6), len(ids))
-        lut = dict(zip(ids, new, strict=True))
-        return np.vectorize(lambda v: lut.get(int(v), 0), otypes=[np.int64])(labels)
+        return _relabel(labels, dict(zip(ids, rnd.sample(range(1, 10**6), len(ids)), strict=True)))
 
     gt2, pred2 = scramble(gt), scramble(pred)
-    assert evaluate(gt2, pred2) == pytest.approx(evaluate(gt, pred))
-    assert object_scores(gt2, pred2, 0.2) == object_scores(gt, pred, 0.2)
+    # bit-identical, not approximately equal: the scores must not depend on numbering at all
+    assert evaluate(gt2, pred2) == evaluate(gt, pred)
+    for thr in (0.0, 0.2, 0.3, 0.5):
+        assert object_scores(gt2, pred2, thr) == object_scores(gt, pred, thr)
+
+
+def test_counterexample_every_numbering() -> None:
+    # All 36 numberings of the pinned counterexample give one result at every threshold.
+    gt, pred = _ORDER_COUNTEREXAMPLE
+    for thr in (0.0, 0.2, 0.5):
+        results = {
+            object_scores(_relabel(gt, dict(zip((1, 2, 3), pg))), _relabel(pred, dict(zip((1, 2, 3), pp))), thr)
+            for pg in itertools.permutations((1, 2, 3))
+            for pp in itertools.permutations((1, 2, 3))
+        }
+        assert len(results) == 1
+    tp, iou_sum = bf_matching(gt, pred, 0.2)
+    s = object_scores(gt, pred, 0.2)
+    assert s.tp == tp == 3
+    assert s.sq == pytest.approx(iou_sum / 3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(label_pairs, st.sampled_from([0.5, 0.6, 0.8]))
+def test_unique_matching_at_half_or_above(pair: tuple[np.ndarray, np.ndarray], thr: float) -> None:
+    # At IoU > 0.5 every pair above the threshold is a match (no assignment is solved): the
+    # matched pairs are exactly the brute-force pairs above the threshold.
+    gt, pred = pair
+    iou, _ = bf_iou(gt, pred)
+    above = iou[iou > thr]
+    assert (iou > thr).sum(axis=0).max(initial=0) <= 1 and (iou > thr).sum(axis=1).max(initial=0) <= 1
+    s = object_scores(gt, pred, thr)
+    assert s.tp == above.size
+    if above.size:
+        assert s.sq == pytest.approx(math.fsum(above) / above.size, rel=0, abs=1e-15)
 
 
 def test_aji_ties_do_not_depend_on_numbering() -> None:

@@ -31,6 +31,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -267,7 +268,9 @@ class _Overlap:
     rows: np.ndarray  # (k,) 0-based GT index of each overlapping pair
     cols: np.ndarray  # (k,) 0-based pred index
     inter: np.ndarray  # (k,) pixels in common, > 0
-    pred_flat: np.ndarray  # flattened prediction ids, for the raster-order tie-break
+    true_flat: np.ndarray  # flattened ground-truth ids, for the raster-order tie-breaks
+    true_lut: np.ndarray  # ground-truth id -> 0-based GT index
+    pred_flat: np.ndarray  # flattened prediction ids
     pred_lut: np.ndarray  # prediction id -> 0-based pred index
 
     @property
@@ -277,9 +280,18 @@ class _Overlap:
 
     def first_pixel(self) -> np.ndarray:
         """Raster index of the first pixel of each predicted object: ids do not matter to it."""
-        first = np.full(self.pred_lut.size, self.pred_flat.size, dtype=np.int64)
-        np.minimum.at(first, self.pred_flat, np.arange(self.pred_flat.size, dtype=np.int64))
-        return first[self.pred_lut >= 0]
+        return _first_pixel(self.pred_flat, self.pred_lut)
+
+    def first_pixel_true(self) -> np.ndarray:
+        """Raster index of the first pixel of each ground-truth object."""
+        return _first_pixel(self.true_flat, self.true_lut)
+
+
+def _first_pixel(flat: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Raster index of the first pixel of each present object, in 0-based object order."""
+    first = np.full(lut.size, flat.size, dtype=np.int64)
+    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.int64))
+    return first[lut >= 0]
 
 
 def _overlap(gt: np.ndarray, pred: np.ndarray) -> _Overlap:
@@ -307,6 +319,8 @@ def _overlap(gt: np.ndarray, pred: np.ndarray) -> _Overlap:
         rows=lut_g[rows],
         cols=lut_p[cols],
         inter=inter.astype(np.int64),
+        true_flat=g,
+        true_lut=lut_g,
         pred_flat=p,
         pred_lut=lut_p,
     )
@@ -316,7 +330,14 @@ def _overlap(gt: np.ndarray, pred: np.ndarray) -> _Overlap:
 
 
 def _match(ov: _Overlap, iou_threshold: float) -> np.ndarray:
-    """IoU of each matched pair of a one-to-one matching with IoU > iou_threshold."""
+    """IoU of each matched pair of a one-to-one matching with IoU > iou_threshold.
+
+    The matching maximises the number of matched pairs, then their total IoU
+    (StarDist's ``matching`` rule). It never depends on how objects are
+    numbered: each block of competing pairs is laid out with its objects in
+    raster order of their first pixel before it is solved, so among several
+    optimal assignments the same one is chosen whatever the ids.
+    """
     iou = ov.iou
     cand = iou > iou_threshold
     if iou_threshold >= 0.5:
@@ -334,13 +355,18 @@ def _match(ov: _Overlap, iou_threshold: float) -> np.ndarray:
     single = per_comp[edge_comp] == 1
     matched = [w[single]]
     multi = np.flatnonzero(~single)
+    if multi.size == 0:
+        return w[single]
+    # raster rank of every object: the block layout, hence the choice among ties, ignores ids
+    rank_true = np.argsort(np.argsort(ov.first_pixel_true()))
+    rank_pred = np.argsort(np.argsort(ov.first_pixel()))
     order = multi[np.argsort(edge_comp[multi], kind="stable")]
     bounds = np.flatnonzero(np.diff(edge_comp[order])) + 1
-    for block in np.split(order, bounds) if order.size else []:
-        r_ids, r = np.unique(rows[block], return_inverse=True)
-        c_ids, c = np.unique(cols[block], return_inverse=True)
+    for block in np.split(order, bounds):
+        _, r = np.unique(rank_true[rows[block]], return_inverse=True)
+        _, c = np.unique(rank_pred[cols[block]], return_inverse=True)
         # most matches first, then the largest total IoU: the IoU term sums to < 1
-        block_iou = np.zeros((r_ids.size, c_ids.size))
+        block_iou = np.zeros((r.max() + 1, c.max() + 1))
         block_iou[r, c] = w[block]
         score = np.where(block_iou > 0, 1.0 + block_iou / (2.0 * block.size), 0.0)
         ri, ci = linear_sum_assignment(score, maximize=True)
@@ -357,7 +383,8 @@ def _object_scores(ov: _Overlap, thr: float) -> ObjectScores:
     fn = ov.n_true - tp
     same = ov.n_true == 0 and ov.n_pred == 0
     dq = _ratio(tp, tp + 0.5 * fp + 0.5 * fn, same)
-    sq = float(ious.sum() / tp) if tp else (1.0 if same else 0.0)
+    # fsum is exactly rounded, so the mean does not depend on the order of the pairs
+    sq = math.fsum(ious) / tp if tp else (1.0 if same else 0.0)
     return ObjectScores(
         n_true=ov.n_true,
         n_pred=ov.n_pred,
@@ -444,7 +471,10 @@ def object_scores(gt_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold:
     above 0.5 with two disjoint objects. Below 0.5 the candidate pairs form a
     bipartite graph; each connected block is solved with
     :func:`scipy.optimize.linear_sum_assignment`, maximising the number of
-    matches first and the total IoU second.
+    matches first and the total IoU second (the rule of StarDist's
+    ``matching``). Tie rule: when several assignments are optimal, the one
+    chosen is fixed by the raster order of the objects' first pixels, never by
+    their ids, so renumbering either image leaves every score bit-identical.
 
     SQ is the mean IoU of the matched pairs, DQ = TP / (TP + FP/2 + FN/2)
     (equal to the object F1) and PQ = SQ * DQ; with the default threshold this
