@@ -174,7 +174,7 @@ def monuseg_organ(name: str) -> tuple[str, str]:
     return TSS_ORGAN[tss], ("liver" if tss in MONUSEG_STATED_LIVER else TSS_ORGAN[tss])
 
 
-def convert_monuseg(taken: Taken, prefix: str, kind: str, source: D.Source, out: Path) -> tuple[list, list]:
+def convert_monuseg(taken: Taken, kind: str, source: D.Source, out: Path) -> tuple[list, list]:
     """MoNuSeg images with XML (``kind='xml'``) or, where no XML was taken, binary masks."""
     tifs = {Path(p).stem: p for p in taken.files if p.endswith(".tif")}
     xmls = {Path(p).stem: p for p in taken.files if p.endswith(".xml")}
@@ -237,13 +237,13 @@ PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
     "monuseg2018_train_xml": (
         MONUSEG_TRAIN,
         lambda p: p.endswith((".tif", ".xml")) and ("/Tissue_Images/" in p or "/Annotations/" in p),
-        lambda t, s, o: convert_monuseg(t, MONUSEG_TRAIN, "xml", s, o),
+        lambda t, s, o: convert_monuseg(t, "xml", s, o),
     ),
     "monuseg2018_train_binary": (
         MONUSEG_TRAIN,
         lambda p: ("/Tissue_Images/" in p and p.endswith(".tif")) or ("/Binary_masks/" in p and p.endswith(".png"))
         or ("/Annotations/" in p and p.endswith(".xml")),
-        lambda t, s, o: convert_monuseg(t, MONUSEG_TRAIN, "binary", s, o),
+        lambda t, s, o: convert_monuseg(t, "binary", s, o),
     ),
     "cpm15": (
         "data/MICCAI_competition_dataset/",
@@ -253,7 +253,7 @@ PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
     "monuseg2018_test": (
         "datasets/MoNuSegTestData/",
         lambda p: p.endswith((".tif", ".xml")),
-        lambda t, s, o: convert_monuseg(t, "datasets/MoNuSegTestData/", "xml", s, o),
+        lambda t, s, o: convert_monuseg(t, "xml", s, o),
     ),
 }
 
@@ -288,6 +288,7 @@ def build(name: str, cache: Path, git_dirs: dict[str, Path], clone: bool) -> dic
         "overlap_rule": "overlapping polygon pixels go to the smaller polygon" if source.annotation == "aperio_xml" else None,
         "excluded_monuseg_test": excluded,
         "missing_in_clone": taken.missing,
+        "files_digest": files_digest(taken.records),
         "files_taken": taken.records,
         "images": entries,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -296,15 +297,22 @@ def build(name: str, cache: Path, git_dirs: dict[str, Path], clone: bool) -> dic
     return manifest
 
 
+def files_digest(records: list[dict]) -> str:
+    """sha256 of the ``sha256sum``-style listing of the taken files, sorted by path: one
+    fingerprint that changes when any taken file does."""
+    listing = "".join(f"{r['sha256']}  {r['path']}\n" for r in sorted(records, key=lambda r: r["path"]))
+    return sha256_bytes(listing.encode())
+
+
 def table(manifests: list[dict]) -> str:
-    rows = ["| source | images | nuclei | organs | mpp | licence | repo @ commit | missing files |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| source | images | nuclei | organs | mpp | licence | repo @ commit | missing files | files digest |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for m in manifests:
         mpps = sorted({e["mpp"] for e in m["images"]})
         rows.append(
             f"| {m['source']}{' (eval only)' if m['evaluation_only'] else ''} | {m['n_images']} | {m['n_nuclei']} | "
             f"{', '.join(m['organs'])} | {', '.join(f'{v:g}' for v in mpps)} | {m['licence']} | "
-            f"{m['repository'].removeprefix('https://github.com/')} @ {m['commit'][:10]} | {len(m['missing_in_clone'])} |"
+            f"{m['repository'].removeprefix('https://github.com/')} @ {m['commit'][:10]} | {len(m['missing_in_clone'])} | {m['files_digest'][:12]} |"
         )
     return "\n".join(rows)
 
