@@ -1,0 +1,338 @@
+#!/usr/bin/env python
+"""Fetch public H&E nuclei instance datasets from pinned GitHub commits and convert them.
+
+Every file is taken from a pinned commit of a git repository (a local mirror or bare clone;
+``--clone`` clones from GitHub when none is given and the network allows), checked against
+its git object id, recorded with its sha256, and converted into the cache layout read by
+:mod:`nucseg.datasets`::
+
+    <cache>/raw/<owner>+<name>/<path in repo>    the files as taken
+    <cache>/<source>/images/<name>.png           uint8 RGB
+    <cache>/<source>/labels/<name>.npy           int32 instance labels
+    <cache>/<source>/manifest.json               provenance + per-image metadata
+    <cache>/eval_only/<source>/...               evaluation-only sources (MoNuSeg 2018 test)
+
+Images of MoNuSeg 2018 test patients are never written to a training source.
+
+Usage::
+
+    PYTHONPATH=python python scripts/nucseg_data.py --cache /work/data_cache \\
+        --git-dir ykrmm/monuseg=/work/.mirror/ykrmm+monuseg/repo \\
+        --git-dir pengyzhang/cell_seg_matlab=/work/.mirror/pengyzhang+cell_seg_matlab/repo/.git
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nucseg import datasets as D
+from nucseg.data import read_rgb
+
+# TCGA tissue source site -> organ, from the TCGA project each site code belongs to (BRCA, KIRC,
+# KIRP, LUAD, LUSC, PRAD, BLCA, COAD, STAD, LGG). The MoNuSeg paper calls sites 18/21/38/49/50
+# "liver"; they are TCGA lung projects (LUSC/LUAD), and "organ_stated" keeps the paper's word.
+TSS_ORGAN = {
+    "18": "lung", "21": "lung", "38": "lung", "49": "lung", "50": "lung", "44": "lung", "69": "lung",
+    "A7": "breast", "AR": "breast", "E2": "breast", "AC": "breast", "AO": "breast",
+    "B0": "kidney", "HE": "kidney", "2Z": "kidney", "GL": "kidney", "IZ": "kidney",
+    "CH": "prostate", "G9": "prostate", "EJ": "prostate", "HC": "prostate",
+    "DK": "bladder", "G2": "bladder", "CU": "bladder", "ZF": "bladder",
+    "AY": "colon", "NH": "colon", "A6": "colon",
+    "KB": "stomach", "RD": "stomach",
+    "FG": "brain", "HT": "brain",
+}
+MONUSEG_STATED_LIVER = {"18", "21", "38", "49", "50"}
+
+
+# ------------------------------------------------------------------ git access
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git object id of a blob with this content (to check what we read is what git stored)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    """A pinned commit of a git repository."""
+
+    slug: str
+    git_dir: Path
+    commit: str
+
+    def ls(self, prefix: str) -> list[tuple[str, str]]:
+        """``(path, blob id)`` of every file under ``prefix`` at the commit."""
+        out = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "ls-tree", "-r", self.commit, "--", prefix],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        rows = []
+        for line in out.splitlines():
+            meta, path = line.split("\t", 1)
+            _, kind, oid = meta.split()
+            if kind == "blob":
+                rows.append((path, oid))
+        return rows
+
+    def read(self, oid: str) -> bytes | None:
+        """Blob content, or None when the object is absent from this (partial) clone."""
+        r = subprocess.run(["git", "--git-dir", str(self.git_dir), "cat-file", "blob", oid], capture_output=True)
+        if r.returncode != 0:
+            return None
+        if git_blob_id(r.stdout) != oid:
+            raise RuntimeError(f"{self.slug}: object {oid} content does not hash to its id")
+        if r.stdout.startswith(b"version https://git-lfs.github.com/spec"):
+            raise RuntimeError(f"{self.slug}: object {oid} is a Git LFS pointer, not data")
+        return r.stdout
+
+
+def open_repo(slug: str, commit: str, git_dirs: dict[str, Path], cache: Path, clone: bool) -> Repo:
+    if slug in git_dirs:
+        return Repo(slug, git_dirs[slug], commit)
+    target = cache / "raw" / "_git" / (slug.replace("/", "+") + ".git")
+    if not target.exists():
+        if not clone:
+            raise SystemExit(f"no git dir for {slug}: pass --git-dir {slug}=PATH or --clone")
+        subprocess.run(["git", "clone", "--bare", f"https://github.com/{slug}.git", str(target)], check=True)
+    return Repo(slug, target, commit)
+
+
+# ------------------------------------------------------------------ conversion
+
+
+@dataclass
+class Taken:
+    """Files taken from a repository for one source."""
+
+    files: dict[str, Path]   # repo path -> local raw copy
+    records: list[dict]      # path, git blob id, sha256, bytes
+    missing: list[str]       # repo paths whose objects are absent from the clone
+
+
+def take(repo: Repo, prefix: str, keep: Callable[[str], bool], raw_dir: Path) -> Taken:
+    """Copy the kept files under ``prefix`` into ``raw_dir``, recording sha256 and blob ids."""
+    files, records, missing = {}, [], []
+    for path, oid in repo.ls(prefix):
+        if not keep(path):
+            continue
+        data = repo.read(oid)
+        if data is None:
+            missing.append(path)
+            continue
+        local = raw_dir / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        files[path] = local
+        records.append({"path": path, "git_blob": oid, "sha256": sha256_bytes(data), "bytes": len(data)})
+    return Taken(files, records, missing)
+
+
+def write_entry(out: Path, name: str, rgb: np.ndarray, labels: np.ndarray, evaluation_only: bool) -> dict:
+    """Write one converted pair; refuses a MoNuSeg test image outside ``eval_only``."""
+    from PIL import Image
+
+    if not evaluation_only:
+        D.check_trainable(name)
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"{name}: labels {labels.shape} vs image {rgb.shape[:2]}")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    img, lab = out / "images" / f"{name}.png", out / "labels" / f"{name}.npy"
+    Image.fromarray(rgb).save(img)
+    np.save(lab, labels.astype(np.int32))
+    grey = rgb.astype(np.float64).mean(axis=2)
+    inside, outside = grey[labels > 0], grey[labels == 0]
+    return {
+        # Sanity check of the pairing: nuclei are darker than their surroundings in H&E.
+        "grey_in_nuclei": round(float(inside.mean()), 1) if inside.size else None,
+        "grey_outside": round(float(outside.mean()), 1) if outside.size else None,
+        "image": str(img.relative_to(out)),
+        "labels": str(lab.relative_to(out)),
+        "image_sha256": sha256_bytes(img.read_bytes()),
+        "labels_sha256": sha256_bytes(lab.read_bytes()),
+        "shape": list(labels.shape),
+        "n_nuclei": int(np.unique(labels[labels > 0]).size),
+    }
+
+
+def monuseg_organ(name: str) -> tuple[str, str]:
+    tss = D.tcga_patient(name).split("-")[1]
+    return TSS_ORGAN[tss], ("liver" if tss in MONUSEG_STATED_LIVER else TSS_ORGAN[tss])
+
+
+def convert_monuseg(taken: Taken, kind: str, source: D.Source, out: Path) -> tuple[list, list]:
+    """MoNuSeg images with XML (``kind='xml'``) or, where no XML was taken, binary masks."""
+    tifs = {Path(p).stem: p for p in taken.files if p.endswith(".tif")}
+    xmls = {Path(p).stem: p for p in taken.files if p.endswith(".xml")}
+    pngs = {Path(p).stem: p for p in taken.files if p.endswith(".png")}
+    entries, excluded = [], []
+    for stem in sorted(tifs):
+        if not source.evaluation_only and D.is_monuseg_test(stem):
+            excluded.append(stem)
+            continue
+        if kind == "xml" and stem not in xmls:
+            continue
+        if kind == "binary" and (stem in xmls or stem not in pngs):
+            continue
+        rgb = read_rgb(taken.files[tifs[stem]])
+        if kind == "xml":
+            ann = taken.files[xmls[stem]]
+            labels = D.read_aperio_xml(ann, rgb.shape[:2])
+            mpp = D.aperio_mpp(ann) or source.mpp
+            ann_path = xmls[stem]
+            polys = D.aperio_polygons(ann)
+            extra = {"xml_regions": len(polys), "xml_regions_degenerate": sum(len(xy) < 3 for xy in polys)}
+        else:
+            labels = D.read_binary_instances(taken.files[pngs[stem]], connectivity=1)
+            mpp, ann_path, extra = source.mpp, pngs[stem], {"connectivity": 1}
+        organ, stated = monuseg_organ(stem)
+        e = write_entry(out, stem, rgb, labels, source.evaluation_only)
+        e.update(name=stem, organ=organ, organ_stated_by_dataset=stated, patient=D.tcga_patient(stem),
+                 mpp=mpp, source_image=tifs[stem], source_annotation=ann_path, **extra)
+        entries.append(e)
+    return entries, excluded
+
+
+CPM_MAG = {f"image{i:02d}": (20 if i <= 7 else 40) for i in range(1, 16)}
+# In the distributed files image04_mask.txt is 863x597 (image05's size) and image05_mask.txt is
+# 623x493 (image04's): the two masks are swapped. Swapped back they fit their images in size, and
+# their nuclei are darker than the background (grey 114 vs 186 and 118 vs 167, as for the others).
+CPM_MASK_OF = {"image04": "image05", "image05": "image04"}
+
+
+def convert_cpm15(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
+    entries = []
+    for stem, mag in CPM_MAG.items():
+        img = next(p for p in taken.files if p.endswith(f"/{stem}.png"))
+        mask_stem = CPM_MASK_OF.get(stem, stem)
+        ann = next(p for p in taken.files if p.endswith(f"/{mask_stem}_mask.txt"))
+        rgb = read_rgb(taken.files[img])
+        labels = D.read_cpm_ascii(taken.files[ann])
+        if labels.shape != rgb.shape[:2]:
+            raise ValueError(f"{ann}: mask {labels.shape} vs image {rgb.shape[:2]}")
+        e = write_entry(out, stem, rgb, labels, False)
+        e.update(name=stem, organ="unknown (GBM or HNSCC)", patient=f"cpm15-{stem}", mpp=0.5 if mag == 20 else 0.25,
+                 magnification=mag, source_image=img, source_annotation=ann)
+        entries.append(e)
+    return entries, []
+
+
+# source -> (prefix in repo, keep(path), converter)
+MONUSEG_TRAIN = "datasets/MoNuSegTrainingData/"
+PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
+    "monuseg2018_train_xml": (
+        MONUSEG_TRAIN,
+        lambda p: p.endswith((".tif", ".xml")) and ("/Tissue_Images/" in p or "/Annotations/" in p),
+        lambda t, s, o: convert_monuseg(t, "xml", s, o),
+    ),
+    "monuseg2018_train_binary": (
+        MONUSEG_TRAIN,
+        lambda p: ("/Tissue_Images/" in p and p.endswith(".tif")) or ("/Binary_masks/" in p and p.endswith(".png"))
+        or ("/Annotations/" in p and p.endswith(".xml")),
+        lambda t, s, o: convert_monuseg(t, "binary", s, o),
+    ),
+    "cpm15": (
+        "data/MICCAI_competition_dataset/",
+        lambda p: p.endswith((".txt", ".png")) and not p.endswith("_poly.png"),
+        convert_cpm15,
+    ),
+    "monuseg2018_test": (
+        "datasets/MoNuSegTestData/",
+        lambda p: p.endswith((".tif", ".xml")),
+        lambda t, s, o: convert_monuseg(t, "xml", s, o),
+    ),
+}
+
+
+def build(name: str, cache: Path, git_dirs: dict[str, Path], clone: bool) -> dict:
+    source = D.SOURCES[name]
+    prefix, keep, convert = PLANS[name]
+    repo = open_repo(source.repository, source.commit, git_dirs, cache, clone)
+    raw = cache / "raw" / source.repository.replace("/", "+")
+    taken = take(repo, prefix, keep, raw)
+    out = D.source_dir(cache, name)
+    out.mkdir(parents=True, exist_ok=True)
+    entries, excluded = convert(taken, source, out)
+    if source.evaluation_only:
+        (out / "EVALUATION_ONLY.txt").write_text(
+            "MoNuSeg 2018 TEST images. Evaluation only: never train, tune or select models on these.\n"
+        )
+    manifest = {
+        "source": name,
+        "title": source.title,
+        "repository": f"https://github.com/{source.repository}",
+        "commit": source.commit,
+        "licence": source.licence,
+        "annotation": source.annotation,
+        "instance_quality": source.instance_quality,
+        "evaluation_only": source.evaluation_only,
+        "nominal_mpp": source.mpp,
+        "organs": sorted({e["organ"] for e in entries}),
+        "n_images": len(entries),
+        "n_nuclei": sum(e["n_nuclei"] for e in entries),
+        "notes": source.notes,
+        "overlap_rule": "overlapping polygon pixels go to the smaller polygon" if source.annotation == "aperio_xml" else None,
+        "excluded_monuseg_test": excluded,
+        "missing_in_clone": taken.missing,
+        "files_digest": files_digest(taken.records),
+        "files_taken": taken.records,
+        "images": entries,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def files_digest(records: list[dict]) -> str:
+    """sha256 of the ``sha256sum``-style listing of the taken files, sorted by path: one
+    fingerprint that changes when any taken file does."""
+    listing = "".join(f"{r['sha256']}  {r['path']}\n" for r in sorted(records, key=lambda r: r["path"]))
+    return sha256_bytes(listing.encode())
+
+
+def table(manifests: list[dict]) -> str:
+    rows = ["| source | images | nuclei | organs | mpp | licence | repo @ commit | missing files | files digest |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for m in manifests:
+        mpps = sorted({e["mpp"] for e in m["images"]})
+        rows.append(
+            f"| {m['source']}{' (eval only)' if m['evaluation_only'] else ''} | {m['n_images']} | {m['n_nuclei']} | "
+            f"{', '.join(m['organs'])} | {', '.join(f'{v:g}' for v in mpps)} | {m['licence']} | "
+            f"{m['repository'].removeprefix('https://github.com/')} @ {m['commit'][:10]} | {len(m['missing_in_clone'])} | {m['files_digest'][:12]} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, required=True, help="cache root (keep it outside the repository)")
+    p.add_argument("--sources", nargs="*", default=list(PLANS), choices=list(PLANS), help="default: all")
+    p.add_argument("--git-dir", action="append", default=[], metavar="OWNER/NAME=PATH",
+                   help="an existing clone or mirror (bare or .git) holding the pinned commit")
+    p.add_argument("--clone", action="store_true", help="git clone --bare from GitHub when no --git-dir is given")
+    args = p.parse_args(argv)
+    git_dirs = {}
+    for spec in args.git_dir:
+        slug, _, path = spec.partition("=")
+        git_dirs[slug] = Path(path)
+    manifests = [build(n, args.cache, git_dirs, args.clone) for n in args.sources]
+    print(table(manifests))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
