@@ -1,0 +1,114 @@
+"""Multi-organ training runs for the generalization protocol (issue 17).
+
+Trains the default architecture on the union of the public sources (TNBC + the converted
+cache of scripts/nucseg_data.py), balanced across sources, every image rescaled to the
+model's um/px from its own mpp. ``--hold-out SOURCE`` leaves one source out (the
+leave-one-dataset-out protocol); the MoNuSeg 2018 test patients are never read (the cache
+keeps them apart and :func:`nucseg.datasets.iter_source` refuses them for training).
+
+    python scripts/multiorgan.py --cache /work/data_cache --tnbc ../shared/data/tnbc \\
+        --out runs/union --minutes 30 --init default
+    python scripts/multiorgan.py ... --hold-out cpm15 --out runs/lodo_cpm15 --minutes 15 --init default
+
+Resumable: run the same command again after a stop. The watershed's lam / threshold /
+min_area are tuned on the training images only (each image once, not its repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.data import TNBCImage, load_tnbc
+from nucseg.datasets import load_source
+
+# Sources with full instance annotations. monuseg2018_train_binary is left out: its
+# touching nuclei are merged (binary masks), which would teach the network to merge.
+TRAIN_SOURCES = ("tnbc", "monuseg2018_train_xml", "cpm15")
+
+
+def load_training_source(name: str, cache: Path, tnbc: Path, mpp: float) -> list[TNBCImage]:
+    """One source's images as TNBCImage (patient ids prefixed by the source), at ``mpp``."""
+    if name == "tnbc":
+        return [dataclasses.replace(im, patient=f"tnbc/{im.patient}", name=f"tnbc/{im.name}") for im in load_tnbc(tnbc)]
+    return [
+        TNBCImage(f"{name}/{im.patient}", f"{name}/{im.name}", im.rgb, im.labels > 0, im.labels)
+        for im in load_source(cache, name, target_mpp=mpp)
+    ]
+
+
+def balanced(per_source: dict[str, list[TNBCImage]]) -> list[TNBCImage]:
+    """Repeat each source's images so that every source is drawn about equally often."""
+    most = max(len(v) for v in per_source.values())
+    out: list[TNBCImage] = []
+    for images in per_source.values():
+        out += images * max(1, round(most / len(images)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--tnbc", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--hold-out", choices=TRAIN_SOURCES, default=None)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model) or a model file; none = from scratch")
+    ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=100_000)
+    args = ap.parse_args()
+
+    import torch
+
+    from nucseg.evaluate import DEFAULT_MIN_AREAS, tune_postprocess
+    from nucseg.inference import load_model, save_model
+    from nucseg.train import preset, train
+
+    if args.init == "default" and args.hold_out == "tnbc":
+        raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC out")
+    sources = [s for s in TRAIN_SOURCES if s != args.hold_out]
+    per_source = {s: load_training_source(s, args.cache, args.tnbc, 0.25) for s in sources}
+    images = balanced(per_source)
+    init = None
+    if args.init == "default":
+        from importlib.resources import files
+
+        init = str(files("nucseg") / "models" / "weights" / "default.safetensors")
+    elif args.init:
+        init = args.init
+    lr = args.lr if args.lr is not None else (5e-4 if init else None)
+    overrides = {"iterations": args.iterations, "time_budget_min": args.minutes, "init_weights": init}
+    if lr is not None:
+        overrides["lr"] = lr
+    cfg = preset("default", **overrides)
+    print("sources:", {s: len(v) for s, v in per_source.items()}, "draw list:", dict(Counter(im.patient.split("/")[0] for im in images)))
+    res = train(cfg, images, args.out, name="multiorgan", tune=False, threads=args.threads, progress=False)
+    print(f"trained {res.iterations} steps in {res.seconds / 60:.1f} min, loss {res.final_loss:.4f}")
+
+    # tune the watershed on the training images, each once
+    unique = [im for v in per_source.values() for im in v]
+    torch.set_num_threads(args.threads)
+    model = load_model(res.model_path)
+    lam, thr, area, score = tune_postprocess(model, unique, min_areas=DEFAULT_MIN_AREAS)
+    doc = json.loads(res.model_path.with_suffix(".json").read_text())
+    extra = dict(doc.get("training", {}))
+    extra.update(
+        sources=sources,
+        held_out_source=args.hold_out,
+        images_per_source={s: len(v) for s, v in per_source.items()},
+        tuned_on_training_images={"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)},
+        patients=sorted({im.patient for im in unique}),
+    )
+    config = dataclasses.replace(model.config, lam=lam, threshold=thr, min_area=area)
+    save_model(model.net, config, res.model_path, **extra)
+    print(f"tuned lam={lam} threshold={thr} min_area={area} (training AJI {score:.3f}) -> {res.model_path}")
+
+
+if __name__ == "__main__":
+    main()
