@@ -52,6 +52,7 @@ __all__ = [
     "ImageResult",
     "Job",
     "check_existing",
+    "check_resolutions",
     "find_images",
     "image_mpp",
     "iter_label_features",
@@ -451,6 +452,31 @@ def resolve_mpp(path: Path, override: float | None) -> float:
     return mx
 
 
+def check_resolutions(images: Sequence[Path]) -> None:
+    """Refuse, before any work, images whose files state no resolution (``--mpp`` is needed).
+
+    Only the headers are read. Files that cannot be read are left for the run, which
+    reports them one by one.
+
+    Raises
+    ------
+    ValueError
+        One line naming the first image without resolution and how many more there are.
+    """
+    missing = []
+    for image in images:
+        try:
+            if image_mpp(image) is None:
+                missing.append(image)
+        except Exception:  # unreadable or implausible: reported with the image during the run
+            continue
+    if missing:
+        more = f" (and {len(missing) - 1} more images)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"{missing[0]}{more}: no microns-per-pixel metadata (TIFF resolution tags, PNG pHYs); pass --mpp"
+        )
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -714,8 +740,8 @@ def segment_files(
         Output folder, created if needed. It may be an input folder: inputs are never
         replaced, and files named like outputs are not taken as inputs.
     mpp : float, optional
-        Microns per pixel of every image, overriding the files' own. Without it an
-        image lacking resolution metadata fails.
+        Microns per pixel of every image, overriding the files' own. Without it, images
+        lacking resolution metadata are refused before any work.
     model : NucleusModel or path, optional
         The bundled model when None.
     recursive : bool
@@ -749,7 +775,8 @@ def segment_files(
         A path does not exist.
     ValueError
         No images, conflicting options, an existing output without ``resume`` or
-        ``overwrite``, two images writing the same file, a bad ``mpp`` or model.
+        ``overwrite``, two images writing the same file, images without resolution
+        metadata and no ``mpp``, a bad ``mpp`` or model.
 
     Examples
     --------
@@ -777,6 +804,8 @@ def segment_files(
     jobs = plan_jobs(images, out, label_format=label_format, geojson=geojson, table=table, overlay=overlay)
     summary = out / SUMMARY_NAME
     check_existing(jobs, summary, resume=resume, overwrite=overwrite)
+    if mpp is None:
+        check_resolutions([j.image for j in jobs if not (resume and _is_done(j))])
     if not isinstance(model, NucleusModel):
         model = load_model(model, device=device, precision=precision)
     out.mkdir(parents=True, exist_ok=True)
