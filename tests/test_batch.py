@@ -97,6 +97,9 @@ def test_each_format_reads_as_rgb_with_its_resolution(tmp_path: Path) -> None:
     files["multi.tif"] = (multi, (MPP, MPP))
     tifffile.imwrite(tmp_path / "ij.tif", rgb, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "micron"})
     files["ij.tif"] = (tmp_path / "ij.tif", (MPP, MPP))
+    planar = np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    files["planar.tif"] = (tmp_path / "planar.tif", None)
     Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)  # JFIF without a physical density
     files["a.jpg"] = (tmp_path / "a.jpg", None)
 
@@ -131,6 +134,9 @@ def test_greyscale_is_refused_and_alpha_composited_on_white(tmp_path: Path) -> N
     tifffile.imwrite(tmp_path / "grey.tif", _he()[..., 0])
     with pytest.raises(ImageError, match="greyscale"):
         read_image(tmp_path / "grey.tif")
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.zeros((8, 8, 4), np.uint8), photometric="separated")
+    with pytest.raises(ImageError, match="CMYK"):
+        read_image(tmp_path / "cmyk.tif")
     px = np.array([[[0, 0, 0, 0], [100, 50, 0, 255], [0, 0, 0, 128]]], np.uint8)
     np.testing.assert_array_equal(to_rgb(px, Path("x")), [[[255, 255, 255], [100, 50, 0], [127, 127, 127]]])
     with pytest.raises(ImageError, match="8-bit"):

@@ -272,7 +272,9 @@ def check_existing(jobs: Sequence[Job], summary: Path, *, resume: bool, overwrit
         where a file should go.
     """
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: resume keeps finished outputs, overwrite replaces them")
+        raise ValueError(
+            "resume and overwrite exclude each other: resume keeps finished outputs, overwrite replaces them"
+        )
     for path in [*(p for j in jobs for p in j.outputs.values()), summary]:
         if path.is_dir():
             raise ValueError(f"output {path} is a folder; move it away or choose another --out")
@@ -297,6 +299,8 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        if page.photometric == tifffile.PHOTOMETRIC.SEPARATED:  # four samples, but not RGBA
+            raise ImageError(f"{path}: CMYK image; expected an RGB (H&E) image")
         arr = page.asarray()
         axes = page.axes
     if "S" in axes and arr.ndim == len(axes):
@@ -867,5 +871,8 @@ def summary_lines(results: Sequence[ImageResult]) -> list[str]:
 
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     total = sum(r.nuclei or 0 for r in results)
-    tail = f"{len(results)} images: {counts['done']} segmented, {counts['skipped']} skipped, {counts['failed']} failed; {total} nuclei"
+    tail = (
+        f"{len(results)} images: {counts['done']} segmented, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed; {total} nuclei"
+    )
     return [fmt(header), *(fmt(r) for r in rows), tail]
