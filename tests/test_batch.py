@@ -333,3 +333,16 @@ def test_recursive_mirrors_folders_and_refuses_collisions(tmp_path: Path, model)
     _tif(src / "a.tif", rgb)
     with pytest.raises(ValueError, match=r"would both write .*a_labels\.png"):
         nucseg.segment_files([src], tmp_path / "o2", model=model, label_format="png")
+
+
+def test_an_image_without_nuclei(tmp_path: Path, model) -> None:
+    _png(tmp_path / "glass.png", np.full((64, 80, 3), 245, np.uint8))
+    out = tmp_path / "out"
+    (row,) = nucseg.segment_files([tmp_path / "glass.png"], out, model=model, geojson=True, table="csv")
+    assert row.status == "done" and row.nuclei == 0 and np.isnan(row.mean_area_um2)
+    assert not tifffile.imread(out / "glass_labels.tif").any()
+    assert json.loads((out / "glass_nuclei.geojson").read_text())["features"] == []
+    assert _csv_rows(out / "glass_nuclei.csv") == []
+    assert (out / "glass_nuclei.csv").read_text().startswith('"label",')
+    summary = _csv_rows(out / "summary.csv")
+    assert summary[0]["nuclei"] == "0" and summary[0]["mean_area_um2"] == ""

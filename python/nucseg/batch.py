@@ -561,7 +561,7 @@ def nucleus_table(measurements: dict[str, np.ndarray], mpp: float) -> Any:
             cols["y_um"] = (measurements["centroid_y_px"] + 0.5) * mpp
             cols["x_um"] = (measurements["centroid_x_px"] + 0.5) * mpp
     cols["label"] = np.asarray(cols["label"], np.uint32)
-    return pa.table(cols)
+    return pa.Table.from_pydict(cols)
 
 
 def iter_label_features(
