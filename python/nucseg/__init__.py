@@ -1,8 +1,9 @@
 """nucseg: nucleus segmentation in H&E histopathology.
 
 The post-processing core (:func:`watershed_dynamics`) is a compiled C++ kernel;
-the networks (:func:`segment`, :func:`load_model`) need PyTorch, which is
-imported only when they are first used, so ``import nucseg`` stays light.
+the networks (:func:`segment`, :func:`load_model`, :func:`segment_files` for
+folders of images) need PyTorch, which is imported only when they are first used,
+so ``import nucseg`` stays light.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ except PackageNotFoundError:  # running from a source tree without installing
 _LAZY = {
     "segment": "nucseg.inference",
     "load_model": "nucseg.inference",
+    "segment_files": "nucseg.batch",
 }
 
-__all__ = ["__version__", "load_model", "segment", "watershed_dynamics"]
+__all__ = ["__version__", "load_model", "segment", "segment_files", "watershed_dynamics"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""``nucseg``: work with the output of ``nucseg-wsi`` (subcommands ``export`` and ``report``)."""
+"""``nucseg``: segment images (``segment``) and work with the output of ``nucseg-wsi`` (``export``, ``report``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from nucseg.cli import run_guarded
 
 EXAMPLES = """\
 examples:
+  nucseg segment crops/ --out results/ --csv --geojson
+      every PNG/TIFF/JPEG in crops/ -> label images, tables, QuPath GeoJSON (nucseg segment --help)
   nucseg export slide.zarr --geojson nuclei.geojson
       every nucleus as a QuPath detection (File > Import objects from file in QuPath)
   nucseg export slide.zarr --geojson nuclei.geojson --simplify 0.5 --class Nucleus
@@ -25,12 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (no heavy imports)."""
     p = argparse.ArgumentParser(
         prog="nucseg",
-        description="Export and report the output of nucseg-wsi.",
+        description="Segment images, and export and report the output of nucseg-wsi.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    from nucseg.cli import segment  # argparse only: no heavy imports
+
+    segment.add_parser(sub)
 
     ex = sub.add_parser(
         "export",
@@ -70,14 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 on success)."""
+    from nucseg.cli import segment
+
     args = build_parser().parse_args(argv)
+    commands = {"export": _export, "report": _report, "segment": segment.run}
+    interrupted = (
+        "nucseg segment: interrupted; finished images are kept, continue with --resume"
+        if args.command == "segment"
+        else "nucseg: interrupted; nothing was written"
+    )
     return run_guarded(
-        _export if args.command == "export" else _report,
+        commands[args.command],
         args,
         prog=f"nucseg {args.command}",
         errors=(OSError, ValueError, TypeError, RuntimeError, ImportError),
         status=1,
-        interrupted="nucseg: interrupted; nothing was written",
+        interrupted=interrupted,
     )
 
 

@@ -407,33 +407,7 @@ class TiffReader(SlideReader):
             raise SlideError(f"{self.path}: TIFF pixels are {series.dtype}, expected uint8 RGB")
 
     def _read_mpp(self) -> tuple[float, float] | None:
-        if self._tif.is_ome and self._tif.ome_metadata:
-            found = _ome_mpp(self._tif.ome_metadata)
-            if found is not None:
-                return (
-                    _metadata_mpp(found[0], self.path, "OME PhysicalSizeX"),
-                    _metadata_mpp(found[1], self.path, "OME PhysicalSizeY"),
-                )
-        page = self._tif.pages[0]
-        tags = page.tags
-        if "XResolution" not in tags or "YResolution" not in tags:
-            return None
-        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-        per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
-        if per_unit_um is None:  # RESUNIT_NONE: the numbers are an aspect ratio only
-            return None
-        out = []
-        for name in ("XResolution", "YResolution"):
-            num, den = tags[name].value
-            if num <= 0 or den <= 0:
-                return None
-            out.append(per_unit_um * den / num)
-        if unit == 2 and abs(out[0] - 25400.0 / 72.0) < 1e-6:
-            return None  # the 72 dpi default that writers put in every TIFF
-        return (
-            _metadata_mpp(out[0], self.path, "TIFF XResolution"),
-            _metadata_mpp(out[1], self.path, "TIFF YResolution"),
-        )
+        return tiff_file_mpp(self._tif, self.path)
 
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         axes = self._yx[level]
@@ -457,6 +431,53 @@ class TiffReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+
+
+def tiff_file_mpp(tif: Any, path: Path) -> tuple[float, float] | None:
+    """Microns per pixel ``(x, y)`` of a TIFF's first image, or None when it has none.
+
+    OME PhysicalSizeX/Y first, then the XResolution/YResolution tags of the first page
+    (ResolutionUnit inch or centimetre). The 72 dpi default that writers put in every
+    TIFF, and a unit-less resolution (an aspect ratio), count as no resolution.
+
+    Parameters
+    ----------
+    tif : tifffile.TiffFile
+        The open file.
+    path : Path
+        Named in error messages.
+
+    Raises
+    ------
+    SlideError
+        The metadata gives an implausible resolution (outside :data:`MPP_RANGE`).
+    """
+    if tif.is_ome and tif.ome_metadata:
+        found = _ome_mpp(tif.ome_metadata)
+        if found is not None:
+            return (
+                _metadata_mpp(found[0], path, "OME PhysicalSizeX"),
+                _metadata_mpp(found[1], path, "OME PhysicalSizeY"),
+            )
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+    if per_unit_um is None:  # RESUNIT_NONE: the numbers are an aspect ratio only
+        return None
+    out = []
+    for name in ("XResolution", "YResolution"):
+        num, den = tags[name].value
+        if num <= 0 or den <= 0:
+            return None
+        out.append(per_unit_um * den / num)
+    if unit == 2 and abs(out[0] - 25400.0 / 72.0) < 1e-6:
+        return None  # the 72 dpi default that writers put in every TIFF
+    return (
+        _metadata_mpp(out[0], path, "TIFF XResolution"),
+        _metadata_mpp(out[1], path, "TIFF YResolution"),
+    )
 
 
 def _ome_mpp(xml: str) -> tuple[float, float] | None:
