@@ -24,6 +24,11 @@ examples:
   # when the model saw these patients during training
   nucseg-eval --data shared/data/tnbc --model default --patients 01,02 --no-baseline
 
+  # leave-one-dataset-out (multi-organ generalization): each source scored by the model
+  # trained without it (runs/lodo/<source>/), the MoNuSeg 2018 test set by runs/lodo/all/,
+  # beside the bundled TNBC-only model and the baseline; mean ± std over images
+  nucseg-eval --lodo runs/lodo --cache data_cache --data shared/data/tnbc --out runs/eval_lodo
+
 Every table row is the mean ± std over held-out patients of the per-patient mean
 over their images. lam/threshold come from each fold's model JSON, where
 nucseg-train tuned them on that fold's training patients only.
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="TNBC folder with Slide_XX/ and GT_XX/")
+    p.add_argument("--data", default=None, help="TNBC folder with Slide_XX/ and GT_XX/ (required except with --lodo)")
     p.add_argument("--run", action="append", default=[], metavar="DIR", help="cross-validation run folder (repeatable)")
     p.add_argument("--name", action="append", default=None, help="row name of each --run, in order (default: its preset)")
     p.add_argument(
@@ -50,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--retune",
         action="store_true",
         help="re-tune lam/threshold/min_area on each fold's training patients instead of using the model JSON's",
+    )
+    p.add_argument(
+        "--lodo", default=None, metavar="RUNS", help="leave-one-dataset-out table from RUNS/<source>/ models (see examples)"
+    )
+    p.add_argument("--cache", default=None, help="converted public sources (scripts/nucseg_data.py), for --lodo")
+    p.add_argument(
+        "--sources", default=None, help="comma-separated sources for --lodo (default: tnbc, monuseg2018_train_xml, cpm15, monuseg2018_test)"
     )
     p.add_argument("--no-baseline", action="store_true", help="omit the non-learned baseline row")
     p.add_argument("--out", default=None, help="folder for images.csv, patients.csv, summary.csv, results.json")
@@ -109,6 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.lodo is not None:
+        return _run_lodo(args)
+    if args.data is None:
+        raise ValueError("--data (the TNBC folder) is required")
     if not (args.run or args.ensemble or args.model or not args.no_baseline):
         raise ValueError("nothing to evaluate: give --run, --ensemble, --model, or keep the baseline")
     if args.name is not None and len(args.name) != len(args.run):
@@ -192,6 +208,25 @@ def _run(args: argparse.Namespace) -> int:
         paths = write_results(args.out, rows, meta)
         if not args.quiet:
             print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_lodo(args: argparse.Namespace) -> int:
+    """``--lodo``: the leave-one-dataset-out table (nucseg.generalization)."""
+    from ..generalization import PROTOCOL_SOURCES, format_lodo_table, run_protocol, summarise_sources, write_lodo
+
+    if args.cache is None:
+        raise ValueError("--lodo needs --cache (the folder scripts/nucseg_data.py converted the sources into)")
+    sources = args.sources.split(",") if args.sources else [s for s in PROTOCOL_SOURCES if s != "tnbc" or args.data]
+    rows, notes = run_protocol(
+        args.lodo, args.cache, args.data, sources, device=args.device, baseline=not args.no_baseline, progress=not args.quiet
+    )
+    summary = summarise_sources(rows)
+    print(format_lodo_table(summary, notes))
+    if args.out:
+        paths = write_lodo(args.out, rows, summary, {"runs": str(args.lodo), "sources": sources})
+        if not args.quiet:
+            print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -1,0 +1,226 @@
+"""Leave-one-dataset-out evaluation: how a model does on a source it has never seen.
+
+The protocol (issue 17): for each public source with at least 5 images, a model trained on
+all the other sources is scored on it; the bundled TNBC-only model and the non-learned
+baseline are scored on the same images. The MoNuSeg 2018 test set, which is never used to
+train, tune or select anything, is scored with the model trained on every training source.
+
+Every image is scored at the model's resolution (0.25 um/px): images and ground truth are
+rescaled from their own mpp (:func:`nucseg.datasets.rescale_pair`, labels by nearest
+neighbour). Scores are means and standard deviations over images.
+
+A run folder holds one trained model per held-out source and one for the union::
+
+    RUNS/<source>/multiorgan.safetensors   trained without <source>
+    RUNS/all/multiorgan.safetensors        trained on every training source
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LODO_METRICS",
+    "EvalImage",
+    "format_lodo_table",
+    "load_eval_images",
+    "lodo_models",
+    "run_protocol",
+    "score",
+    "summarise_sources",
+    "write_lodo",
+]
+
+#: (key of nucseg.metrics.evaluate, title): object metrics first, pixel F1 reported only.
+LODO_METRICS: tuple[tuple[str, str], ...] = (
+    ("aji", "AJI"),
+    ("pq", "PQ"),
+    ("dq", "DQ"),
+    ("sq", "SQ"),
+    ("object_f1", "object F1 (IoU 0.5)"),
+    ("f1", "pixel F1"),
+    ("count_error", "count error (pred - true)"),
+)
+
+#: Sources of the protocol, in table order; the last is evaluation-only.
+PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train_xml", "cpm15", "monuseg2018_test")
+UNION = "all"
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    """One scored image: its source, name, RGB and instance labels at the scoring resolution."""
+
+    source: str
+    name: str
+    rgb: np.ndarray
+    labels: np.ndarray
+
+
+def load_eval_images(source: str, cache: str | os.PathLike, tnbc: str | os.PathLike | None, mpp: float = 0.25) -> list[EvalImage]:
+    """A source's images at ``mpp``: TNBC from its folder, the others from the converted cache.
+
+    Raises
+    ------
+    ValueError
+        For an unknown source, or ``"tnbc"`` without its folder.
+    """
+    if source == "tnbc":
+        if tnbc is None:
+            raise ValueError("source 'tnbc' needs the TNBC folder (tnbc=...)")
+        from .data import load_tnbc
+
+        return [EvalImage("tnbc", im.name, im.rgb, im.labels) for im in load_tnbc(tnbc)]
+    from .datasets import SOURCES, load_source
+
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {['tnbc', *sorted(SOURCES)]}")
+    evaluation = SOURCES[source].evaluation_only  # scoring is what an evaluation-only source is for
+    return [EvalImage(source, im.name, im.rgb, im.labels) for im in load_source(cache, source, evaluation=evaluation, target_mpp=mpp)]
+
+
+def lodo_models(runs: str | os.PathLike, sources: Sequence[str]) -> dict[str, Path]:
+    """The model to score each source with: trained without it, or on the union for test-only sources.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing model file.
+    """
+    from .datasets import SOURCES
+
+    out = {}
+    for s in sources:
+        held_out_only = s in SOURCES and SOURCES[s].evaluation_only
+        path = Path(runs) / (UNION if held_out_only else s) / "multiorgan.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: train it with scripts/multiorgan.py --hold-out {s} --out {path.parent}")
+        out[s] = path
+    return out
+
+
+def score(images: Sequence[EvalImage], segment: Callable[[np.ndarray], np.ndarray], method: str) -> list[dict[str, Any]]:
+    """One row per image: ``method``, ``source``, ``image`` and every :func:`nucseg.metrics.evaluate` key."""
+    from .metrics import evaluate
+
+    return [{"method": method, "source": im.source, "image": im.name, **evaluate(im.labels, segment(im.rgb))} for im in images]
+
+
+def summarise_sources(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Mean and std over images of each metric, per (method, source); ``n`` is the image count."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["source"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        d: dict[str, float] = {"n": float(len(rs))}
+        for m, _ in LODO_METRICS:
+            vals = np.array([r[m] for r in rs], float)
+            d[f"{m}_mean"] = float(vals.mean())
+            d[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out[key] = d
+    return out
+
+
+def format_lodo_table(summary: dict[tuple[str, str], dict[str, float]], notes: dict[tuple[str, str], str] | None = None) -> str:
+    """One block per metric: rows = method, columns = held-out source, cells mean ± std over images.
+
+    ``notes`` marks cells (e.g. ``"seen"`` where the model trained on that source).
+    """
+    notes = notes or {}
+    methods = list(dict.fromkeys(m for m, _ in summary))
+    sources = list(dict.fromkeys(s for _, s in summary))
+    lines = []
+    for key, title in LODO_METRICS:
+        head = [title] + [f"{s} (n={int(next(v['n'] for (m, t), v in summary.items() if t == s))})" for s in sources]
+        body = []
+        for m in methods:
+            cells = [m]
+            for s in sources:
+                v = summary.get((m, s))
+                if v is None:
+                    cells.append("—")
+                    continue
+                fmt = "{:+.1f} ± {:.1f}" if key == "count_error" else "{:.3f} ± {:.3f}"
+                cell = fmt.format(v[f"{key}_mean"], v[f"{key}_std"])
+                cells.append(cell + (f" ({notes[(m, s)]})" if (m, s) in notes else ""))
+            body.append(cells)
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+        lines += [line(head), line(["-" * w for w in widths])] + [line(r) for r in body] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_lodo(
+    out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], summary: dict[tuple[str, str], dict[str, float]], extra: dict[str, Any]
+) -> list[Path]:
+    """``images.csv`` (one row per method and image) and ``lodo.json`` (the summary, ``extra``) in ``out_dir``."""
+    import csv
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = out / "images.csv"
+    with open(images, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
+    doc = {
+        "protocol": "leave-one-dataset-out",
+        **extra,
+        "summary": [{"method": m, "source": s, **v} for (m, s), v in summary.items()],
+    }
+    js = out / "lodo.json"
+    js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return [images, js]
+
+
+def run_protocol(
+    runs: str | os.PathLike | None,
+    cache: str | os.PathLike,
+    tnbc: str | os.PathLike | None,
+    sources: Sequence[str] = PROTOCOL_SOURCES,
+    *,
+    device: str | None = "cpu",
+    baseline: bool = True,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], str]]:
+    """Score the baseline, the bundled TNBC-only model and the leave-one-out models on ``sources``.
+
+    Returns the image rows and the cell notes for :func:`format_lodo_table`.
+    Sources whose leave-one-out model is missing get no multi-organ cell (logged, not fatal).
+    """
+    import logging
+
+    from .baseline import segment_baseline
+    from .inference import load_model
+
+    log = logging.getLogger(__name__)
+    default = load_model(None, device=device)
+    rows: list[dict[str, Any]] = []
+    notes: dict[tuple[str, str], str] = {}
+    for s in sources:
+        images = load_eval_images(s, cache, tnbc, mpp=default.config.mpp)
+        if progress:
+            log.info("%s: %d images", s, len(images))
+        if baseline:
+            rows += score(images, lambda rgb: segment_baseline(rgb, mpp=default.config.mpp), "Baseline (no learning)")
+        rows += score(images, lambda rgb: default.postprocess(default.predict(rgb)), "TNBC-only (bundled)")
+        if s == "tnbc":
+            notes[("TNBC-only (bundled)", s)] = "seen"
+        if runs is not None:
+            try:
+                path = lodo_models(runs, [s])[s]
+            except FileNotFoundError as e:
+                log.warning("%s", e)
+                continue
+            model = load_model(path, device=device)
+            rows += score(images, lambda rgb, m=model: m.postprocess(m.predict(rgb)), "Multi-organ (source held out)")
+    return rows, notes
+
