@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,40 @@ def _kill_after(cmd: list[str], delay: float, env: dict[str, str]) -> bool:
             proc.stderr.close()
 
 
+def _kill_when(cmd: list[str], ready: Callable[[], bool], env: dict[str, str], timeout: float = 300.0) -> bool:
+    """Run ``cmd`` and SIGKILL it as soon as ``ready()`` holds; False if it exited first.
+
+    A kill tied to an event lands in the same phase whatever the machine's load, where a
+    kill after a fixed delay drifts with it (a loaded CI machine runs slower than the timing run).
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                return True
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            raise RuntimeError(f"the run did not reach the kill point within {timeout:.0f} s")
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"the run failed before the kill: {err.strip()}")
+        return False
+    finally:
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _first_tile_recorded(out: Path) -> Callable[[], bool]:
+    """True once the run has recorded its first tile: the kill then lands mid-tiles."""
+    tiles = out / "nucseg" / "tiles"
+    return lambda: tiles.is_dir() and any(tiles.glob("*.json"))
+
+
 def _resume(slide: Path, out: Path, env: dict[str, str]) -> str:
     """Finish ``out`` with ``nucseg-wsi --resume``; returns its error line ("" on success)."""
     # A kill before the store existed leaves nothing to resume: the rerun starts fresh.
@@ -260,9 +295,17 @@ def run_campaign(
     results = []
     for i in range(runs):
         out = folder / f"run{i:03d}.zarr"
-        # Stratified: run i is killed in the i-th slice of [0, 1.05 x the clean run's time].
+        # Stratified: run i is killed in the i-th slice of [0, 1.05 x the clean run's time];
+        # the middle run is killed on an event instead (its first tile recorded), so at least
+        # one kill lands inside the tile loop however loaded the machine is.
         kill_at = (i + rng.random()) / runs * t_full * 1.05
-        killed = _kill_after(_args(slide, out, "kill_resume_campaign:make_slow", workers=workers), kill_at, env)
+        cmd = _args(slide, out, "kill_resume_campaign:make_slow", workers=workers)
+        if i == runs // 2:
+            t_kill = time.monotonic()
+            killed = _kill_when(cmd, _first_tile_recorded(out), env)
+            kill_at = time.monotonic() - t_kill
+        else:
+            killed = _kill_after(cmd, kill_at, env)
         phase, n_rec, partial = classify(out, n_tiles) if killed else ("exited", n_tiles, 0)
         resume_killed = False
         if i % 2 == 1 and killed:  # kill the first resume too, at a random point
