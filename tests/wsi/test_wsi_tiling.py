@@ -146,6 +146,24 @@ def test_object_larger_than_the_margin_raises() -> None:
     assert r.box is None
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.4])
+def test_pixels_equal_to_the_float32_threshold_are_foreground_for_ownership(threshold: float) -> None:
+    """A cluster made of float32(threshold) pixels is foreground for the kernel (float32(0.3) > 0.3):
+    ownership must see it too, and so notice that the valid box cuts it."""
+    import nucseg
+
+    g = _geom(size=(100, 100), tile=50, halo=6, context=2)  # margin 4
+    prob = np.zeros(g.size, np.float32)
+    prob[45:60, 10:20] = threshold  # rounds up in float32: above the threshold
+    t0 = make_tiles(g)[0]
+    y0, y1, x0, x1 = t0.valid
+    valid = np.ascontiguousarray(prob[y0:y1, x0:x1])
+    labels = nucseg.watershed_dynamics(valid, 0.05, threshold=threshold)
+    assert labels.max() == 1  # the kernel segments it
+    with pytest.raises(ObjectTooLargeError, match="raise --halo"):
+        own_objects(labels, valid, threshold, t0, g, IdScheme(g.n_tiles))
+
+
 def test_ownership_stats_match_direct_computation() -> None:
     g = _geom(size=(60, 60), tile=60, halo=4, context=2)
     prob = np.zeros(g.size, np.float32)

@@ -506,7 +506,8 @@ def own_objects(
     prob : ndarray of float, same shape
         The probability the labels came from.
     threshold : float
-        Foreground threshold used by the watershed (``F = prob > threshold``).
+        Foreground threshold used by the watershed (``F = prob > threshold`` as the
+        kernel evaluates it: :func:`nucseg.postprocess.foreground`).
     tile : Tile
     geom : Geometry
     scheme : IdScheme
@@ -528,6 +529,8 @@ def own_objects(
         When ``approximate`` is False and an owned nucleus's component is cut.
     """
     from scipy import ndimage
+
+    from nucseg.postprocess import foreground
 
     vy0, vy1, vx0, vx1 = tile.valid
     if labels.shape != (vy1 - vy0, vx1 - vx0) or prob.shape != labels.shape:
@@ -558,7 +561,8 @@ def own_objects(
     basins, anchor, ay, ax = basins[in_core], anchor[in_core], ay[in_core], ax[in_core]
 
     # Components (and basins) touching a cut side of the valid box may continue beyond it.
-    comp, n_comp = ndimage.label(prob > threshold, structure=_structure(connectivity))
+    # The kernel's own foreground test: `prob > threshold` on float32 would compare in float32.
+    comp, n_comp = ndimage.label(foreground(prob, threshold), structure=_structure(connectivity))
     cut_comp = np.zeros(n_comp + 1, bool)
     for side, is_cut in (
         ((0, slice(None)), vy0 > 0),
