@@ -11,6 +11,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from ._recipe import PostprocessRecipe
 from .postprocess import watershed_dynamics
 
 try:
@@ -24,7 +25,7 @@ _LAZY = {
     "load_model": "nucseg.inference",
 }
 
-__all__ = ["__version__", "load_model", "segment", "watershed_dynamics"]
+__all__ = ["PostprocessRecipe", "__version__", "load_model", "segment", "watershed_dynamics"]
 
 
 def __getattr__(name: str) -> Any:

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lam", type=float, default=None, help="watershed dynamics (default: the model's)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's)")
+    p.add_argument(
+        "--min-area", type=int, default=None, metavar="PX",
+        help="drop nuclei under PX pixels at the processing resolution (default: the model's, 60 for the bundled one)",
+    )
     p.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, overriding the slide's")
     p.add_argument("--level", type=int, default=None, help="pyramid level to read (default: closest to the model)")
     p.add_argument("--tile", type=int, default=1024, help="tile core size in processing pixels (default 1024)")
@@ -215,6 +219,7 @@ def _options(args: argparse.Namespace, model: str | None) -> dict:
         "model": model,
         "lam": args.lam,
         "threshold": args.threshold,
+        "min_area": args.min_area,
         "mpp": args.mpp,
         "level": args.level,
         "tile": args.tile,

@@ -465,7 +465,7 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
 
     ``options`` holds the keyword arguments of :func:`run_distributed` that shape the
     run: those of :func:`nucseg.wsi.pipeline.prepare_output` (``lam, threshold,
-    level, tile, halo, max_halo, strict, connectivity, tissue, resume, overwrite,
+    min_area, level, tile, halo, max_halo, strict, connectivity, tissue, resume, overwrite,
     save_prob, save_image``) and ``mpp, batch_size, group``. Planning is
     :func:`~nucseg.wsi.pipeline.prepare_output`'s, so either runner can continue the
     other's store; a complete store with the same settings is skipped.
@@ -906,6 +906,7 @@ def run_distributed(
     errors: str = "raise",
     wait_for_workers: float = 300.0,
     progress: bool = False,
+    min_area: int | None = None,
 ) -> list[SlideOutcome]:
     """Segment slides on a Dask cluster; one OME-Zarr per slide, identical to :func:`segment_slide`'s.
 
@@ -929,7 +930,7 @@ def run_distributed(
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
     model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
-    save_prob, save_image, connectivity
+    save_prob, save_image, connectivity, min_area
         As for :func:`nucseg.wsi.segment_slide`.
     qc : path-like, optional
         QC pictures (:mod:`nucseg.wsi.qc`), written by this process (the workers send
@@ -982,6 +983,7 @@ def run_distributed(
         "strict": bool(strict),
         "lam": lam,
         "threshold": threshold,
+        "min_area": None if min_area is None else check_int("min_area", min_area, 0),
         "connectivity": connectivity,
         "tissue": tissue,
         "resume": bool(resume),

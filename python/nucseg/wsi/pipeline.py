@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from nucseg._recipe import PostprocessRecipe, recipe_of
+
 from .location import Location
 
 logger = logging.getLogger(__name__)
@@ -183,6 +185,11 @@ class TileParams:
         keeping the nuclei of such a cluster as approximate.
     save_prob : bool
         Keep the core's probability as uint8 for the store.
+    min_area : int
+        Owned nuclei with fewer pixels are dropped.
+
+    ``lam``, ``threshold``, ``connectivity`` and ``min_area`` are the fields of
+    :attr:`recipe`, the one post-processing recipe (validated here).
     """
 
     lam: float
@@ -192,6 +199,27 @@ class TileParams:
     connectivity: int = 1
     strict: bool = False
     save_prob: bool = False
+    min_area: int = 0
+
+    def __post_init__(self) -> None:
+        self.recipe  # noqa: B018 - validates the recipe's fields now, not in a worker
+
+    @property
+    def recipe(self) -> PostprocessRecipe:
+        """The post-processing recipe of every tile (watershed lines always on)."""
+        return PostprocessRecipe(
+            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
+        )
+
+    @classmethod
+    def of(cls, recipe: PostprocessRecipe, **tiling: Any) -> TileParams:
+        """The parameters of a run with this recipe (``tiling``: ``max_halo``, ``stride``, ...)."""
+        if not recipe.watershed_line:
+            raise ValueError("the slide runner needs watershed lines (recipe.watershed_line=True)")
+        return cls(
+            lam=recipe.lam, threshold=recipe.threshold, connectivity=recipe.connectivity, min_area=recipe.min_area,
+            **tiling,
+        )
 
 
 @dataclass
@@ -226,9 +254,9 @@ class SlideSetup:
     info : dict
         The model's description (:func:`nucseg.wsi.predictors.describe`).
     params : TileParams
-        How each tile is post-processed: ``lam`` and ``threshold`` (the model's
-        unless given), ``max_halo`` and ``stride`` (rounded to the model's stride),
-        ``connectivity``, ``strict``, ``save_prob``.
+        How each tile is post-processed: the recipe (the model's, with the ``lam``,
+        ``threshold``, ``min_area`` and ``connectivity`` given), ``max_halo`` and
+        ``stride`` (rounded to the model's stride), ``strict``, ``save_prob``.
     save_image : bool
         Also store the RGB.
     skipped : SlideSummary or None
@@ -282,6 +310,7 @@ def prepare_output(
     save_image: bool = False,
     skip_complete: bool = False,
     started: str | None = None,
+    min_area: int | None = None,
 ) -> SlideSetup:
     """Plan a slide's run and create (or reopen) its store.
 
@@ -296,7 +325,7 @@ def prepare_output(
         The model (:func:`nucseg.wsi.predictors.resolve_model`).
     output : path-like, URL or Location
         The ``.zarr`` store (a local path or a URL such as ``s3://bucket/out.zarr``).
-    lam, threshold, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
+    lam, threshold, min_area, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
         As for :func:`segment_slide` (the ints already checked).
     resume, overwrite : bool
         Reopen an existing store, or replace it; with neither an existing store is refused.
@@ -316,7 +345,8 @@ def prepare_output(
     ValueError
         :class:`~nucseg.wsi.reader.SlideError` (no microns per pixel),
         :class:`~nucseg.wsi.store.StoreError` (existing, mismatched or unwritable
-        store), a non-finite ``lam`` or ``threshold``.
+        store), an invalid recipe (a non-finite ``lam`` or ``threshold``, a negative
+        ``min_area``).
     TypeError
         An invalid ``tissue``.
     """
@@ -329,12 +359,9 @@ def prepare_output(
     mpp_x, mpp_y = reader.require_mpp()
     reader.check_extent()  # before the tile grid and the overview are sized by the claimed size
     info = describe(pred)
-    lam = info["lam"] if lam is None else float(lam)
-    threshold = info["threshold"] if threshold is None else float(threshold)
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-    if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    recipe = recipe_of(pred.config).replace(lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity)
+    if not math.isfinite(recipe.lam):
+        raise ValueError(f"lam must be a finite number >= 0, got {recipe.lam}")
     stride, context = info["stride"], info["context"]
     if halo is None:
         halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride)
@@ -358,9 +385,8 @@ def prepare_output(
         "slide_fingerprint": fingerprint,
         "model_sha256": info["sha256"],
         "model_name": info["name"],
-        "lam": lam,
-        "threshold": threshold,
-        "connectivity": connectivity,
+        # The whole recipe (lam, threshold, min_area, connectivity, watershed_line): a resume must match it.
+        **recipe.to_dict(),
         "level": geom.level,
         "size": list(geom.size),
         "mpp": list(geom.mpp),
@@ -385,15 +411,7 @@ def prepare_output(
         store=None,
         overview=overview,
         info=info,
-        params=TileParams(
-            lam=lam,
-            threshold=threshold,
-            max_halo=max_halo,
-            stride=stride,
-            connectivity=connectivity,
-            strict=bool(strict),
-            save_prob=bool(save_prob),
-        ),
+        params=TileParams.of(recipe, max_halo=max_halo, stride=stride, strict=bool(strict), save_prob=bool(save_prob)),
         save_image=bool(save_image),
     )
     # A store whose creation was killed holds no finished tile: resuming it means creating it.
@@ -485,6 +503,7 @@ def segment_slide(
     qc: str | os.PathLike[str] | None = None,
     connectivity: int = 1,
     progress: bool = False,
+    min_area: int | None = None,
 ) -> SlideSummary:
     """Segment every nucleus of a whole-slide image into an OME-Zarr store.
 
@@ -501,6 +520,12 @@ def segment_slide(
         See :func:`nucseg.wsi.predictors.resolve_model`; None is the bundled network.
     lam, threshold : float, optional
         Watershed dynamics and foreground threshold; default to the model's.
+    min_area : int, optional
+        Nuclei with fewer pixels (at the processing resolution) are dropped; default
+        the model's (``config.min_area``, 60 for the bundled network), as
+        :func:`nucseg.segment` does. Together with ``lam``, ``threshold`` and
+        ``connectivity`` it forms the run's :class:`nucseg.PostprocessRecipe`, recorded
+        in the store: a resume with another recipe is refused.
     mpp : float, optional
         Level-0 microns per pixel, overriding or supplying the slide's.
     level : int, optional
@@ -590,6 +615,7 @@ def segment_slide(
             out_loc,
             lam=lam,
             threshold=threshold,
+            min_area=min_area,
             level=level,
             strict=strict,
             connectivity=connectivity,
@@ -717,22 +743,24 @@ def postprocess_tile(
     tile: Any,
     geom: Any,
     scheme: Any,
+    recipe: PostprocessRecipe,
     *,
-    lam: float,
-    threshold: float,
-    connectivity: int = 1,
     save_prob: bool = False,
     approximate: bool = False,
 ) -> Any:
-    """Watershed on the tile's valid box and ownership (see :mod:`nucseg.wsi.tiling`)."""
-    from nucseg import watershed_dynamics
+    """The recipe on the tile's valid box: watershed, ownership, then the size filter.
 
+    The size filter runs inside :func:`~nucseg.wsi.tiling.own_objects`, after the check
+    that the owned nuclei are exact (see :mod:`nucseg.wsi.tiling`): filtering the whole
+    valid box first could hide a cut fragment that needs a larger halo.
+    """
     from .tiling import crop_box, own_objects
 
     prob_valid = np.ascontiguousarray(prob_read[crop_box(tile.valid, tile.read)], dtype=np.float32)
-    labels = watershed_dynamics(prob_valid, lam, threshold=threshold, connectivity=connectivity, watershed_line=True)
+    labels = recipe.watershed(prob_valid)
     result = own_objects(
-        labels, prob_valid, threshold, tile, geom, scheme, connectivity=connectivity, approximate=approximate
+        labels, prob_valid, recipe.threshold, tile, geom, scheme, connectivity=recipe.connectivity,
+        approximate=approximate, min_area=recipe.min_area,
     )
     if save_prob:
         core = prob_read[crop_box(tile.core, tile.read)]
@@ -844,6 +872,7 @@ def compute_tile(
     from .tiling import ObjectTooLargeError, with_halo
 
     max_halo = params.max_halo
+    recipe = params.recipe
     halo = geom.halo
     enlarged = 0
     spent = 0.0
@@ -851,8 +880,7 @@ def compute_tile(
         t0 = time.perf_counter()
         try:
             res = postprocess_tile(
-                prob, tile, geom, scheme, lam=params.lam, threshold=params.threshold,
-                connectivity=params.connectivity, save_prob=params.save_prob,
+                prob, tile, geom, scheme, recipe, save_prob=params.save_prob,
                 approximate=halo >= max_halo and not params.strict,
             )
             break
