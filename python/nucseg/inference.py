@@ -505,7 +505,9 @@ def segment(
     model : NucleusModel or path, optional
         The bundled default model when None.
     lam, threshold : float, optional
-        Watershed parameters; the model's recommended values when None.
+        Watershed parameters; the model's recommended values when None. The rest of
+        the model's post-processing (``config.recipe``: ``min_area``, connectivity)
+        applies as it is; :func:`nucseg.wsi.segment_slide` applies the same recipe.
     mpp : float, optional
         Resolution of ``rgb`` in um/px. When it differs from ``model.config.mpp``
         by more than 1 %, the image is resampled to the model's resolution and

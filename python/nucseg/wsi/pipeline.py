@@ -952,165 +952,195 @@ def _run_tiles(
     timer: _Timer,
     progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
+    """Compute and write ``todo`` with the threaded stages of the module docs (see :class:`_TileRunner`)."""
+    if todo:
+        _TileRunner(reader, pred, setup, batch_size=batch_size, threads=threads, timer=timer).run(todo, progress)
 
-    from .reader import SlideError
-    from .tiling import crop_box
 
-    if not todo:
-        return
-    geom, scheme, store = setup.geom, setup.scheme, setup.store
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    err_lock = threading.Lock()
+class _TileRunner:
+    """One run of the threaded stages: reader threads -> inference thread -> post pool -> writer.
 
-    def fail(exc: BaseException) -> None:
-        with err_lock:
-            errors.append(exc)
-        stop.set()
+    The stages share only what is set here: the queues between them, the ``stop`` event
+    any stage sets on failure, and the first error, which :meth:`run` raises once every
+    thread has stopped. A read error stops reading but lets tiles already read finish
+    (they are written, so a resume has less to redo).
+    """
 
-    n_readers = max(1, min(4, threads // 2 or 1))
-    q_rgb: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size))
-    q_done: queue.Queue = queue.Queue()
-    in_flight = threading.BoundedSemaphore(max(2, 2 * threads))
-    infer_done = threading.Event()
-    counts = {"submitted": 0}  # written by the inference thread only
-    it = iter(todo)
-    it_lock = threading.Lock()
+    def __init__(self, reader: Any, pred: Any, setup: SlideSetup, *, batch_size: int, threads: int, timer: _Timer) -> None:
+        self.reader, self.pred, self.setup, self.timer = reader, pred, setup, timer
+        self.batch_size = batch_size
+        self.n_readers = max(1, min(4, threads // 2 or 1))
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.read_errors: list[BaseException] = []
+        self.err_lock = threading.Lock()
+        self.q_rgb: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size))  # read tiles awaiting inference
+        self.q_done: queue.Queue = queue.Queue()  # finished post-processing futures, for the writer
+        self.in_flight = threading.BoundedSemaphore(max(2, 2 * threads))  # tiles between inference and writing
+        self.infer_done = threading.Event()
+        self.submitted = 0  # written by the inference thread only
+        self.predict_lock = threading.Lock()  # predict is also called from the post threads (halo retries)
+        self.todo_lock = threading.Lock()
+        self.todo: Any = iter(())
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nucseg-post")
 
-    read_errors: list[BaseException] = []  # reading stops, tiles already read still finish
-
-    def read_worker() -> None:
+    def run(self, todo: list[Any], progress: bool) -> None:
+        """Compute and write every tile of ``todo``; raises the first error of any stage."""
+        self.todo = iter(todo)
+        readers = [
+            threading.Thread(target=self._read_worker, name=f"nucseg-read-{i}", daemon=True)
+            for i in range(self.n_readers)
+        ]
+        infer = threading.Thread(target=self._infer_worker, name="nucseg-infer", daemon=True)
+        for th in readers:
+            th.start()
+        infer.start()
         try:
-            while not stop.is_set() and not read_errors:
-                with it_lock:
-                    t = next(it, None)
+            self._write_all(len(todo), progress)
+        except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt
+            self._fail(exc)
+        finally:
+            self.stop.set()
+            for th in readers:
+                th.join()
+            infer.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.errors:
+            raise self.errors[0]
+        if self.read_errors:
+            raise self.read_errors[0]
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.err_lock:
+            self.errors.append(exc)
+        self.stop.set()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _next_tile(self) -> Any:
+        with self.todo_lock:
+            return next(self.todo, None)
+
+    def _read_worker(self) -> None:
+        from .reader import SlideError
+
+        try:
+            while not self.stop.is_set() and not self.read_errors:
+                t = self._next_tile()
                 if t is None:
                     break
                 t0 = time.perf_counter()
                 try:
-                    rgb = read_tile(reader, geom, t)
+                    rgb = read_tile(self.reader, self.setup.geom, t)
                 except SlideError as exc:
-                    with err_lock:
-                        read_errors.append(exc)
+                    with self.err_lock:
+                        self.read_errors.append(exc)
                     break
-                timer.add("read", time.perf_counter() - t0)
-                if not _put(q_rgb, (t, rgb), stop):
+                self.timer.add("read", time.perf_counter() - t0)
+                if not _put(self.q_rgb, (t, rgb), self.stop):
                     return
         except BaseException as exc:  # noqa: BLE001 - forwarded to the caller
-            fail(exc)
+            self._fail(exc)
         finally:
-            _put(q_rgb, _STOP, stop)
+            _put(self.q_rgb, _STOP, self.stop)
 
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nucseg-post")
+    # -- inference -------------------------------------------------------------------
 
-    predict_lock = threading.Lock()  # retries predict from the post threads too
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        with self.predict_lock:
+            return np.asarray(self.pred.predict(batch), dtype=np.float32)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with predict_lock:
-            return np.asarray(pred.predict(batch), dtype=np.float32)
-
-    def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
-        rgb = read_tile(reader, geom, t)
-        timer.add("read", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        prob = predict(rgb[None])[0]
-        timer.add("infer", time.perf_counter() - t0)
-        return rgb, prob
-
-    params = setup.params
-
-    def post_job(t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
-        out = compute_tile(
-            t, prob, geom, scheme, params, recompute=recompute, rgb=rgb, rgb_core=rgb_core, clock=timer.add
-        )
-        with timer.lock:
-            timer.enlarged += out.enlarged
-        return out
-
-    def submit(items: list[tuple[Any, np.ndarray]]) -> None:
-        t0 = time.perf_counter()
-        probs = predict(np.stack([rgb for _, rgb in items]))
-        timer.add("infer", time.perf_counter() - t0)
-        if probs.shape != (len(items), *items[0][1].shape[:2]):
-            raise ValueError(
-                f"model.predict returned shape {probs.shape}, expected {(len(items), *items[0][1].shape[:2])}"
-            )
-        for (t, rgb), prob in zip(items, probs):
-            while not in_flight.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if setup.save_image else None
-            fut: Future = pool.submit(post_job, t, rgb, prob, rgb_core)
-            counts["submitted"] += 1
-            fut.add_done_callback(q_done.put)
-
-    def infer_worker() -> None:
+    def _infer_worker(self) -> None:
         finished = 0
         batch: list[tuple[Any, np.ndarray]] = []
         try:
-            while finished < n_readers:
-                item = _get(q_rgb, stop)
+            while finished < self.n_readers:
+                item = _get(self.q_rgb, self.stop)
                 if item is _STOP:
-                    if stop.is_set():
+                    if self.stop.is_set():
                         return
                     finished += 1
                     continue
-                if batch and (item[1].shape != batch[0][1].shape or len(batch) >= batch_size):
-                    submit(batch)
+                if batch and (item[1].shape != batch[0][1].shape or len(batch) >= self.batch_size):
+                    self._submit(batch)
                     batch = []
                 batch.append(item)
-                if len(batch) >= batch_size:
-                    submit(batch)
+                if len(batch) >= self.batch_size:
+                    self._submit(batch)
                     batch = []
             if batch:
-                submit(batch)
+                self._submit(batch)
         except BaseException as exc:  # noqa: BLE001
-            fail(exc)
+            self._fail(exc)
         finally:
-            infer_done.set()
+            self.infer_done.set()
 
-    readers = [threading.Thread(target=read_worker, name=f"nucseg-read-{i}", daemon=True) for i in range(n_readers)]
-    infer = threading.Thread(target=infer_worker, name="nucseg-infer", daemon=True)
-    for th in readers:
-        th.start()
-    infer.start()
+    def _submit(self, items: list[tuple[Any, np.ndarray]]) -> None:
+        """Predict one batch and hand each tile to the post-processing pool."""
+        from .tiling import crop_box
 
-    bar = tqdm(total=len(todo), unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles")
-    nuclei = 0
-    written = 0
-    try:
-        # Until every tile submitted for post-processing is written (or a failure).
-        while not stop.is_set() and not (infer_done.is_set() and written == counts["submitted"]):
-            try:
-                fut = q_done.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                out = fut.result()
-                t0 = time.perf_counter()
-                store.write_tile(out.result, out.table, out.record, scheme)
-                timer.add("write", time.perf_counter() - t0)
-            finally:
-                in_flight.release()
-            nuclei += out.record["nuclei"]
-            written += 1
-            bar.update(1)
-            bar.set_postfix(nuclei=nuclei, refresh=False)
-    except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt
-        fail(exc)
-    finally:
-        bar.close()
-        stop.set()
-        for th in readers:
-            th.join()
-        infer.join()
-        pool.shutdown(wait=True, cancel_futures=True)
-    if errors:
-        raise errors[0]
-    if read_errors:
-        raise read_errors[0]
+        t0 = time.perf_counter()
+        probs = self._predict(np.stack([rgb for _, rgb in items]))
+        self.timer.add("infer", time.perf_counter() - t0)
+        expected = (len(items), *items[0][1].shape[:2])
+        if probs.shape != expected:
+            raise ValueError(f"model.predict returned shape {probs.shape}, expected {expected}")
+        for (t, rgb), prob in zip(items, probs):
+            while not self.in_flight.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    return
+            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if self.setup.save_image else None
+            fut: Future = self.pool.submit(self._post_job, t, rgb, prob, rgb_core)
+            self.submitted += 1
+            fut.add_done_callback(self.q_done.put)
+
+    # -- post-processing (pool threads) ----------------------------------------------
+
+    def _recompute(self, t: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Read and predict a tile again with a larger halo (:func:`compute_tile`'s callback)."""
+        t0 = time.perf_counter()
+        rgb = read_tile(self.reader, self.setup.geom, t)
+        self.timer.add("read", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        prob = self._predict(rgb[None])[0]
+        self.timer.add("infer", time.perf_counter() - t0)
+        return rgb, prob
+
+    def _post_job(self, t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
+        s = self.setup
+        out = compute_tile(
+            t, prob, s.geom, s.scheme, s.params, recompute=self._recompute, rgb=rgb, rgb_core=rgb_core,
+            clock=self.timer.add,
+        )
+        with self.timer.lock:
+            self.timer.enlarged += out.enlarged
+        return out
+
+    # -- writing (calling thread) ----------------------------------------------------
+
+    def _write_all(self, total: int, progress: bool) -> None:
+        """Write finished tiles until every submitted one is written, or a stage fails."""
+        from tqdm.auto import tqdm
+
+        store, scheme = self.setup.store, self.setup.scheme
+        nuclei = written = 0
+        with tqdm(total=total, unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles") as bar:
+            while not self.stop.is_set() and not (self.infer_done.is_set() and written == self.submitted):
+                try:
+                    fut = self.q_done.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                try:
+                    out = fut.result()
+                    t0 = time.perf_counter()
+                    store.write_tile(out.result, out.table, out.record, scheme)
+                    self.timer.add("write", time.perf_counter() - t0)
+                finally:
+                    self.in_flight.release()
+                nuclei += out.record["nuclei"]
+                written += 1
+                bar.update(1)
+                bar.set_postfix(nuclei=nuclei, refresh=False)
 
 
 def summary_lines(summary: SlideSummary) -> list[str]:
