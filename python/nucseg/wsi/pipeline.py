@@ -42,6 +42,7 @@ import numpy as np
 from nucseg._recipe import PostprocessRecipe, recipe_of
 
 from .location import Location
+from .options import RunOptions, check_int, pick_options
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +128,6 @@ class _Timer:
             self.total[stage] = self.total.get(stage, 0.0) + seconds
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_run_options(
     *,
     tile: int,
@@ -146,22 +140,18 @@ def check_run_options(
 ) -> dict[str, Any]:
     """Validate the options both runners share; returns them with ints normalised.
 
+    Kept for callers of the keyword form; the checks are :class:`RunOptions`'.
+
     Raises
     ------
     ValueError
         Naming the first invalid option.
     """
-    if resume and overwrite:
-        raise ValueError("resume and overwrite are exclusive: pick one")
-    checked = {
-        "tile": check_int("tile", tile, 16),
-        "halo": None if halo is None else check_int("halo", halo, 1),
-        "max_halo": None if max_halo is None else check_int("max_halo", max_halo, 1),
-        "batch_size": check_int("batch_size", batch_size, 1),
-    }
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
-    return checked
+    o = RunOptions(
+        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
+        overwrite=overwrite,
+    )
+    return {"tile": o.tile, "halo": o.halo, "max_halo": o.max_halo, "batch_size": o.batch_size}
 
 
 def _round_up(value: int, step: int) -> int:
@@ -504,6 +494,7 @@ def segment_slide(
     connectivity: int = 1,
     progress: bool = False,
     min_area: int | None = None,
+    options: RunOptions | None = None,
 ) -> SlideSummary:
     """Segment every nucleus of a whole-slide image into an OME-Zarr store.
 
@@ -572,6 +563,9 @@ def segment_slide(
         Watershed connectivity (1 or 2).
     progress : bool
         Show a tqdm progress bar.
+    options : RunOptions, optional
+        All the options above except ``model``, ``threads``, ``qc`` and ``progress``, as
+        one validated object (what the CLI passes); then leave those keywords unset.
 
     Returns
     -------
@@ -593,50 +587,34 @@ def segment_slide(
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    checked = check_run_options(
-        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
-        overwrite=overwrite,
+    given = RunOptions(
+        lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
+        halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
+        save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
     )
-    batch_size = checked.pop("batch_size")
+    o = pick_options(options, given)
     threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
     out_loc = Location.of(output)  # an unknown protocol or a missing fsspec backend: fail here
-    if out_loc.exists() and not (resume or overwrite):
+    if out_loc.exists() and not (o.resume or o.overwrite):
         raise StoreError(f"output {out_loc} already exists; pass --resume to continue it or --overwrite to replace it")
     if qc is not None:
         check_qc_path(qc)
 
-    reader = open_slide(slide, mpp=mpp)
+    reader = open_slide(slide, mpp=o.mpp)
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
-        pred = resolve_model(model, device=device, precision=precision)
-        setup = prepare_output(
-            reader,
-            pred,
-            out_loc,
-            lam=lam,
-            threshold=threshold,
-            min_area=min_area,
-            level=level,
-            strict=strict,
-            connectivity=connectivity,
-            tissue=tissue,
-            resume=resume,
-            overwrite=overwrite,
-            save_prob=save_prob,
-            save_image=save_image,
-            started=started,
-            **checked,
-        )
+        pred = resolve_model(model, device=o.device, precision=o.precision)
+        setup = prepare_output(reader, pred, out_loc, started=started, **o.prepare_kwargs())
         store = setup.store
         todo = [setup.tiles[i] for i in setup.todo]
         timer = _Timer()
         t_tiles = time.perf_counter()
-        _run_tiles(reader, pred, setup, todo, batch_size=batch_size, threads=threads, timer=timer, progress=progress)
+        _run_tiles(reader, pred, setup, todo, batch_size=o.batch_size, threads=threads, timer=timer, progress=progress)
         tiles_wall = time.perf_counter() - t_tiles
         t_finish = time.perf_counter()
         timings = dict(timer.total, tiles_wall=tiles_wall)
         with finishing(out_loc):  # a full or read-only disk here: one StoreError with the hint
-            if resume:  # a run interrupted on Dask may have left nuclei for other chunks
+            if o.resume:  # a run interrupted on Dask may have left nuclei for other chunks
                 apply_pending_spill(out_loc)
             table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
         qc_path = None
