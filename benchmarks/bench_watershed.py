@@ -21,6 +21,7 @@ from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 import nucseg
+from nucseg.postprocess import foreground
 from nucseg.synthetic import probability_map
 
 SIZES = (2048, 4096)
@@ -56,14 +57,14 @@ def skimage_pipeline(prob: np.ndarray, lam: float, threshold: float) -> np.ndarr
 
 def floor(prob: np.ndarray, threshold: float) -> np.ndarray:
     """The floor: threshold plus connected components, no splitting at all."""
-    return ndi.label(prob > threshold)[0]
+    return ndi.label(foreground(prob, threshold))[0]
 
 
 def diplib_watershed(prob: np.ndarray, lam: float, threshold: float) -> np.ndarray:
     dip = pytest.importorskip("diplib")
     inv = dip.Image((prob.max() - prob) if prob.dtype.kind == "f" else (255 - prob))
     return np.asarray(
-        dip.Watershed(inv, dip.Image(prob > threshold), connectivity=1, maxDepth=lam, maxSize=0,
+        dip.Watershed(inv, dip.Image(foreground(prob, threshold)), connectivity=1, maxDepth=lam, maxSize=0,
                       flags={"labels", "low first"})
     )
 

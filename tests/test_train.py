@@ -110,6 +110,32 @@ def test_model_json_records_the_recipe_and_tuned_parameters(tmp_path):
     assert doc["training"]["recipe"]["iterations"] == 3
 
 
+def test_tuned_model_is_written_once_and_never_reloaded(tmp_path, monkeypatch):
+    """Tuning runs on the trained network in memory; the files are written once, after it."""
+    import nucseg.inference
+    import nucseg.train
+
+    writes = []
+    real_save = nucseg.train.save_model
+
+    def counting_save(net, config, path, **extra):
+        writes.append(config)
+        return real_save(net, config, path, **extra)
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("train() reloaded the model it had just saved")
+
+    monkeypatch.setattr(nucseg.train, "save_model", counting_save)
+    monkeypatch.setattr(nucseg.inference, "load_model", no_reload)
+    im = _synthetic_image(64)
+    res = train(TrainConfig(iterations=3, **{**TINY, "crop": 32}), [im], tmp_path, name="tiny", tune=True)
+    assert len(writes) == 1
+    doc = json.loads(res.model_path.with_suffix(".json").read_text())
+    assert doc["config"]["min_area"] == writes[0].min_area == doc["training"]["tuned_on_training_images"]["min_area"]
+    monkeypatch.undo()
+    assert load_model(res.model_path, device="cpu").config == writes[0]  # the checksum verifies too
+
+
 def test_weighted_loss_by_hand():
     logits = torch.zeros(1, 2, 1, 2)  # p = 0.5 everywhere: each pixel's log loss is log 2
     mask = torch.tensor([[[1.0, 0.0]]])

@@ -12,6 +12,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from ._recipe import PostprocessRecipe
 from .postprocess import watershed_dynamics
 
 try:
@@ -26,7 +27,7 @@ _LAZY = {
     "segment_files": "nucseg.batch",
 }
 
-__all__ = ["__version__", "load_model", "segment", "segment_files", "watershed_dynamics"]
+__all__ = ["PostprocessRecipe", "__version__", "load_model", "segment", "segment_files", "watershed_dynamics"]
 
 
 def __getattr__(name: str) -> Any:

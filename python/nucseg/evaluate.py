@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._recipe import PostprocessRecipe, remove_small
 from .data import TNBCImage
 
 __all__ = [
@@ -58,32 +59,6 @@ def _predict_maps(model: Any, images: Sequence[TNBCImage]) -> list[np.ndarray]:
     return [model.predict(im.rgb) for im in images]
 
 
-def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Drop objects with fewer than ``min_area`` pixels and renumber the rest ``1..N`` in order.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``int32`` labels with consecutive ids (as :func:`nucseg.watershed_dynamics` returns).
-    min_area : int
-        Minimum object size in pixels; 0 or 1 keeps everything.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``int32`` labels.
-    """
-    if min_area < 0:
-        raise ValueError(f"min_area must be >= 0, got {min_area}")
-    if min_area <= 1 or labels.max() == 0:
-        return labels
-    areas = np.bincount(labels.ravel())
-    keep = areas >= min_area
-    keep[0] = False
-    new_ids = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
-    return new_ids[labels]
-
-
 def tune_postprocess(
     model: Any,
     images: Sequence[TNBCImage],
@@ -117,7 +92,6 @@ def tune_postprocess(
         The second form when several ``min_areas`` are searched.
     """
     from .metrics import aji
-    from .postprocess import watershed_dynamics
 
     if not images:
         raise ValueError("images is empty: tuning needs at least one image")
@@ -126,9 +100,12 @@ def tune_postprocess(
     best = (float("nan"), float("nan"), 0, -1.0)
     for thr in thresholds:
         for lam in lams:
-            labels = [watershed_dynamics(m, float(lam), threshold=float(thr)) for m in maps]
+            # The watershed once per (threshold, lam); each min_area only filters its result.
+            base = PostprocessRecipe(lam=float(lam), threshold=float(thr))
+            labels = [base.watershed(m) for m in maps]
             for area in areas:
-                score = float(np.mean([aji(im.labels, remove_small(lab, area)) for im, lab in zip(images, labels)]))
+                recipe = base.replace(min_area=area)
+                score = float(np.mean([aji(im.labels, recipe.remove_small(lab)) for im, lab in zip(images, labels)]))
                 if score > best[3]:
                     best = (float(lam), float(thr), area, score)
     return best if len(areas) > 1 else (best[0], best[1], best[3])

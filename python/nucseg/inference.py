@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._recipe import PostprocessRecipe
+
 __all__ = [
     "DEFAULT_MODEL",
     "ModelConfig",
@@ -95,6 +97,16 @@ class ModelConfig:
     halo: int = 32
     arch_kwargs: dict = field(default_factory=dict)
     min_area: int = 0
+
+    @property
+    def recipe(self) -> PostprocessRecipe:
+        """The post-processing these fields describe (``lam``, ``threshold``, ``min_area``).
+
+        The one object :func:`segment`, :meth:`NucleusModel.postprocess`, the evaluation
+        and the slide runner apply; stored as the flat fields above, so model JSON files
+        keep their format.
+        """
+        return PostprocessRecipe(lam=self.lam, threshold=self.threshold, min_area=self.min_area)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -246,18 +258,17 @@ class NucleusModel:
         numpy.ndarray
             ``int32`` labels, 0 = background and watershed lines, objects
             numbered ``1..N`` in raster order.
-        """
-        from .evaluate import remove_small
-        from .postprocess import watershed_dynamics
 
+        Notes
+        -----
+        ``config.recipe`` with the given overrides (:class:`nucseg.PostprocessRecipe`),
+        applied with its ``labels`` method: the same steps as the slide runner.
+        """
         prob_map = np.asarray(prob_map)
         if prob_map.ndim != 2:
             raise ValueError(f"prob_map must be 2-D (H, W), got shape {prob_map.shape}")
-        lam = self.config.lam if lam is None else float(lam)
-        threshold = self.config.threshold if threshold is None else float(threshold)
-        min_area = self.config.min_area if min_area is None else int(min_area)
-        labels = watershed_dynamics(prob_map.astype(np.float32, copy=False), lam, threshold=threshold)
-        return remove_small(labels, min_area)
+        recipe = self.config.recipe.replace(lam=lam, threshold=threshold, min_area=min_area)
+        return recipe.labels(prob_map.astype(np.float32, copy=False))
 
 
 def _check_rgb(rgb: np.ndarray, name: str, *, allow_batch: bool = False) -> np.ndarray:
@@ -494,7 +505,9 @@ def segment(
     model : NucleusModel or path, optional
         The bundled default model when None.
     lam, threshold : float, optional
-        Watershed parameters; the model's recommended values when None.
+        Watershed parameters; the model's recommended values when None. The rest of
+        the model's post-processing (``config.recipe``: ``min_area``, connectivity)
+        applies as it is; :func:`nucseg.wsi.segment_slide` applies the same recipe.
     mpp : float, optional
         Resolution of ``rgb`` in um/px. When it differs from ``model.config.mpp``
         by more than 1 %, the image is resampled to the model's resolution and

@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "`pip install .` (or `pip install -e .` for development) so that it is built"
     ) from exc
 
-__all__ = ["watershed_dynamics", "default_threshold"]
+__all__ = ["watershed_dynamics", "default_threshold", "foreground"]
 
 _SUPPORTED = (np.uint8, np.uint16, np.float32, np.float64)
 _MAX_PIXELS = 2**31 - 3  # labels are int32
@@ -215,3 +215,55 @@ def watershed_dynamics(
     if isinstance(connectivity, bool) or connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 (4-neighbourhood) or 2 (8-neighbourhood), got {connectivity!r}")
     return _core.watershed_dynamics(prob, lam, threshold, int(connectivity), bool(watershed_line))
+
+
+def foreground(prob: npt.NDArray[np.generic], threshold: float | None = None) -> npt.NDArray[np.bool_]:
+    """The pixels :func:`watershed_dynamics` counts as foreground: ``prob > threshold``, exactly.
+
+    Use it wherever a probability map is thresholded beside the watershed (ownership of
+    tiled objects, masks, statistics): a plain ``prob > threshold`` on a float32 map
+    compares in float32 (NumPy 2), so a pixel equal to ``float32(0.4)``, which exceeds 0.4,
+    would be background there and foreground for the kernel.
+
+    Parameters
+    ----------
+    prob : ndarray of uint8, uint16, float32 or float64, any shape
+        The map, in the units :func:`watershed_dynamics` takes.
+    threshold : float, optional
+        As for :func:`watershed_dynamics` (default :func:`default_threshold`).
+
+    Returns
+    -------
+    ndarray of bool, shape of ``prob``
+
+    Notes
+    -----
+    The kernel's rule (``Foreground`` in ``cpp/include/nucseg/watershed.hpp``) is
+    ``value > threshold`` in exact arithmetic, evaluated in the map's own dtype against
+    a cut: ``floor(threshold)`` for integer maps, the largest value of the dtype not
+    above ``threshold`` for float maps. This function builds the same cut, so it agrees
+    with the kernel bit for bit, including for values next to the threshold.
+    """
+    if not isinstance(prob, np.ndarray):
+        raise TypeError(f"prob must be a numpy array, got {type(prob).__name__}")
+    if prob.dtype.type not in _SUPPORTED:
+        raise TypeError(f"prob must have dtype uint8, uint16, float32 or float64, got {prob.dtype}")
+    t = _check_real("threshold", default_threshold(prob.dtype) if threshold is None else threshold)
+    return prob > _foreground_cut(prob.dtype, t)
+
+
+def _foreground_cut(dtype: np.dtype, threshold: float) -> np.generic:
+    """The value of ``dtype`` such that ``v > cut`` exactly when ``v > threshold`` (as the kernel)."""
+    kind = dtype.type
+    if dtype.kind == "u":
+        top = np.iinfo(dtype).max
+        if not 0 <= threshold <= top:
+            raise ValueError(f"threshold must lie in [0, {top}] for {dtype} maps, got {threshold}")
+        return kind(math.floor(threshold))
+    if math.isinf(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, then stepped down like the kernel
+        cut = kind(threshold)
+    if float(cut) > threshold:
+        cut = np.nextafter(cut, kind(-np.inf))
+    return cut

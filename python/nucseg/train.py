@@ -526,16 +526,17 @@ def train(
              "loss_log": losses}
     if init is not None:
         extra["init_weights"] = init
-    path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     if tune:
+        # Tune on the network in memory, then write the model once: the weights are the
+        # same tensors a reload would read (safetensors stores them exactly).
         from .evaluate import DEFAULT_MIN_AREAS, tune_postprocess
-        from .inference import load_model
+        from .inference import NucleusModel
 
-        model = load_model(path, device=str(dev))
+        model = NucleusModel(mconf, net, sha256="", device=dev)
         lam, thr, area, score = tune_postprocess(model, images, min_areas=DEFAULT_MIN_AREAS)
         mconf = dataclasses.replace(mconf, lam=lam, threshold=thr, min_area=area)
         extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)}
-        path = save_model(net, mconf, path, **extra)
+    path = save_model(net, mconf, out / f"{name}.safetensors", **extra)
     return TrainResult(path, step, elapsed, losses[-1])
 
 

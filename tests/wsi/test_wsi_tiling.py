@@ -146,6 +146,52 @@ def test_object_larger_than_the_margin_raises() -> None:
     assert r.box is None
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.4])
+def test_pixels_equal_to_the_float32_threshold_are_foreground_for_ownership(threshold: float) -> None:
+    """A cluster made of float32(threshold) pixels is foreground for the kernel (float32(0.3) > 0.3):
+    ownership must see it too, and so notice that the valid box cuts it."""
+    import nucseg
+
+    g = _geom(size=(100, 100), tile=50, halo=6, context=2)  # margin 4
+    prob = np.zeros(g.size, np.float32)
+    prob[45:60, 10:20] = threshold  # rounds up in float32: above the threshold
+    t0 = make_tiles(g)[0]
+    y0, y1, x0, x1 = t0.valid
+    valid = np.ascontiguousarray(prob[y0:y1, x0:x1])
+    labels = nucseg.watershed_dynamics(valid, 0.05, threshold=threshold)
+    assert labels.max() == 1  # the kernel segments it
+    with pytest.raises(ObjectTooLargeError, match="raise --halo"):
+        own_objects(labels, valid, threshold, t0, g, IdScheme(g.n_tiles))
+
+
+def test_min_area_filters_owned_nuclei_only_after_the_exactness_check() -> None:
+    g = _geom(size=(100, 100), tile=50, halo=6, context=2)  # margin 4
+    prob = np.zeros(g.size, np.float32)
+    prob[45:60, 10:12] = 0.9  # 2 px wide, cut by tile 0's valid box: 18 px visible there
+    prob[10:15, 10:14] = 0.9  # 20 px, whole
+    prob[20:23, 30:36] = 0.9  # 18 px, whole
+    labels = nucseg_labels(prob)
+    t0 = make_tiles(g)[0]
+    y0, y1, x0, x1 = t0.valid
+    crop = (labels[y0:y1, x0:x1], prob[y0:y1, x0:x1], 0.5, t0, g, IdScheme(g.n_tiles))
+    # The cut fragment is under min_area here, yet the tile must still ask for a larger halo.
+    with pytest.raises(ObjectTooLargeError):
+        own_objects(*crop, min_area=1000)
+    prob[45:60, 10:12] = 0
+    labels = nucseg_labels(prob)
+    crop = (labels[y0:y1, x0:x1], prob[y0:y1, x0:x1], 0.5, t0, g, IdScheme(g.n_tiles))
+    r = own_objects(*crop, min_area=20)  # 20 px kept (>=), 18 px dropped
+    assert r.area.tolist() == [20] and r.ids.tolist() == IdScheme(g.n_tiles).ids(0, 1).tolist()
+    assert (r.labels != 0).sum() == 20
+    assert own_objects(*crop, min_area=21).box is None
+
+
+def nucseg_labels(prob: np.ndarray) -> np.ndarray:
+    import nucseg
+
+    return nucseg.watershed_dynamics(prob, 0.05, threshold=0.5)
+
+
 def test_ownership_stats_match_direct_computation() -> None:
     g = _geom(size=(60, 60), tile=60, halo=4, context=2)
     prob = np.zeros(g.size, np.float32)

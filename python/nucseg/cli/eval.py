@@ -109,14 +109,13 @@ def _run(args: argparse.Namespace) -> int:
     from ..evaluate import (
         DEFAULT_MIN_AREAS,
         format_table,
-        remove_small,
         score_images,
         summarise,
         tune_postprocess,
         write_results,
     )
+    from .._recipe import PostprocessRecipe
     from ..inference import load_model
-    from ..postprocess import watershed_dynamics
 
     torch.set_num_threads(args.threads)
     if not args.quiet:
@@ -182,9 +181,8 @@ def _run(args: argparse.Namespace) -> int:
             meta["folds"].setdefault(name, []).append(
                 {**split, "lam": lam, "threshold": thr, "min_area": area, "weights": [str(w) for w in weights]}
             )
-            seg = lambda im, lam=lam, thr=thr, area=area: remove_small(  # noqa: E731
-                watershed_dynamics(predict(im.rgb), lam, threshold=thr), area
-            )
+            recipe = PostprocessRecipe(lam=lam, threshold=thr, min_area=area)
+            seg = lambda im, recipe=recipe: recipe.labels(predict(im.rgb))  # noqa: E731
             rows += score_images(test, seg, name)
             if bar is not None:
                 bar.update(len(split["test_patients"]))

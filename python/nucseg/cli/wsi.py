@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nucseg.cli import run_guarded
+
+if TYPE_CHECKING:  # the CLI imports nucseg.wsi only when it runs (--help stays instant)
+    from nucseg.wsi.options import RunOptions
 
 EXAMPLES = """\
 examples:
@@ -70,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lam", type=float, default=None, help="watershed dynamics (default: the model's)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's)")
+    p.add_argument(
+        "--min-area", type=int, default=None, metavar="PX",
+        help="drop nuclei under PX pixels at the processing resolution (default: the model's, 60 for the bundled one)",
+    )
     p.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, overriding the slide's")
     p.add_argument("--level", type=int, default=None, help="pyramid level to read (default: closest to the model)")
     p.add_argument("--tile", type=int, default=1024, help="tile core size in processing pixels (default 1024)")
@@ -178,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         status = _run_dask(args, model, [slide], out)
     else:
         summary = segment_slide(
-            slide, out, threads=args.threads, resume=args.resume, qc=args.qc, **_options(args, model)
+            slide, out, model=model, threads=args.threads, qc=args.qc, progress=not args.quiet, options=_options(args)
         )
         if not args.quiet:
             for line in summary_lines(summary):
@@ -209,27 +217,29 @@ def _write_geojson(out: Path, path: Path, *, overwrite: bool, quiet: bool) -> No
         print(f"geojson: {stats.features} nuclei -> {path}", file=sys.stderr)
 
 
-def _options(args: argparse.Namespace, model: str | None) -> dict:
-    """The segment_slide / run_distributed keyword arguments shared by every mode."""
-    return {
-        "model": model,
-        "lam": args.lam,
-        "threshold": args.threshold,
-        "mpp": args.mpp,
-        "level": args.level,
-        "tile": args.tile,
-        "halo": args.halo,
-        "max_halo": args.max_halo,
-        "strict": args.strict,
-        "device": args.device,
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "tissue": args.tissue,
-        "overwrite": args.overwrite,
-        "save_prob": args.save_prob,
-        "save_image": args.save_image,
-        "progress": not args.quiet,
-    }
+def _options(args: argparse.Namespace) -> RunOptions:
+    """The run's options from the flags, validated once for every mode and slide."""
+    from nucseg.wsi.options import RunOptions
+
+    return RunOptions(
+        lam=args.lam,
+        threshold=args.threshold,
+        min_area=args.min_area,
+        mpp=args.mpp,
+        level=args.level,
+        tile=args.tile,
+        halo=args.halo,
+        max_halo=args.max_halo,
+        strict=args.strict,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        tissue=args.tissue,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save_prob=args.save_prob,
+        save_image=args.save_image,
+    )
 
 
 def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: str | Path) -> int:
@@ -243,10 +253,11 @@ def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: st
         scheduler=args.scheduler,
         workers=args.workers,
         group=args.group,
-        resume=args.resume,
+        model=model,
         errors="collect" if args.out_dir is not None else "raise",
         qc=args.qc,
-        **_options(args, model),
+        progress=not args.quiet,
+        options=_options(args),
     )
     failed = [o for o in outcomes if o.status == "failed"]
     for line in outcome_lines(outcomes) if not args.quiet else [f"{o.slide}: {o.error}" for o in failed]:
@@ -256,10 +267,13 @@ def _run_dask(args: argparse.Namespace, model: str | None, slides: list, out: st
 
 def _run_batch(args: argparse.Namespace, model: str | None) -> int:
     """One slide after the other in this process; complete stores are skipped."""
+    from dataclasses import replace
+
     from nucseg.wsi.distributed import plan_outputs, qc_path, store_status
     from nucseg.wsi.location import Location
     from nucseg.wsi.pipeline import segment_slide, summary_lines
 
+    options = _options(args)  # invalid flags: one error before any slide
     if args.qc is not None:
         Path(args.qc).mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -272,8 +286,9 @@ def _run_batch(args: argparse.Namespace, model: str | None) -> int:
         Location.of(args.out_dir).makedirs()
         try:
             summary = segment_slide(
-                slide, out, threads=args.threads, resume=args.resume and status == "partial",
-                qc=None if args.qc is None else qc_path(slide, args.qc), **_options(args, model),
+                slide, out, model=model, threads=args.threads, progress=not args.quiet,
+                qc=None if args.qc is None else qc_path(slide, args.qc),
+                options=replace(options, resume=args.resume and status == "partial"),
             )
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             print(f"nucseg-wsi: {slide.name}: error: {exc}", file=sys.stderr)

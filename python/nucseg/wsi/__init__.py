@@ -9,6 +9,7 @@ Importing this package is cheap: heavy libraries load when a function needs them
 
 from __future__ import annotations
 
+from .options import RunOptions
 from .pipeline import SlideSummary, segment_slide
 from .predictors import HematoxylinPredictor
 from .reader import SlideError, open_slide
@@ -18,6 +19,7 @@ from .tiling import ObjectTooLargeError
 __all__ = [
     "HematoxylinPredictor",
     "ObjectTooLargeError",
+    "RunOptions",
     "SlideError",
     "SlideSummary",
     "StoreError",

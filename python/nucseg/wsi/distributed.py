@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import threading
 import time
@@ -73,7 +72,8 @@ except ImportError:  # optional: the batch helpers work without it, run_distribu
     _PluginBase = object
 
 from .location import Location, probe_write
-from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams, check_int, check_run_options
+from .options import RunOptions, check_int, pick_options
+from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams
 from .store import (  # apply_pending_spill: also importable from here, as documented before
     SPILL_DIR,
     apply_pending_spill,  # noqa: F401
@@ -460,13 +460,11 @@ def plan_outputs(
 # -- prepare (worker) ---------------------------------------------------------------------
 
 
-def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str) -> SlidePlan:
+def prepare_slide(slide: str, output: str, options: RunOptions, group: int, plugin: str) -> SlidePlan:
     """Dask task: plan one slide and create (or reopen) its store; see :class:`SlidePlan`.
 
-    ``options`` holds the keyword arguments of :func:`run_distributed` that shape the
-    run: those of :func:`nucseg.wsi.pipeline.prepare_output` (``lam, threshold,
-    level, tile, halo, max_halo, strict, connectivity, tissue, resume, overwrite,
-    save_prob, save_image``) and ``mpp, batch_size, group``. Planning is
+    ``options`` shape the run as they do :func:`nucseg.wsi.segment_slide`'s; ``group``
+    is the side of a tile task in tiles. Planning is
     :func:`~nucseg.wsi.pipeline.prepare_output`'s, so either runner can continue the
     other's store; a complete store with the same settings is skipped.
     """
@@ -474,12 +472,10 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
     from .reader import open_slide
     from .store import jsonable
 
-    o = dict(options)
-    job_options = {k: o.pop(k) for k in ("mpp", "batch_size", "group")}
     pred = worker_plugin(plugin).predictor
-    reader = open_slide(slide, mpp=job_options["mpp"])
+    reader = open_slide(slide, mpp=options.mpp)
     try:
-        setup = prepare_output(reader, pred, output, skip_complete=True, **o)
+        setup = prepare_output(reader, pred, output, skip_complete=True, **options.prepare_kwargs())
     finally:
         reader.close()
     if setup.skipped is not None:
@@ -487,12 +483,12 @@ def prepare_slide(slide: str, output: str, options: dict[str, Any], plugin: str)
     job = SlideJob(
         slide=str(slide),
         output=str(setup.output),
-        mpp=job_options["mpp"],
+        mpp=options.mpp,
         geom=setup.geom,
         settings=jsonable(setup.settings),
         params=setup.params,
-        batch_size=job_options["batch_size"],
-        group=job_options["group"],
+        batch_size=options.batch_size,
+        group=group,
         save_image=setup.save_image,
         plugin=plugin,
     )
@@ -906,6 +902,8 @@ def run_distributed(
     errors: str = "raise",
     wait_for_workers: float = 300.0,
     progress: bool = False,
+    min_area: int | None = None,
+    options: RunOptions | None = None,
 ) -> list[SlideOutcome]:
     """Segment slides on a Dask cluster; one OME-Zarr per slide, identical to :func:`segment_slide`'s.
 
@@ -929,7 +927,7 @@ def run_distributed(
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
     model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
-    save_prob, save_image, connectivity
+    save_prob, save_image, connectivity, min_area
         As for :func:`nucseg.wsi.segment_slide`.
     qc : path-like, optional
         QC pictures (:mod:`nucseg.wsi.qc`), written by this process (the workers send
@@ -948,6 +946,9 @@ def run_distributed(
         Seconds to wait for a first worker on an existing cluster.
     progress : bool
         Show a tqdm bar (tiles, nuclei, tiles/s) driven from the client.
+    options : RunOptions, optional
+        The options shared with :func:`~nucseg.wsi.segment_slide` as one object; then
+        leave their keywords unset.
 
     Returns
     -------
@@ -970,46 +971,21 @@ def run_distributed(
     slides: 2 done, 0 skipped, 0 failed
     """
     pairs = plan_outputs(slides, out)
-    checked = check_run_options(
-        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
-        overwrite=overwrite,
+    given = RunOptions(
+        lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
+        halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
+        save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
     )
+    options = pick_options(options, given).with_absolute_paths()  # workers may run elsewhere
+    group = check_int("group", group, 1)
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    options = {
-        "mpp": mpp,
-        "level": level,
-        "strict": bool(strict),
-        "lam": lam,
-        "threshold": threshold,
-        "connectivity": connectivity,
-        "tissue": tissue,
-        "resume": bool(resume),
-        "overwrite": bool(overwrite),
-        "save_prob": bool(save_prob),
-        "save_image": bool(save_image),
-        "group": check_int("group", group, 1),
-        **checked,
-    }
-    for name, v in (("lam", lam), ("threshold", threshold)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
-    if lam is not None and lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
-    if not (isinstance(tissue, (str, os.PathLike))):
-        raise TypeError(f"tissue must be 'auto', 'none' or a mask path, got {tissue!r}")
-    if isinstance(tissue, os.PathLike) or tissue not in ("auto", "none"):
-        options["tissue"] = os.path.abspath(tissue)
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
         model = os.path.abspath(model)
     if scheduler is None:  # a local cluster sees what this process sees; remote workers are probed
         for s, _ in pairs:
             if not s.is_file():
                 raise FileNotFoundError(f"slide not found: {s}")
-    if precision != "auto":  # fail here, not on every worker
-        from nucseg.inference import check_precision
-
-        check_precision(precision)
     qcs = _plan_qc(pairs, out, qc)
 
     client, cluster = connect(scheduler, workers, threads_per_worker)
@@ -1022,9 +998,9 @@ def run_distributed(
                 f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
             ) from None
         _probe(client, sorted({Location.of(o).parent.url for _, o in pairs}), [str(s) for s, _ in pairs])
-        client.register_plugin(ModelPlugin(model, device, name, precision), name=name)
+        client.register_plugin(ModelPlugin(model, options.device, name, options.precision), name=name)
         try:
-            return _drive(client, pairs, qcs, options, name, errors=errors, progress=progress)
+            return _drive(client, pairs, qcs, options, group, name, errors=errors, progress=progress)
         finally:
             try:
                 client.unregister_worker_plugin(name)
@@ -1096,7 +1072,8 @@ def _drive(
     client: Any,
     pairs: list[tuple[Path, Path | str]],
     qcs: list[Path | None],
-    options: dict[str, Any],
+    options: RunOptions,
+    group: int,
     plugin: str,
     *,
     errors: str,
@@ -1192,7 +1169,7 @@ def _drive(
         while waiting and sum(len(st.pending) for st in states) < 2 * nthreads:
             st = waiting.pop()
             st.t0 = st.t_phase = time.perf_counter()
-            submit(st, "prepare", prepare_slide, str(st.slide), str(st.output), options, plugin, tag="")
+            submit(st, "prepare", prepare_slide, str(st.slide), str(st.output), options, group, plugin, tag="")
 
     def handle(fut: Any) -> None:
         nonlocal nuclei, finished, stopped, nthreads

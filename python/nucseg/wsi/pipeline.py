@@ -39,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from nucseg._recipe import PostprocessRecipe, recipe_of
+
 from .location import Location
+from .options import RunOptions, check_int, pick_options
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +128,6 @@ class _Timer:
             self.total[stage] = self.total.get(stage, 0.0) + seconds
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_run_options(
     *,
     tile: int,
@@ -144,22 +140,18 @@ def check_run_options(
 ) -> dict[str, Any]:
     """Validate the options both runners share; returns them with ints normalised.
 
+    Kept for callers of the keyword form; the checks are :class:`RunOptions`'.
+
     Raises
     ------
     ValueError
         Naming the first invalid option.
     """
-    if resume and overwrite:
-        raise ValueError("resume and overwrite are exclusive: pick one")
-    checked = {
-        "tile": check_int("tile", tile, 16),
-        "halo": None if halo is None else check_int("halo", halo, 1),
-        "max_halo": None if max_halo is None else check_int("max_halo", max_halo, 1),
-        "batch_size": check_int("batch_size", batch_size, 1),
-    }
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
-    return checked
+    o = RunOptions(
+        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
+        overwrite=overwrite,
+    )
+    return {"tile": o.tile, "halo": o.halo, "max_halo": o.max_halo, "batch_size": o.batch_size}
 
 
 def _round_up(value: int, step: int) -> int:
@@ -183,6 +175,11 @@ class TileParams:
         keeping the nuclei of such a cluster as approximate.
     save_prob : bool
         Keep the core's probability as uint8 for the store.
+    min_area : int
+        Owned nuclei with fewer pixels are dropped.
+
+    ``lam``, ``threshold``, ``connectivity`` and ``min_area`` are the fields of
+    :attr:`recipe`, the one post-processing recipe (validated here).
     """
 
     lam: float
@@ -192,6 +189,27 @@ class TileParams:
     connectivity: int = 1
     strict: bool = False
     save_prob: bool = False
+    min_area: int = 0
+
+    def __post_init__(self) -> None:
+        self.recipe  # noqa: B018 - validates the recipe's fields now, not in a worker
+
+    @property
+    def recipe(self) -> PostprocessRecipe:
+        """The post-processing recipe of every tile (watershed lines always on)."""
+        return PostprocessRecipe(
+            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
+        )
+
+    @classmethod
+    def of(cls, recipe: PostprocessRecipe, **tiling: Any) -> TileParams:
+        """The parameters of a run with this recipe (``tiling``: ``max_halo``, ``stride``, ...)."""
+        if not recipe.watershed_line:
+            raise ValueError("the slide runner needs watershed lines (recipe.watershed_line=True)")
+        return cls(
+            lam=recipe.lam, threshold=recipe.threshold, connectivity=recipe.connectivity, min_area=recipe.min_area,
+            **tiling,
+        )
 
 
 @dataclass
@@ -226,9 +244,9 @@ class SlideSetup:
     info : dict
         The model's description (:func:`nucseg.wsi.predictors.describe`).
     params : TileParams
-        How each tile is post-processed: ``lam`` and ``threshold`` (the model's
-        unless given), ``max_halo`` and ``stride`` (rounded to the model's stride),
-        ``connectivity``, ``strict``, ``save_prob``.
+        How each tile is post-processed: the recipe (the model's, with the ``lam``,
+        ``threshold``, ``min_area`` and ``connectivity`` given), ``max_halo`` and
+        ``stride`` (rounded to the model's stride), ``strict``, ``save_prob``.
     save_image : bool
         Also store the RGB.
     skipped : SlideSummary or None
@@ -282,6 +300,7 @@ def prepare_output(
     save_image: bool = False,
     skip_complete: bool = False,
     started: str | None = None,
+    min_area: int | None = None,
 ) -> SlideSetup:
     """Plan a slide's run and create (or reopen) its store.
 
@@ -296,7 +315,7 @@ def prepare_output(
         The model (:func:`nucseg.wsi.predictors.resolve_model`).
     output : path-like, URL or Location
         The ``.zarr`` store (a local path or a URL such as ``s3://bucket/out.zarr``).
-    lam, threshold, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
+    lam, threshold, min_area, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
         As for :func:`segment_slide` (the ints already checked).
     resume, overwrite : bool
         Reopen an existing store, or replace it; with neither an existing store is refused.
@@ -316,7 +335,8 @@ def prepare_output(
     ValueError
         :class:`~nucseg.wsi.reader.SlideError` (no microns per pixel),
         :class:`~nucseg.wsi.store.StoreError` (existing, mismatched or unwritable
-        store), a non-finite ``lam`` or ``threshold``.
+        store), an invalid recipe (a non-finite ``lam`` or ``threshold``, a negative
+        ``min_area``).
     TypeError
         An invalid ``tissue``.
     """
@@ -329,12 +349,9 @@ def prepare_output(
     mpp_x, mpp_y = reader.require_mpp()
     reader.check_extent()  # before the tile grid and the overview are sized by the claimed size
     info = describe(pred)
-    lam = info["lam"] if lam is None else float(lam)
-    threshold = info["threshold"] if threshold is None else float(threshold)
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-    if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    recipe = recipe_of(pred.config).replace(lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity)
+    if not math.isfinite(recipe.lam):
+        raise ValueError(f"lam must be a finite number >= 0, got {recipe.lam}")
     stride, context = info["stride"], info["context"]
     if halo is None:
         halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride)
@@ -358,9 +375,8 @@ def prepare_output(
         "slide_fingerprint": fingerprint,
         "model_sha256": info["sha256"],
         "model_name": info["name"],
-        "lam": lam,
-        "threshold": threshold,
-        "connectivity": connectivity,
+        # The whole recipe (lam, threshold, min_area, connectivity, watershed_line): a resume must match it.
+        **recipe.to_dict(),
         "level": geom.level,
         "size": list(geom.size),
         "mpp": list(geom.mpp),
@@ -385,15 +401,7 @@ def prepare_output(
         store=None,
         overview=overview,
         info=info,
-        params=TileParams(
-            lam=lam,
-            threshold=threshold,
-            max_halo=max_halo,
-            stride=stride,
-            connectivity=connectivity,
-            strict=bool(strict),
-            save_prob=bool(save_prob),
-        ),
+        params=TileParams.of(recipe, max_halo=max_halo, stride=stride, strict=bool(strict), save_prob=bool(save_prob)),
         save_image=bool(save_image),
     )
     # A store whose creation was killed holds no finished tile: resuming it means creating it.
@@ -485,6 +493,8 @@ def segment_slide(
     qc: str | os.PathLike[str] | None = None,
     connectivity: int = 1,
     progress: bool = False,
+    min_area: int | None = None,
+    options: RunOptions | None = None,
 ) -> SlideSummary:
     """Segment every nucleus of a whole-slide image into an OME-Zarr store.
 
@@ -501,6 +511,12 @@ def segment_slide(
         See :func:`nucseg.wsi.predictors.resolve_model`; None is the bundled network.
     lam, threshold : float, optional
         Watershed dynamics and foreground threshold; default to the model's.
+    min_area : int, optional
+        Nuclei with fewer pixels (at the processing resolution) are dropped; default
+        the model's (``config.min_area``, 60 for the bundled network), as
+        :func:`nucseg.segment` does. Together with ``lam``, ``threshold`` and
+        ``connectivity`` it forms the run's :class:`nucseg.PostprocessRecipe`, recorded
+        in the store: a resume with another recipe is refused.
     mpp : float, optional
         Level-0 microns per pixel, overriding or supplying the slide's.
     level : int, optional
@@ -547,6 +563,9 @@ def segment_slide(
         Watershed connectivity (1 or 2).
     progress : bool
         Show a tqdm progress bar.
+    options : RunOptions, optional
+        All the options above except ``model``, ``threads``, ``qc`` and ``progress``, as
+        one validated object (what the CLI passes); then leave those keywords unset.
 
     Returns
     -------
@@ -568,49 +587,34 @@ def segment_slide(
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    checked = check_run_options(
-        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
-        overwrite=overwrite,
+    given = RunOptions(
+        lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
+        halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
+        save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
     )
-    batch_size = checked.pop("batch_size")
+    o = pick_options(options, given)
     threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
     out_loc = Location.of(output)  # an unknown protocol or a missing fsspec backend: fail here
-    if out_loc.exists() and not (resume or overwrite):
+    if out_loc.exists() and not (o.resume or o.overwrite):
         raise StoreError(f"output {out_loc} already exists; pass --resume to continue it or --overwrite to replace it")
     if qc is not None:
         check_qc_path(qc)
 
-    reader = open_slide(slide, mpp=mpp)
+    reader = open_slide(slide, mpp=o.mpp)
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
-        pred = resolve_model(model, device=device, precision=precision)
-        setup = prepare_output(
-            reader,
-            pred,
-            out_loc,
-            lam=lam,
-            threshold=threshold,
-            level=level,
-            strict=strict,
-            connectivity=connectivity,
-            tissue=tissue,
-            resume=resume,
-            overwrite=overwrite,
-            save_prob=save_prob,
-            save_image=save_image,
-            started=started,
-            **checked,
-        )
+        pred = resolve_model(model, device=o.device, precision=o.precision)
+        setup = prepare_output(reader, pred, out_loc, started=started, **o.prepare_kwargs())
         store = setup.store
         todo = [setup.tiles[i] for i in setup.todo]
         timer = _Timer()
         t_tiles = time.perf_counter()
-        _run_tiles(reader, pred, setup, todo, batch_size=batch_size, threads=threads, timer=timer, progress=progress)
+        _run_tiles(reader, pred, setup, todo, batch_size=o.batch_size, threads=threads, timer=timer, progress=progress)
         tiles_wall = time.perf_counter() - t_tiles
         t_finish = time.perf_counter()
         timings = dict(timer.total, tiles_wall=tiles_wall)
         with finishing(out_loc):  # a full or read-only disk here: one StoreError with the hint
-            if resume:  # a run interrupted on Dask may have left nuclei for other chunks
+            if o.resume:  # a run interrupted on Dask may have left nuclei for other chunks
                 apply_pending_spill(out_loc)
             table_path = store.finish({"tiles_enlarged": timer.enlarged, "timings": timings})
         qc_path = None
@@ -717,22 +721,24 @@ def postprocess_tile(
     tile: Any,
     geom: Any,
     scheme: Any,
+    recipe: PostprocessRecipe,
     *,
-    lam: float,
-    threshold: float,
-    connectivity: int = 1,
     save_prob: bool = False,
     approximate: bool = False,
 ) -> Any:
-    """Watershed on the tile's valid box and ownership (see :mod:`nucseg.wsi.tiling`)."""
-    from nucseg import watershed_dynamics
+    """The recipe on the tile's valid box: watershed, ownership, then the size filter.
 
+    The size filter runs inside :func:`~nucseg.wsi.tiling.own_objects`, after the check
+    that the owned nuclei are exact (see :mod:`nucseg.wsi.tiling`): filtering the whole
+    valid box first could hide a cut fragment that needs a larger halo.
+    """
     from .tiling import crop_box, own_objects
 
     prob_valid = np.ascontiguousarray(prob_read[crop_box(tile.valid, tile.read)], dtype=np.float32)
-    labels = watershed_dynamics(prob_valid, lam, threshold=threshold, connectivity=connectivity, watershed_line=True)
+    labels = recipe.watershed(prob_valid)
     result = own_objects(
-        labels, prob_valid, threshold, tile, geom, scheme, connectivity=connectivity, approximate=approximate
+        labels, prob_valid, recipe.threshold, tile, geom, scheme, connectivity=recipe.connectivity,
+        approximate=approximate, min_area=recipe.min_area,
     )
     if save_prob:
         core = prob_read[crop_box(tile.core, tile.read)]
@@ -844,6 +850,7 @@ def compute_tile(
     from .tiling import ObjectTooLargeError, with_halo
 
     max_halo = params.max_halo
+    recipe = params.recipe
     halo = geom.halo
     enlarged = 0
     spent = 0.0
@@ -851,8 +858,7 @@ def compute_tile(
         t0 = time.perf_counter()
         try:
             res = postprocess_tile(
-                prob, tile, geom, scheme, lam=params.lam, threshold=params.threshold,
-                connectivity=params.connectivity, save_prob=params.save_prob,
+                prob, tile, geom, scheme, recipe, save_prob=params.save_prob,
                 approximate=halo >= max_halo and not params.strict,
             )
             break
@@ -924,165 +930,195 @@ def _run_tiles(
     timer: _Timer,
     progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
+    """Compute and write ``todo`` with the threaded stages of the module docs (see :class:`_TileRunner`)."""
+    if todo:
+        _TileRunner(reader, pred, setup, batch_size=batch_size, threads=threads, timer=timer).run(todo, progress)
 
-    from .reader import SlideError
-    from .tiling import crop_box
 
-    if not todo:
-        return
-    geom, scheme, store = setup.geom, setup.scheme, setup.store
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    err_lock = threading.Lock()
+class _TileRunner:
+    """One run of the threaded stages: reader threads -> inference thread -> post pool -> writer.
 
-    def fail(exc: BaseException) -> None:
-        with err_lock:
-            errors.append(exc)
-        stop.set()
+    The stages share only what is set here: the queues between them, the ``stop`` event
+    any stage sets on failure, and the first error, which :meth:`run` raises once every
+    thread has stopped. A read error stops reading but lets tiles already read finish
+    (they are written, so a resume has less to redo).
+    """
 
-    n_readers = max(1, min(4, threads // 2 or 1))
-    q_rgb: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size))
-    q_done: queue.Queue = queue.Queue()
-    in_flight = threading.BoundedSemaphore(max(2, 2 * threads))
-    infer_done = threading.Event()
-    counts = {"submitted": 0}  # written by the inference thread only
-    it = iter(todo)
-    it_lock = threading.Lock()
+    def __init__(self, reader: Any, pred: Any, setup: SlideSetup, *, batch_size: int, threads: int, timer: _Timer) -> None:
+        self.reader, self.pred, self.setup, self.timer = reader, pred, setup, timer
+        self.batch_size = batch_size
+        self.n_readers = max(1, min(4, threads // 2 or 1))
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.read_errors: list[BaseException] = []
+        self.err_lock = threading.Lock()
+        self.q_rgb: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size))  # read tiles awaiting inference
+        self.q_done: queue.Queue = queue.Queue()  # finished post-processing futures, for the writer
+        self.in_flight = threading.BoundedSemaphore(max(2, 2 * threads))  # tiles between inference and writing
+        self.infer_done = threading.Event()
+        self.submitted = 0  # written by the inference thread only
+        self.predict_lock = threading.Lock()  # predict is also called from the post threads (halo retries)
+        self.todo_lock = threading.Lock()
+        self.todo: Any = iter(())
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nucseg-post")
 
-    read_errors: list[BaseException] = []  # reading stops, tiles already read still finish
-
-    def read_worker() -> None:
+    def run(self, todo: list[Any], progress: bool) -> None:
+        """Compute and write every tile of ``todo``; raises the first error of any stage."""
+        self.todo = iter(todo)
+        readers = [
+            threading.Thread(target=self._read_worker, name=f"nucseg-read-{i}", daemon=True)
+            for i in range(self.n_readers)
+        ]
+        infer = threading.Thread(target=self._infer_worker, name="nucseg-infer", daemon=True)
+        for th in readers:
+            th.start()
+        infer.start()
         try:
-            while not stop.is_set() and not read_errors:
-                with it_lock:
-                    t = next(it, None)
+            self._write_all(len(todo), progress)
+        except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt
+            self._fail(exc)
+        finally:
+            self.stop.set()
+            for th in readers:
+                th.join()
+            infer.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.errors:
+            raise self.errors[0]
+        if self.read_errors:
+            raise self.read_errors[0]
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.err_lock:
+            self.errors.append(exc)
+        self.stop.set()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _next_tile(self) -> Any:
+        with self.todo_lock:
+            return next(self.todo, None)
+
+    def _read_worker(self) -> None:
+        from .reader import SlideError
+
+        try:
+            while not self.stop.is_set() and not self.read_errors:
+                t = self._next_tile()
                 if t is None:
                     break
                 t0 = time.perf_counter()
                 try:
-                    rgb = read_tile(reader, geom, t)
+                    rgb = read_tile(self.reader, self.setup.geom, t)
                 except SlideError as exc:
-                    with err_lock:
-                        read_errors.append(exc)
+                    with self.err_lock:
+                        self.read_errors.append(exc)
                     break
-                timer.add("read", time.perf_counter() - t0)
-                if not _put(q_rgb, (t, rgb), stop):
+                self.timer.add("read", time.perf_counter() - t0)
+                if not _put(self.q_rgb, (t, rgb), self.stop):
                     return
         except BaseException as exc:  # noqa: BLE001 - forwarded to the caller
-            fail(exc)
+            self._fail(exc)
         finally:
-            _put(q_rgb, _STOP, stop)
+            _put(self.q_rgb, _STOP, self.stop)
 
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nucseg-post")
+    # -- inference -------------------------------------------------------------------
 
-    predict_lock = threading.Lock()  # retries predict from the post threads too
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        with self.predict_lock:
+            return np.asarray(self.pred.predict(batch), dtype=np.float32)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with predict_lock:
-            return np.asarray(pred.predict(batch), dtype=np.float32)
-
-    def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
-        rgb = read_tile(reader, geom, t)
-        timer.add("read", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        prob = predict(rgb[None])[0]
-        timer.add("infer", time.perf_counter() - t0)
-        return rgb, prob
-
-    params = setup.params
-
-    def post_job(t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
-        out = compute_tile(
-            t, prob, geom, scheme, params, recompute=recompute, rgb=rgb, rgb_core=rgb_core, clock=timer.add
-        )
-        with timer.lock:
-            timer.enlarged += out.enlarged
-        return out
-
-    def submit(items: list[tuple[Any, np.ndarray]]) -> None:
-        t0 = time.perf_counter()
-        probs = predict(np.stack([rgb for _, rgb in items]))
-        timer.add("infer", time.perf_counter() - t0)
-        if probs.shape != (len(items), *items[0][1].shape[:2]):
-            raise ValueError(
-                f"model.predict returned shape {probs.shape}, expected {(len(items), *items[0][1].shape[:2])}"
-            )
-        for (t, rgb), prob in zip(items, probs):
-            while not in_flight.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if setup.save_image else None
-            fut: Future = pool.submit(post_job, t, rgb, prob, rgb_core)
-            counts["submitted"] += 1
-            fut.add_done_callback(q_done.put)
-
-    def infer_worker() -> None:
+    def _infer_worker(self) -> None:
         finished = 0
         batch: list[tuple[Any, np.ndarray]] = []
         try:
-            while finished < n_readers:
-                item = _get(q_rgb, stop)
+            while finished < self.n_readers:
+                item = _get(self.q_rgb, self.stop)
                 if item is _STOP:
-                    if stop.is_set():
+                    if self.stop.is_set():
                         return
                     finished += 1
                     continue
-                if batch and (item[1].shape != batch[0][1].shape or len(batch) >= batch_size):
-                    submit(batch)
+                if batch and (item[1].shape != batch[0][1].shape or len(batch) >= self.batch_size):
+                    self._submit(batch)
                     batch = []
                 batch.append(item)
-                if len(batch) >= batch_size:
-                    submit(batch)
+                if len(batch) >= self.batch_size:
+                    self._submit(batch)
                     batch = []
             if batch:
-                submit(batch)
+                self._submit(batch)
         except BaseException as exc:  # noqa: BLE001
-            fail(exc)
+            self._fail(exc)
         finally:
-            infer_done.set()
+            self.infer_done.set()
 
-    readers = [threading.Thread(target=read_worker, name=f"nucseg-read-{i}", daemon=True) for i in range(n_readers)]
-    infer = threading.Thread(target=infer_worker, name="nucseg-infer", daemon=True)
-    for th in readers:
-        th.start()
-    infer.start()
+    def _submit(self, items: list[tuple[Any, np.ndarray]]) -> None:
+        """Predict one batch and hand each tile to the post-processing pool."""
+        from .tiling import crop_box
 
-    bar = tqdm(total=len(todo), unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles")
-    nuclei = 0
-    written = 0
-    try:
-        # Until every tile submitted for post-processing is written (or a failure).
-        while not stop.is_set() and not (infer_done.is_set() and written == counts["submitted"]):
-            try:
-                fut = q_done.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                out = fut.result()
-                t0 = time.perf_counter()
-                store.write_tile(out.result, out.table, out.record, scheme)
-                timer.add("write", time.perf_counter() - t0)
-            finally:
-                in_flight.release()
-            nuclei += out.record["nuclei"]
-            written += 1
-            bar.update(1)
-            bar.set_postfix(nuclei=nuclei, refresh=False)
-    except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt
-        fail(exc)
-    finally:
-        bar.close()
-        stop.set()
-        for th in readers:
-            th.join()
-        infer.join()
-        pool.shutdown(wait=True, cancel_futures=True)
-    if errors:
-        raise errors[0]
-    if read_errors:
-        raise read_errors[0]
+        t0 = time.perf_counter()
+        probs = self._predict(np.stack([rgb for _, rgb in items]))
+        self.timer.add("infer", time.perf_counter() - t0)
+        expected = (len(items), *items[0][1].shape[:2])
+        if probs.shape != expected:
+            raise ValueError(f"model.predict returned shape {probs.shape}, expected {expected}")
+        for (t, rgb), prob in zip(items, probs):
+            while not self.in_flight.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    return
+            rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if self.setup.save_image else None
+            fut: Future = self.pool.submit(self._post_job, t, rgb, prob, rgb_core)
+            self.submitted += 1
+            fut.add_done_callback(self.q_done.put)
+
+    # -- post-processing (pool threads) ----------------------------------------------
+
+    def _recompute(self, t: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Read and predict a tile again with a larger halo (:func:`compute_tile`'s callback)."""
+        t0 = time.perf_counter()
+        rgb = read_tile(self.reader, self.setup.geom, t)
+        self.timer.add("read", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        prob = self._predict(rgb[None])[0]
+        self.timer.add("infer", time.perf_counter() - t0)
+        return rgb, prob
+
+    def _post_job(self, t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
+        s = self.setup
+        out = compute_tile(
+            t, prob, s.geom, s.scheme, s.params, recompute=self._recompute, rgb=rgb, rgb_core=rgb_core,
+            clock=self.timer.add,
+        )
+        with self.timer.lock:
+            self.timer.enlarged += out.enlarged
+        return out
+
+    # -- writing (calling thread) ----------------------------------------------------
+
+    def _write_all(self, total: int, progress: bool) -> None:
+        """Write finished tiles until every submitted one is written, or a stage fails."""
+        from tqdm.auto import tqdm
+
+        store, scheme = self.setup.store, self.setup.scheme
+        nuclei = written = 0
+        with tqdm(total=total, unit="tile", disable=not progress, dynamic_ncols=True, desc="tiles") as bar:
+            while not self.stop.is_set() and not (self.infer_done.is_set() and written == self.submitted):
+                try:
+                    fut = self.q_done.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                try:
+                    out = fut.result()
+                    t0 = time.perf_counter()
+                    store.write_tile(out.result, out.table, out.record, scheme)
+                    self.timer.add("write", time.perf_counter() - t0)
+                finally:
+                    self.in_flight.release()
+                nuclei += out.record["nuclei"]
+                written += 1
+                bar.update(1)
+                bar.set_postfix(nuclei=nuclei, refresh=False)
 
 
 def summary_lines(summary: SlideSummary) -> list[str]:

@@ -2,7 +2,8 @@
 
 The runner accepts any object with ``predict(rgb) -> prob`` and a ``config`` holding
 ``name``, ``mpp``, ``lam``, ``threshold``, ``halo`` (context pixels per side) and
-optionally ``stride``, plus a ``sha256`` checksum: the networks returned by
+optionally ``stride`` and ``min_area`` (or a ``recipe``:
+:class:`nucseg.PostprocessRecipe`), plus a ``sha256`` checksum: the networks returned by
 :func:`nucseg.inference.load_model`, or :class:`HematoxylinPredictor`, a deterministic,
 exactly translation-invariant colour-deconvolution baseline that needs no weights.
 """
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from nucseg._recipe import PostprocessRecipe, recipe_of
 
 
 class PredictorConfig(Protocol):
@@ -58,6 +61,8 @@ class ClassicalConfig:
     halo : int
         Context needed per side (the Gaussian's support).
     stride : int
+    min_area : int
+        Objects with fewer pixels are dropped after the watershed.
     """
 
     name: str = "hematoxylin"
@@ -70,6 +75,12 @@ class ClassicalConfig:
     high: float = 0.085
     halo: int = 8
     stride: int = 1
+    min_area: int = 0
+
+    @property
+    def recipe(self) -> PostprocessRecipe:
+        """The post-processing of this predictor's map."""
+        return PostprocessRecipe(lam=self.lam, threshold=self.threshold, min_area=self.min_area)
 
 
 class HematoxylinPredictor:
@@ -152,16 +163,22 @@ def resolve_model(model: Any = None, *, device: str | None = None, precision: st
 
 
 def describe(pred: Any) -> dict[str, Any]:
-    """Name, checksum and the fields the runner uses, for the run metadata."""
+    """Name, checksum and the fields the runner uses, for the run metadata.
+
+    ``lam``, ``threshold`` and ``min_area`` are the model's post-processing recipe
+    (:func:`nucseg._recipe.recipe_of`), the defaults of a run.
+    """
     cfg = pred.config
+    recipe = recipe_of(cfg)
     return {
         "name": str(getattr(cfg, "name", type(pred).__name__)),
         "arch": str(getattr(cfg, "arch", "")),
         "sha256": str(getattr(pred, "sha256", "")),
         "precision": str(getattr(pred, "precision", "float64")),
         "mpp": float(cfg.mpp),
-        "lam": float(cfg.lam),
-        "threshold": float(cfg.threshold),
+        "lam": recipe.lam,
+        "threshold": recipe.threshold,
+        "min_area": recipe.min_area,
         "context": int(cfg.halo),
         "stride": int(getattr(cfg, "stride", 1) or 1),
     }

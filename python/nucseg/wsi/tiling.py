@@ -34,6 +34,11 @@ where two tiles' approximate versions overlap, exact nuclei win, then the lower 
 index (the writer applies this rule pixel by pixel, so the output does not depend on
 the order tiles finish).
 
+The recipe's size filter (``min_area``, :class:`nucseg.PostprocessRecipe`) is applied
+by the owner after this check, so only to nuclei whose shape is final: an exact nucleus
+is dropped exactly when the one-piece run drops it (an approximate one is judged by the
+part its tile keeps).
+
 Label ids
 ---------
 ``id = (tile_index << object_bits) + rank``, where ``tile_index`` is the owner's index
@@ -491,13 +496,17 @@ def own_objects(
     *,
     connectivity: int = 1,
     approximate: bool = False,
+    min_area: int = 0,
 ) -> TileResult:
     """Keep the nuclei a tile owns and give them global ids.
 
     A nucleus (watershed basin) is owned by the tile whose core holds its first pixel
     in raster order. It is *exact* when its foreground component lies inside the valid
     box without touching a cut side: the dynamics watershed is local to foreground
-    components, so it is then segmented exactly as in a one-piece run.
+    components, so it is then segmented exactly as in a one-piece run. Owned nuclei
+    under ``min_area`` pixels are dropped only once that is settled (after the check
+    that may raise :class:`ObjectTooLargeError`): an exact nucleus has its one-piece
+    area, so it is dropped exactly when the one-piece recipe drops it.
 
     Parameters
     ----------
@@ -506,7 +515,8 @@ def own_objects(
     prob : ndarray of float, same shape
         The probability the labels came from.
     threshold : float
-        Foreground threshold used by the watershed (``F = prob > threshold``).
+        Foreground threshold used by the watershed (``F = prob > threshold`` as the
+        kernel evaluates it: :func:`nucseg.postprocess.foreground`).
     tile : Tile
     geom : Geometry
     scheme : IdScheme
@@ -517,6 +527,10 @@ def own_objects(
         False: raise :class:`ObjectTooLargeError` (the caller retries with a larger
         halo). True: keep it, marked approximate (if the nucleus itself is cut, only
         its part inside the valid box is kept).
+    min_area : int
+        Owned nuclei with fewer pixels are dropped (the recipe's size filter:
+        :class:`nucseg.PostprocessRecipe`); an approximate nucleus is judged by the
+        part this tile keeps.
 
     Returns
     -------
@@ -528,6 +542,8 @@ def own_objects(
         When ``approximate`` is False and an owned nucleus's component is cut.
     """
     from scipy import ndimage
+
+    from nucseg.postprocess import foreground
 
     vy0, vy1, vx0, vx1 = tile.valid
     if labels.shape != (vy1 - vy0, vx1 - vx0) or prob.shape != labels.shape:
@@ -558,7 +574,8 @@ def own_objects(
     basins, anchor, ay, ax = basins[in_core], anchor[in_core], ay[in_core], ax[in_core]
 
     # Components (and basins) touching a cut side of the valid box may continue beyond it.
-    comp, n_comp = ndimage.label(prob > threshold, structure=_structure(connectivity))
+    # The kernel's own foreground test: `prob > threshold` on float32 would compare in float32.
+    comp, n_comp = ndimage.label(foreground(prob, threshold), structure=_structure(connectivity))
     cut_comp = np.zeros(n_comp + 1, bool)
     for side, is_cut in (
         ((0, slice(None)), vy0 > 0),
@@ -578,6 +595,15 @@ def own_objects(
             f"y={int(ay[i])} x={int(ax[i])} reaches beyond the {halo - geom.context} px margin the halo leaves "
             f"(halo {halo} - model context {geom.context}); raise --halo or --max-halo"
         )
+
+    # The size filter, now that every kept nucleus is exact (or final at the largest halo);
+    # dropped before ranking, so ids stay 1..n for the nuclei written.
+    if min_area > 1:
+        big = np.bincount(labels.ravel())[basins] >= min_area  # same rule as PostprocessRecipe.keeps
+        if not big.all():
+            basins, anchor, inexact = basins[big], anchor[big], inexact[big]
+            if basins.size == 0:
+                return empty
 
     # Rank: exact nuclei first, each kind by first pixel in raster order (translation invariant).
     order = np.lexsort((anchor, inexact))
