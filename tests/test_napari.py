@@ -309,3 +309,17 @@ def test_screenshot_shows_the_labels(viewer, store: Path, tmp_path: Path) -> Non
         from PIL import Image
 
         Image.fromarray(shot.astype(np.uint8)).save(os.environ["NUCSEG_NAPARI_SCREENSHOT"])
+
+
+def test_widget_takes_mpp_from_a_calibrated_layer_and_refuses_grey(viewer) -> None:
+    from nucseg.napari._widget import SegmentWidget
+
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    grey = viewer.add_image(np.zeros((32, 32), np.uint8), name="grey", scale=(0.5, 0.5))
+    widget.reset_choices()
+    widget._image.value = grey
+    assert widget._mpp.value == pytest.approx(0.5)  # the layer's scale, in um
+    assert widget.run() is None and widget.worker is None
+    assert "RGB" in widget._status.value
+    assert len(viewer.layers) == 1
