@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 LayerData = tuple[Any, dict[str, Any], str]
 
 #: Tables with more rows are not loaded as features (memory: about 150 bytes a row in
-#: pandas, plus napari's label index); the layer's metadata names the Parquet file.
-MAX_FEATURE_ROWS = 2_000_000
+#: pandas plus about 100 in napari's label index); the layer's metadata names the file.
+MAX_FEATURE_ROWS = 1_000_000
 
 
 def is_nucseg_store(path: str | os.PathLike[str]) -> bool:

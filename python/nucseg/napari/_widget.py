@@ -10,10 +10,10 @@ one row per nucleus.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 MAX_PIXELS = 64_000_000
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SegmentParams:
     """What the widget passes to :func:`run_segmentation`.
 
@@ -250,7 +250,7 @@ class SegmentWidget(Container):
             translate=tuple(image.translate[-2:]),
             units="um",
             features=features,
-            metadata={"nucseg_params": params.__dict__},
+            metadata={"nucseg_params": dataclasses.asdict(params)},
         )
         self._status.value = f"{len(features['label'])} nuclei in {image.name!r}"
 
