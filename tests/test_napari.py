@@ -182,6 +182,7 @@ def test_reader_claims_only_nucseg_stores(store: Path, tmp_path: Path) -> None:
 
 
 def test_reader_layers_are_lazy_and_in_micrometres(store: Path) -> None:
+    pytest.importorskip("pandas")  # the features table (napari itself requires pandas)
     import dask.array as da
     import zarr
 
