@@ -317,10 +317,10 @@ def test_widget_takes_mpp_from_a_calibrated_layer_and_refuses_grey(viewer) -> No
 
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    grey = viewer.add_image(np.zeros((32, 32), np.uint8), name="grey", scale=(0.5, 0.5))
+    grey = viewer.add_image(np.zeros((32, 32), np.uint8), name="grey", scale=(0.2527, 0.2527))
     widget.reset_choices()
     widget._image.value = grey
-    assert widget._mpp.value == pytest.approx(0.5)  # the layer's scale, in um
+    assert widget._mpp.value == pytest.approx(0.2527, abs=1e-3)  # the layer's scale, in um
     assert widget.run() is None and widget.worker is None
     assert "RGB" in widget._status.value
     assert len(viewer.layers) == 1

@@ -183,7 +183,8 @@ class SegmentWidget(Container):
         d = model_defaults()
         self._viewer = viewer
         self._image = create_widget(annotation=napari.layers.Image, label="image")
-        self._mpp = FloatSpinBox(value=d["mpp"], min=0.01, max=20.0, step=0.01, label="mpp (um/px)")
+        # The step sets the decimals shown and kept: slides give mpp to 3-4 digits (0.2527).
+        self._mpp = FloatSpinBox(value=d["mpp"], min=0.01, max=20.0, step=0.001, label="mpp (um/px)")
         self._lam = FloatSpinBox(value=d["lam"], min=0.0, max=1.0, step=0.01, label="lam")
         self._threshold = FloatSpinBox(value=d["threshold"], min=0.0, max=1.0, step=0.05, label="threshold")
         self._device = ComboBox(choices=available_devices(), label="device")
