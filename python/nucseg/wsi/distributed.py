@@ -158,14 +158,19 @@ class ModelPlugin(_PluginBase):
         ``"cpu"``, ``"cuda"`` or ``"auto"``/None (the worker's GPU when it has one).
     precision : str
         The network's arithmetic (:func:`nucseg.inference.load_model`).
+    backend : str
+        What runs the network (:mod:`nucseg.backends`).
     name : str
         Plugin name (unique per run).
     """
 
-    def __init__(self, model: Any, device: str | None, name: str, precision: str = "auto") -> None:
+    def __init__(
+        self, model: Any, device: str | None, name: str, precision: str = "auto", backend: str = "torch"
+    ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
+        self.backend = backend
         self.name = name
         self.loads = 0
         self.predictor: Any = None
@@ -187,7 +192,10 @@ class ModelPlugin(_PluginBase):
 
         from .predictors import resolve_model
 
-        self.predictor = resolve_model(self.model, device=self.device, precision=self.precision)
+        self.predictor = resolve_model(
+            self.model, device=self.device, precision=self.precision, backend=self.backend,
+            threads=max(1, int(nthreads)),
+        )
         self.loads += 1
         if relax_malloc_trim():
             logger.info("raised this worker's malloc trim threshold (MALLOC_TRIM_THRESHOLD_ was %s)",
@@ -895,6 +903,7 @@ def run_distributed(
     strict: bool = False,
     device: str | None = None,
     precision: str = "auto",
+    backend: str = "torch",
     batch_size: int = 2,
     tissue: str | os.PathLike[str] = "auto",
     resume: bool = False,
@@ -927,7 +936,7 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, batch_size, tissue
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, backend, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
     save_prob, save_image, connectivity
         As for :func:`nucseg.wsi.segment_slide`.
@@ -1010,6 +1019,10 @@ def run_distributed(
         from nucseg.inference import check_precision
 
         check_precision(precision)
+    if backend != "torch":
+        from nucseg.backends import check_backend
+
+        check_backend(backend)
     qcs = _plan_qc(pairs, out, qc)
 
     client, cluster = connect(scheduler, workers, threads_per_worker)
@@ -1022,7 +1035,7 @@ def run_distributed(
                 f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
             ) from None
         _probe(client, sorted({Location.of(o).parent.url for _, o in pairs}), [str(s) for s, _ in pairs])
-        client.register_plugin(ModelPlugin(model, device, name, precision), name=name)
+        client.register_plugin(ModelPlugin(model, device, name, precision, backend), name=name)
         try:
             return _drive(client, pairs, qcs, options, name, errors=errors, progress=progress)
         finally:

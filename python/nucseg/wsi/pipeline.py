@@ -475,6 +475,7 @@ def segment_slide(
     strict: bool = False,
     device: str | None = None,
     precision: str = "auto",
+    backend: str = "torch",
     batch_size: int = 2,
     threads: int | None = None,
     tissue: str | os.PathLike[str] = "auto",
@@ -524,6 +525,9 @@ def segment_slide(
         The network's arithmetic (:class:`nucseg.inference.NucleusModel`): ``"auto"``
         is float16 on CUDA and float32 on the CPU; ``"bfloat16"`` is about 2.5x faster
         than float32 on CPUs with AMX, with object F1 >= 0.996 against float32.
+    backend : {"torch", "auto", "onnx"}
+        What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime on
+        the CPU with torch's thread count; ``"auto"`` picks it on the CPU when installed.
     batch_size : int
         Tiles per inference call.
     threads : int, optional
@@ -583,7 +587,7 @@ def segment_slide(
     reader = open_slide(slide, mpp=mpp)
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
-        pred = resolve_model(model, device=device, precision=precision)
+        pred = resolve_model(model, device=device, precision=precision, backend=backend)
         setup = prepare_output(
             reader,
             pred,
