@@ -73,14 +73,21 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules[name] = None blocks it
+        return False
+
+
 def onnx_available() -> bool:
-    """Whether ONNX Runtime and onnx can be imported (without importing them)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    """Whether ONNX Runtime and onnx are installed (checked without importing them)."""
+    return all(_installed(name) for name in ("onnxruntime", "onnx"))
 
 
 def require_onnxruntime() -> Any:
     """Import and return :mod:`onnxruntime`, or raise an ImportError naming the extra to install."""
-    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("onnxruntime", "onnx") if not _installed(name)]
     if missing:
         raise ImportError(f"backend 'onnx' needs {' and '.join(missing)}: {_INSTALL_HINT}")
     import onnxruntime
