@@ -186,6 +186,18 @@ def test_unwritable_cache_falls_back_to_memory(tmp_path, monkeypatch, caplog):
 
 
 @needs_onnx
+def test_a_pickled_model_rebuilds_its_session(tmp_path):
+    import pickle
+
+    path = _tiny(tmp_path)[0]
+    model = load_model(path, device="cpu", backend="onnx", threads=1)
+    copy = pickle.loads(pickle.dumps(model))  # what Dask does with a predictor object
+    assert copy._onnx.session is not model._onnx.session and copy._onnx.threads == 1
+    rgb = _rgb(30, 41)
+    np.testing.assert_array_equal(copy.predict(rgb), model.predict(rgb))
+
+
+@needs_onnx
 def test_threads_are_explicit(tmp_path):
     path = _tiny(tmp_path)[0]
     assert load_model(path, device="cpu", backend="onnx", threads=2)._onnx.threads == 2
