@@ -295,3 +295,22 @@ def test_segment_and_the_slide_runner_pass_the_backend_through(default_models, t
     pred = resolve_model(None, device="cpu", backend="onnx", threads=1)
     assert pred.backend == "onnx" and pred._onnx.threads == 1 and describe(pred)["backend"] == "onnx"
     assert describe(resolve_model("hematoxylin", backend="onnx"))["backend"] == "numpy"
+
+
+def test_cli_defaults_to_auto_and_passes_the_backend_on():
+    from nucseg.cli.wsi import _options, build_parser
+
+    parser = build_parser()
+    assert _options(parser.parse_args(["--demo", "x.zarr"]), None)["backend"] == "auto"
+    assert _options(parser.parse_args(["--demo", "x.zarr", "--backend", "torch"]), None)["backend"] == "torch"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--demo", "x.zarr", "--backend", "ort"])
+
+
+@needs_onnx
+def test_dask_plugin_loads_the_backend_with_the_worker_threads():
+    from nucseg.wsi.distributed import ModelPlugin
+
+    plugin = ModelPlugin(None, "cpu", "test-plugin", "auto", "onnx")
+    plugin._load(1)
+    assert plugin.predictor.backend == "onnx" and plugin.predictor._onnx.threads == 1
