@@ -117,6 +117,12 @@ def test_cli_backend_onnx_without_onnxruntime_fails_early(tmp_path, monkeypatch,
     assert not list(tmp_path.iterdir())  # refused before the demo slide was written
 
 
+def test_cached_file_names_are_safe():
+    assert backends._file_safe("../../etc/passwd") == "etc_passwd"
+    assert backends._file_safe("default") == "default"
+    assert backends._file_safe("...") == "model"
+
+
 def test_cache_dir_is_outside_the_package(monkeypatch, tmp_path):
     monkeypatch.setenv("NUCSEG_CACHE_DIR", str(tmp_path))
     assert cache_dir() == tmp_path / "onnx"

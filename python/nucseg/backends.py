@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -281,8 +282,8 @@ def _session_options(ort: Any, threads: int, spin: bool) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # The memory pattern pre-plans one block per input shape: +300 MB peak RSS at 1024 px for no
-    # measurable speed; the arena stays on (without it every run pays page faults: ~1.8x slower).
+    # The memory pattern pre-plans one block per input shape: +300 MB peak RSS at 1024 px, speed within
+    # the noise of our measurements; the arena stays on (without it every run pays page faults: ~1.8x slower).
     opts.enable_mem_pattern = False
     # Spinning workers waste a core that the slide runner's watershed threads could use.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
@@ -336,7 +337,7 @@ class OnnxNetwork:
         self._init_args = (net, config, sha256, {"threads": self.threads, "spin": spin, "cache": cache})
         data = None
         if cache:
-            self.path = cache_dir() / f"{config.name}-{model_key(config, sha256, net)}.onnx"
+            self.path = cache_dir() / f"{_file_safe(config.name)}-{model_key(config, sha256, net)}.onnx"
             data = _read_or_none(self.path)
         opts = _session_options(ort, self.threads, spin)
         session = _session_or_none(ort, data, opts) if data is not None else None
@@ -400,6 +401,11 @@ class OnnxNetwork:
             m = m[:, :, ::-1] if flip else m
             total = m.copy() if total is None else total + m
         return total / np.float32(len(views))
+
+
+def _file_safe(name: str) -> str:
+    """``name`` reduced to characters safe in a file name (a model name is free text)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40].strip("._") or "model"
 
 
 def _read_or_none(path: Path) -> bytes | None:
