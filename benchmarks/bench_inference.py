@@ -111,3 +111,82 @@ def test_segment_default_watershed_share(benchmark, size):
         mpix_per_s=round(size * size / 1e6 / benchmark.stats["median"], 3),
         watershed_share=round(share, 4),
     )
+
+
+# ------------------------------------------------------------------ CPU backends (issue 18)
+#
+# The bundled model on a 1024x1024 tile, torch vs ONNX Runtime (nucseg.backends) on 1 and 2
+# threads. Each case runs in a fresh child process, so its peak RSS (VmHWM) is its own and
+# no thread pool of another case lingers; the child times `predict` (5 rounds after a warm-up;
+# Mpix/s from the fastest, which a CPU shared with other jobs disturbs least, and the process
+# CPU seconds per call, which contention hardly changes) and the ratio is to torch float32 on
+# the same thread count in the same run. NUCSEG_BENCH_BACKEND_SIZE changes the tile side.
+
+BACKEND_SIZE = int(os.environ.get("NUCSEG_BENCH_BACKEND_SIZE", "1024"))
+BACKEND_CASES = ["torch", "torch-bfloat16", "onnx"]
+_BACKEND_MPIX: dict[tuple[str, int], float] = {}
+
+
+def _backend_child(backend: str, threads: int, size: int) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, backend, str(threads), str(size)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("backend", BACKEND_CASES)
+def test_backend_cpu(benchmark, backend, threads):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime", reason="backend onnx needs pip install 'nucseg[onnx]'")
+    result: dict = {}
+    benchmark.group = f"backend {BACKEND_SIZE}px x{threads} threads"
+    benchmark.pedantic(lambda: result.update(_backend_child(backend, threads, BACKEND_SIZE)), rounds=1, iterations=1)
+    _BACKEND_MPIX[(backend, threads)] = result["mpix_per_s"]
+    base = _BACKEND_MPIX.get(("torch", threads))
+    result["ratio_to_torch"] = round(result["mpix_per_s"] / base, 3) if base else None
+    benchmark.extra_info.update(result)
+    print(f"\n{backend} x{threads}: {result}")
+
+
+def _backend_main(backend: str, threads: int, size: int) -> None:
+    """Child process: time `predict` of one backend and print a JSON line."""
+    import json
+
+    from _rss import peak_rss_bytes
+
+    torch.set_num_threads(threads)
+    kind, _, precision = backend.partition("-")
+    model = nucseg.load_model(device="cpu", backend=kind, precision=precision or "float32", threads=threads)
+    rgb = _rgb(size)
+    model.predict(rgb)  # warm-up: allocations, oneDNN primitive cache, ORT arena, export or cache read
+    times, cpu = [], []
+    for _ in range(5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.predict(rgb)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    best, median = min(times), float(np.median(times))
+    print(json.dumps({
+        "backend": backend,
+        "threads": threads,
+        "size": size,
+        "min_s": round(best, 4),
+        "median_s": round(median, 4),
+        "cpu_s": round(float(np.median(cpu)), 4),
+        "mpix_per_s": round(size * size / 1e6 / best, 4),
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        "cpu": f"{os.cpu_count()} cores",
+    }))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    _backend_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -158,14 +158,19 @@ class ModelPlugin(_PluginBase):
         ``"cpu"``, ``"cuda"`` or ``"auto"``/None (the worker's GPU when it has one).
     precision : str
         The network's arithmetic (:func:`nucseg.inference.load_model`).
+    backend : str
+        What runs the network (:mod:`nucseg.backends`).
     name : str
         Plugin name (unique per run).
     """
 
-    def __init__(self, model: Any, device: str | None, name: str, precision: str = "auto") -> None:
+    def __init__(
+        self, model: Any, device: str | None, name: str, precision: str = "auto", backend: str = "torch"
+    ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
+        self.backend = backend
         self.name = name
         self.loads = 0
         self.predictor: Any = None
@@ -187,7 +192,10 @@ class ModelPlugin(_PluginBase):
 
         from .predictors import resolve_model
 
-        self.predictor = resolve_model(self.model, device=self.device, precision=self.precision)
+        self.predictor = resolve_model(
+            self.model, device=self.device, precision=self.precision, backend=self.backend,
+            threads=max(1, int(nthreads)),
+        )
         self.loads += 1
         if relax_malloc_trim():
             logger.info("raised this worker's malloc trim threshold (MALLOC_TRIM_THRESHOLD_ was %s)",
@@ -891,6 +899,7 @@ def run_distributed(
     strict: bool = False,
     device: str | None = None,
     precision: str = "auto",
+    backend: str = "torch",
     batch_size: int = 2,
     tissue: str | os.PathLike[str] = "auto",
     resume: bool = False,
@@ -925,7 +934,7 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, batch_size, tissue
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, backend, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
     save_prob, save_image, connectivity, min_area
         As for :func:`nucseg.wsi.segment_slide`.
@@ -975,6 +984,7 @@ def run_distributed(
         lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
         halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
         save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
+        backend=backend,
     )
     options = pick_options(options, given).with_absolute_paths()  # workers may run elsewhere
     group = check_int("group", group, 1)
@@ -998,7 +1008,7 @@ def run_distributed(
                 f"no Dask worker joined {client.scheduler.address} within {wait_for_workers:g} s"
             ) from None
         _probe(client, sorted({Location.of(o).parent.url for _, o in pairs}), [str(s) for s, _ in pairs])
-        client.register_plugin(ModelPlugin(model, options.device, name, options.precision), name=name)
+        client.register_plugin(ModelPlugin(model, options.device, name, options.precision, options.backend), name=name)
         try:
             return _drive(client, pairs, qcs, options, group, name, errors=errors, progress=progress)
         finally:

@@ -63,6 +63,8 @@ class RunOptions:
         Tiles per inference call.
     device, precision : str
         Where and in which arithmetic a network loaded by the run computes.
+    backend : {"torch", "onnx", "auto"}
+        Inference engine of a network loaded by the run (:mod:`nucseg.backends`).
 
     See :func:`nucseg.wsi.segment_slide` for each option in full.
     """
@@ -85,6 +87,7 @@ class RunOptions:
     batch_size: int = 2
     device: str | None = None
     precision: str = "auto"
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -112,6 +115,10 @@ class RunOptions:
             from nucseg.inference import check_precision
 
             check_precision(self.precision)
+        if self.backend != "torch":  # an unknown backend fails here, before any slide is read
+            from nucseg.backends import check_backend
+
+            check_backend(self.backend)
         normal = {**ints, **reals, "connectivity": int(self.connectivity)}
         normal.update({k: bool(getattr(self, k)) for k in ("strict", "resume", "overwrite", "save_prob", "save_image")})
         for name, value in normal.items():
@@ -119,7 +126,7 @@ class RunOptions:
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`nucseg.wsi.pipeline.prepare_output` among these options."""
-        skip = {"mpp", "batch_size", "device", "precision"}  # the slide reader's, the runner's and the model's
+        skip = {"mpp", "batch_size", "device", "precision", "backend"}  # the slide reader's, the runner's and the model's
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def with_absolute_paths(self) -> RunOptions:

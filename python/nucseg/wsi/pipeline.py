@@ -483,6 +483,7 @@ def segment_slide(
     strict: bool = False,
     device: str | None = None,
     precision: str = "auto",
+    backend: str = "torch",
     batch_size: int = 2,
     threads: int | None = None,
     tissue: str | os.PathLike[str] = "auto",
@@ -540,6 +541,9 @@ def segment_slide(
         The network's arithmetic (:class:`nucseg.inference.NucleusModel`): ``"auto"``
         is float16 on CUDA and float32 on the CPU; ``"bfloat16"`` is about 2.5x faster
         than float32 on CPUs with AMX, with object F1 >= 0.996 against float32.
+    backend : {"torch", "auto", "onnx"}
+        What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime on
+        the CPU with torch's thread count; ``"auto"`` picks it on the CPU when installed.
     batch_size : int
         Tiles per inference call.
     threads : int, optional
@@ -591,6 +595,7 @@ def segment_slide(
         lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
         halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
         save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
+        backend=backend,
     )
     o = pick_options(options, given)
     threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
@@ -603,7 +608,7 @@ def segment_slide(
     reader = open_slide(slide, mpp=o.mpp)
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
-        pred = resolve_model(model, device=o.device, precision=o.precision)
+        pred = resolve_model(model, device=o.device, precision=o.precision, backend=o.backend)
         setup = prepare_output(reader, pred, out_loc, started=started, **o.prepare_kwargs())
         store = setup.store
         todo = [setup.tiles[i] for i in setup.todo]

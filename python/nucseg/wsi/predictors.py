@@ -122,7 +122,14 @@ class HematoxylinPredictor:
         return out
 
 
-def resolve_model(model: Any = None, *, device: str | None = None, precision: str = "auto") -> Any:
+def resolve_model(
+    model: Any = None,
+    *,
+    device: str | None = None,
+    precision: str = "auto",
+    backend: str = "torch",
+    threads: int | None = None,
+) -> Any:
     """Turn ``model`` into a predictor.
 
     Parameters
@@ -138,11 +145,19 @@ def resolve_model(model: Any = None, *, device: str | None = None, precision: st
     precision : {"auto", "float32", "bfloat16"}
         Arithmetic of a network loaded here (:class:`nucseg.inference.NucleusModel`);
         the hematoxylin predictor computes in float64 and ignores it.
+    backend : {"torch", "auto", "onnx"}
+        What runs a network loaded here (:mod:`nucseg.backends`); the others ignore it.
+    threads : int, optional
+        ONNX Runtime threads of a network loaded here (default: torch's thread count).
     """
     if precision != "auto":  # checked before anything loads (torch is imported only then)
         from nucseg.inference import check_precision
 
         check_precision(precision)
+    if backend != "torch":
+        from nucseg.backends import check_backend
+
+        check_backend(backend)
     if model is not None and hasattr(model, "predict") and hasattr(model, "config"):
         return model
     if isinstance(model, str) and model.lower() in ("hematoxylin", "classical"):
@@ -159,6 +174,8 @@ def resolve_model(model: Any = None, *, device: str | None = None, precision: st
         None if model is None else os.fspath(model),
         device=None if device in (None, "auto") else device,
         precision=precision,
+        backend=backend,
+        threads=threads,
     )
 
 
@@ -175,6 +192,7 @@ def describe(pred: Any) -> dict[str, Any]:
         "arch": str(getattr(cfg, "arch", "")),
         "sha256": str(getattr(pred, "sha256", "")),
         "precision": str(getattr(pred, "precision", "float64")),
+        "backend": str(getattr(pred, "backend", "numpy")),
         "mpp": float(cfg.mpp),
         "lam": recipe.lam,
         "threshold": recipe.threshold,
