@@ -404,6 +404,97 @@ def test_too_large_for_int32_labels_is_refused_before_work():
         nucseg.watershed_dynamics(huge, 0.1)
 
 
+def test_one_size_limit_shared_by_wrapper_and_kernel():
+    """The wrapper's limit is the kernel's constant (they used to differ by one, so an image
+    of exactly 2**31 - 3 pixels was copied before the kernel refused it)."""
+    from nucseg import postprocess
+
+    assert postprocess._MAX_PIXELS == nucseg._core.MAX_PIXELS == 2**31 - 4
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, ">f4"])
+def test_one_pixel_over_the_limit_is_refused_without_a_copy(dtype):
+    """MAX_PIXELS + 1 pixels as a broadcast view (no memory): the wrapper and the kernel
+    itself both refuse before copying it (tracemalloc sees numpy's allocations)."""
+    import tracemalloc
+
+    over = np.broadcast_to(np.zeros((), dtype), (nucseg._core.MAX_PIXELS + 1, 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="int32 labels"):
+            nucseg.watershed_dynamics(over, 0.1)
+        if over.dtype.isnative:
+            with pytest.raises(ValueError, match="int32 labels"):
+                nucseg._core.watershed_dynamics(over, 0.1, 0.5, 1, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+# ---------------------------------------------------------------- the kernel checks its own preconditions
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+def _kernel(prob, lam=0.1, threshold=0.5, connectivity=1, line=True):
+    """nucseg._core directly, past the wrapper's validation."""
+    return nucseg._core.watershed_dynamics(prob, lam, threshold, connectivity, line)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "threshold"),
+    [
+        *[(np.uint8, t) for t in (-1.0, -0.5, 256.0, 255.5, 1e300, -1e300, _NAN, _INF, -_INF)],
+        *[(np.uint16, t) for t in (-1.0, 65536.0, 2.0**32, _NAN, _INF)],
+        *[(dt, t) for dt in (np.float32, np.float64) for t in (_NAN, _INF, -_INF)],
+    ],
+)
+def test_kernel_refuses_bad_threshold(dtype, threshold):
+    """Converting these to the map's dtype was undefined behaviour in the kernel."""
+    with pytest.raises(ValueError, match="threshold"):
+        _kernel(np.full((4, 5), 3, dtype), threshold=threshold)
+
+
+@pytest.mark.parametrize("lam", [-1.0, -1e-300, _NAN, -_INF])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_kernel_refuses_bad_lam(dtype, lam):
+    with pytest.raises(ValueError, match="lam"):
+        _kernel(np.full((4, 5), 3, dtype), lam=lam, threshold=1.0)
+
+
+@pytest.mark.parametrize("bad", [_NAN, _INF, -_INF])
+@pytest.mark.parametrize("where", ["background", "foreground", "last"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_refuses_non_finite_maps(dtype, where, bad):
+    """NaN used to be silently background and to poison the sweep's comparisons."""
+    prob = probability_map((40, 50), seed=7)[0].astype(dtype)
+    at = {"background": np.unravel_index(np.argmin(prob), prob.shape),
+          "foreground": np.unravel_index(np.argmax(prob), prob.shape), "last": (39, 49)}[where]
+    prob[at] = bad
+    with pytest.raises(ValueError, match="finite"):
+        _kernel(prob, threshold=0.5)
+
+
+def test_kernel_extreme_finite_thresholds_are_defined():
+    """Finite float thresholds beyond float32's range are valid: nothing or everything."""
+    prob = probability_map((30, 40), seed=8)[0]
+    assert (_kernel(prob, threshold=1e300) == 0).all()
+    assert (_kernel(prob, threshold=-1e300, lam=_INF) == 1).all()
+    assert (_kernel(prob.astype(np.float64), threshold=-1e300, lam=_INF) == 1).all()
+    u8 = np.round(prob * 255).astype(np.uint8)
+    assert (_kernel(u8, threshold=255.0) == 0).all()
+    np.testing.assert_array_equal(_kernel(u8, lam=7.0, threshold=0.0), _ws(u8, 7.0, threshold=0.0))
+
+
+def test_wrapper_messages_unchanged_by_the_kernel_checks():
+    """The wrapper still validates first, with its own messages."""
+    with pytest.raises(ValueError, match=r"^threshold must lie in \[0, 255\] for uint8 maps, got -1.0$"):
+        nucseg.watershed_dynamics(np.zeros((3, 3), np.uint8), 7, threshold=-1)
+    with pytest.raises(ValueError, match="^prob must be finite: it contains NaN or infinite values$"):
+        nucseg.watershed_dynamics(np.array([[0.1, np.nan]], np.float32), 0.1)
+
+
 def test_input_is_not_modified():
     prob, _ = probability_map((64, 64), seed=4)
     before = prob.copy()
@@ -438,3 +529,27 @@ def test_ctrl_c_interrupts_a_long_call():
     out, _ = proc.communicate(timeout=300)
     assert "interrupted" in out and "finished" not in out
 
+
+
+def test_worker_threads_never_poll_for_interrupts():
+    """Only the main thread can receive Ctrl-C, so only there does the kernel take the GIL
+    to look for it (every 2^18 pixels); on a worker thread each poll only waited for the
+    GIL (a 4096^2 call beside a busy Python thread took 2.5x as long). Counted with the
+    binding's poll counter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    f = ndi.gaussian_filter(rng.random((1024, 1024), dtype=np.float32), 2)
+    prob = (0.55 + 0.45 * (f - f.min()) / np.ptp(f)).astype(np.float32)  # one component: 2^20 pixels swept
+
+    def polls_during(call):
+        before = nucseg._core._interrupt_polls()
+        labels = call()
+        return nucseg._core._interrupt_polls() - before, labels
+
+    on_main, expected = polls_during(lambda: nucseg.watershed_dynamics(prob, 0.0))
+    assert on_main >= 4  # 2^20 pixels classified, then swept: at least one poll per 2^18
+    with ThreadPoolExecutor(1) as pool:
+        on_worker, labels = polls_during(lambda: pool.submit(nucseg.watershed_dynamics, prob, 0.0).result())
+    assert on_worker == 0
+    np.testing.assert_array_equal(labels, expected)

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 __all__ = ["watershed_dynamics", "default_threshold"]
 
 _SUPPORTED = (np.uint8, np.uint16, np.float32, np.float64)
-_MAX_PIXELS = 2**31 - 3  # labels are int32
+_MAX_PIXELS = _core.MAX_PIXELS  # the kernel's own limit (labels are int32)
 
 
 def default_threshold(dtype: npt.DTypeLike) -> float:

@@ -43,6 +43,11 @@
 
 namespace nucseg {
 
+// The largest image watershed_dynamics takes: labels are int32 and the pixel states
+// below need a few values beyond them. The Python wrapper uses this same constant
+// (exported as nucseg._core.MAX_PIXELS).
+constexpr std::int64_t kMaxPixels = std::numeric_limits<std::int32_t>::max() - 3;
+
 // Thrown when the interrupt callback asks the sweep to stop (e.g. Ctrl-C).
 struct Interrupted : std::exception {
     const char* what() const noexcept override { return "watershed_dynamics interrupted"; }
@@ -61,7 +66,6 @@ constexpr std::int32_t kNotMax = kQueued + 2;    // not on a maximum plateau
 constexpr std::int32_t kLine = std::int32_t{1} << 30;
 constexpr std::int32_t kIdMask = kLine - 1;
 constexpr std::int32_t kMaxBasins = kIdMask;
-constexpr std::int64_t kMaxPixels = std::numeric_limits<std::int32_t>::max() - 3;  // labels are int32
 
 enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
@@ -132,16 +136,32 @@ inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
     }
 }
 
+// Throws std::invalid_argument unless t is a threshold T's maps can be cut at: within
+// [0, max] for integer maps (so that floor(t) converts to T without overflow), finite
+// for float maps.
+template <class T>
+void check_threshold(double t) {
+    if constexpr (std::is_integral<T>::value) {
+        if (!(t >= 0.0 && t <= static_cast<double>(std::numeric_limits<T>::max())))  // NaN fails too
+            throw std::invalid_argument("watershed_dynamics: threshold must lie in [0, dtype max] for integer maps");
+    } else if (!std::isfinite(t)) {
+        throw std::invalid_argument("watershed_dynamics: threshold must be finite");
+    }
+}
+
 // v > threshold, exactly, in T's own arithmetic: integer maps compare with the
-// integer floor(t) (threshold validated to lie in the dtype's range), float32 maps with
-// the largest float <= t (for a float v, v > t exactly when v > that float), so the
-// test vectorises.
+// integer floor(t), float32 maps with the largest float <= t (for a float v, v > t
+// exactly when v > that float), so the test vectorises. t is checked by check_threshold.
 template <class T>
 struct Foreground {
     T cut;
     explicit Foreground(double t) {
         if constexpr (std::is_integral<T>::value) {
             cut = static_cast<T>(std::floor(t));
+        } else if (t >= static_cast<double>(std::numeric_limits<T>::max())) {
+            cut = std::numeric_limits<T>::max();  // converting a larger t to T would be undefined; no finite v is > it
+        } else if (t < -static_cast<double>(std::numeric_limits<T>::max())) {
+            cut = -std::numeric_limits<T>::infinity();  // every finite v is > t
         } else {
             cut = static_cast<T>(t);
             if (static_cast<double>(cut) > t) cut = std::nextafter(cut, -std::numeric_limits<T>::infinity());
@@ -149,6 +169,15 @@ struct Foreground {
     }
     bool operator()(T v) const { return v > cut; }
 };
+
+// Whether every value of row[0..width) is finite (x - x is 0 exactly for finite x, NaN
+// otherwise); branch-free so that it vectorises while the row is in cache.
+template <class T>
+bool all_finite(const T* row, std::ptrdiff_t width) {
+    int finite = 1;
+    for (std::ptrdiff_t x = 0; x < width; ++x) finite &= static_cast<int>(row[x] - row[x] == T(0));
+    return finite != 0;
+}
 
 // Basin records: label union-find (watershed labels) and component union-find
 // (flooded connectivity, for dynamics), with each component rooted at its leader,
@@ -443,6 +472,10 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         const T* row = v + y * width;
         const T* up = y > 0 ? row - width : row;
         const T* down = y < height - 1 ? row + width : row;
+        if constexpr (!std::is_integral<T>::value) {
+            // NaN would be background but poison the comparisons of the sweep; inf has no dynamics.
+            if (!all_finite(row, width)) throw std::invalid_argument("watershed_dynamics: prob must be finite (NaN or inf found)");
+        }
         if (nh.count == 8) classify_row<T, true>(up, row, down, width, in_f, out + y * width);
         else classify_row<T, false>(up, row, down, width, in_f, out + y * width);
         previous_begin = row_begin;
@@ -654,8 +687,12 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
 }  // namespace detail
 
 // Segment a 2-D nucleus probability map (C-contiguous, row-major) into `out`
-// (int32, same shape). T is uint8_t, uint16_t, float or double; values must be
-// finite and lam >= 0 (the Python wrapper validates; this is the safety net).
+// (int32, same shape). T is uint8_t, uint16_t, float or double. Preconditions, checked
+// here (std::invalid_argument; std::length_error for the size) although the Python
+// wrapper validates first with friendlier messages: 1 <= height * width <= kMaxPixels,
+// connectivity 1 or 2, lam >= 0 (+inf allowed: one object per component, NaN refused),
+// threshold in [0, max] for integer maps and finite for float maps, float values
+// finite (NaN or inf anywhere throws; `out` is then partly written).
 // `interrupted()` is polled every 2^18 pixels; returning true aborts with Interrupted.
 template <class T, class Interrupt>
 void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t width, double threshold,
@@ -664,10 +701,11 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
     if (height <= 0 || width <= 0) throw std::invalid_argument("watershed_dynamics: empty image");
     if (connectivity != 1 && connectivity != 2)
         throw std::invalid_argument("watershed_dynamics: connectivity must be 1 or 2");
-    if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0");
-    if (static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width) >
-        static_cast<std::uint64_t>(detail::kMaxPixels))
+    if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0 (not NaN)");
+    // Each side first, so that the product cannot overflow.
+    if (height > kMaxPixels || width > kMaxPixels || height * width > kMaxPixels)
         throw std::length_error("watershed_dynamics: image too large for int32 labels");
+    detail::check_threshold<T>(threshold);
 
     const detail::Foreground<T> in_f(threshold);
     const detail::Neighbourhood nh(connectivity, width);
