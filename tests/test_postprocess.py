@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 from skimage.measure import label as cc_label
-from skimage.morphology import local_maxima, reconstruction
+from skimage.morphology import local_maxima, local_minima, reconstruction
 from skimage.segmentation import watershed
 
 import nucseg
@@ -70,6 +70,18 @@ def assert_same_partition(a: np.ndarray, b: np.ndarray) -> None:
     assert np.array_equal(a == 0, b == 0)
     pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
     assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def touching_pairs(labels: np.ndarray, connectivity: int) -> int:
+    """Number of neighbour pairs (under the connectivity) holding two different objects."""
+    h, w = labels.shape
+    steps = [(0, 1), (1, 0)] + ([(1, 1), (1, -1)] if connectivity == 2 else [])
+    pairs = 0
+    for dy, dx in steps:
+        a = labels[: h - dy, max(0, -dx) : w - max(0, dx)]
+        b = labels[dy:, max(0, dx) : w - max(0, -dx)]
+        pairs += int(((a > 0) & (b > 0) & (a != b)).sum())
+    return pairs
 
 
 # Small maps with few distinct values, so plateaus and equal maxima are common.
@@ -268,6 +280,9 @@ def test_labels_consecutive_and_lines_separate_two_objects(case):
     for y, x in zip(*np.nonzero(fg & (labels == 0))):
         window = padded[y : y + 3, x : x + 3][footprint]
         assert len(set(window[window > 0].tolist())) >= 2, (y, x)
+    # The lines separate: no two pixels of different objects are neighbours under the
+    # connectivity (4-neighbours; 8-neighbours with connectivity 2).
+    assert touching_pairs(labels, conn) == 0
     # Without lines, every foreground pixel is labelled.
     assert ((_ws(prob, lam, threshold=threshold, connectivity=conn, watershed_line=False) > 0) == fg).all()
 
@@ -326,6 +341,92 @@ def test_agrees_with_scikit_image(size, connectivity):
         fg = p > (np.floor(t) if p.dtype.kind == "u" else t)
         n_lines, n_lines_ref = int((fg & (ours == 0)).sum()), int((fg & (ref == 0)).sum())
         assert abs(n_lines - n_lines_ref) <= 0.03 * n_lines_ref
+
+
+def skimage_h_maxima_oracle(prob: np.ndarray, lam: float, threshold: float, connectivity: int) -> np.ndarray:
+    """An oracle from a different definition (shared/REFERENCES.md): markers are the
+    regional minima of the h-reconstruction by erosion of the *inverted* map, confined
+    to the foreground by raising the outside above ``max + lam`` (reconstruction with h
+    keeps minima deeper than h, strictly, as nucseg does), then scikit-image's
+    marker-controlled watershed with lines inside the mask. Nothing is shared with the
+    single sweep: no dynamics, no union-find, no tie rule.
+
+    The map is padded by one outside pixel, so that a component filling the image is
+    still a minimum (scikit-image finds none in a constant image)."""
+    f = prob.astype(np.float64)
+    mask = f > (np.floor(threshold) if prob.dtype.kind == "u" else threshold)
+    inverted = f.max() - f
+    high = inverted.max() + (lam if np.isfinite(lam) else 0.0) + 1.0
+    inv = np.pad(np.where(mask, inverted, high), 1, constant_values=high)
+    mask = np.pad(mask, 1)
+    footprint = ndi.generate_binary_structure(2, connectivity)
+    if np.isfinite(lam):
+        rec = reconstruction(np.minimum(inv + lam, high), inv, method="erosion", footprint=footprint)
+    else:  # every component is one basin
+        rec = np.where(mask, 0.0, high)
+    markers = cc_label(local_minima(rec, connectivity=connectivity) & mask, connectivity=connectivity)
+    labels = watershed(inv, markers, mask=mask, connectivity=connectivity, watershed_line=True)
+    return labels[1:-1, 1:-1]
+
+
+def unmatched_objects(a: np.ndarray, b: np.ndarray) -> int:
+    """Objects of the larger set left without a one-to-one partner at IoU >= 0.5."""
+    from nucseg.metrics import object_scores
+
+    s = object_scores(a, b, iou_threshold=0.5 - 1e-9)  # object_scores matches IoU > threshold
+    return max(s.fp, s.fn)
+
+
+@pytest.mark.parametrize(("size", "seed"), [(512, 1), (512, 2), (1024, 3)])
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_same_objects_as_the_h_maxima_oracle_on_realistic_maps(size, seed, connectivity):
+    """Realistic maps (continuous values, nuclei that touch): the same objects, one to one
+    at IoU >= 0.5, with a tolerance of 0.5 % of objects for plateau ties and line
+    placement. Measured: 0 unmatched of 430-1754 objects on every map here (float32
+    and uint8, both connectivities)."""
+    prob, _ = probability_map((size, size), seed=seed)
+    for p, lam, t in ((prob, 0.03, 0.5), (np.round(prob * 255).astype(np.uint8), 7.0, 127.0)):
+        ours = _ws(p, lam, threshold=t, connectivity=connectivity)
+        ref = skimage_h_maxima_oracle(p, lam, t, connectivity)
+        assert ours.max() == ref.max() > 100
+        assert unmatched_objects(ref, ours) <= 0.005 * ref.max()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_same_objects_as_the_h_maxima_oracle(case):
+    """Small maps with plateaus: the same number of objects always (markers from two
+    definitions agree), and one-to-one at IoU >= 0.5 up to one object or a quarter of them.
+    The tolerance is for objects of one to a few pixels, where a plateau tie or a line
+    one pixel over (scikit-image floods a non-marker's dome at its saddle level, the sweep
+    earlier) halves the IoU; over 3,000 seeded small maps 1-2 % of objects are unmatched
+    and at most half of a map's (one of two), see the aggregate test below."""
+    prob, lam, threshold, conn = case
+    ours = _ws(prob, lam, threshold=threshold, connectivity=conn)
+    ref = skimage_h_maxima_oracle(prob, lam, threshold, conn)
+    assert ours.max() == ref.max()
+    assert unmatched_objects(ref, ours) <= max(1, ours.max() // 4)
+
+
+def test_h_maxima_oracle_agreement_over_many_small_maps():
+    """Aggregate of the tolerance above: over 1,500 seeded small random maps (5 levels,
+    50 levels, continuous), at most 3 % of objects unmatched at IoU >= 0.5 (measured
+    1.2-2.0 %) and never a different count."""
+    rng = np.random.default_rng(21)
+    objects = unmatched = 0
+    for i in range(1500):
+        p = rng.random((int(rng.integers(1, 12)), int(rng.integers(1, 12)))).astype(np.float32)
+        levels = (5, 50, None)[i % 3]
+        if levels:
+            p = (np.round(p * levels) / levels).astype(np.float32)
+        lam, conn = (0.0, 0.2, 0.4, 2.0)[i % 4], 1 + (i // 3) % 2
+        ours = _ws(p, lam, threshold=0.1, connectivity=conn)
+        ref = skimage_h_maxima_oracle(p, lam, 0.1, conn)
+        assert ours.max() == ref.max()
+        objects += int(ref.max())
+        unmatched += unmatched_objects(ref, ours)
+    assert objects > 3000
+    assert unmatched <= 0.03 * objects
 
 
 # ---------------------------------------------------------------- the authors' post-processing

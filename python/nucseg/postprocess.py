@@ -155,8 +155,9 @@ def watershed_dynamics(
     global sweep; a component with a single maximum is filled without a sweep. The
     background costs one vectorised raster pass, which also cuts the foreground into runs
     and finds its connected components (run-length labelling); the objects are then
-    numbered along the runs. The GIL is released for the whole call and Ctrl-C is
-    honoured every 2^18 pixels. Extra memory: 20 bytes per run of foreground (a
+    numbered along the runs. The GIL is released for the whole call; on the main thread
+    Ctrl-C is honoured every 2^18 pixels (other threads never receive signals, so there
+    the kernel does not poll). Extra memory: 20 bytes per run of foreground (a
     horizontal stretch), the largest foreground component's pixel list and queue (about 8
     bytes per pixel of it for uint8 maps, 30 for float32), a small record per regional
     maximum, and 4 bytes per image pixel once a uint16/float component has many tied
