@@ -277,14 +277,42 @@ def test_labels_consecutive_and_lines_separate_two_objects(case):
     fg = prob > (np.floor(threshold) if prob.dtype.kind == "u" else threshold)
     footprint = ndi.generate_binary_structure(2, conn)
     padded = np.pad(labels, 1)
+    cut = np.pad(fg & (labels == 0), 1)
     for y, x in zip(*np.nonzero(fg & (labels == 0))):
         window = padded[y : y + 3, x : x + 3][footprint]
-        assert len(set(window[window > 0].tolist())) >= 2, (y, x)
+        # A line pixel sees two objects, or saw one that lost the piece beside it (a piece
+        # cut off from its marker by lines is dropped: it is 0 too, and next to it).
+        beside_cut = (cut[y : y + 3, x : x + 3] & footprint).sum() > 1
+        assert len(set(window[window > 0].tolist())) >= 2 or beside_cut, (y, x)
     # The lines separate: no two pixels of different objects are neighbours under the
     # connectivity (4-neighbours; 8-neighbours with connectivity 2).
     assert touching_pairs(labels, conn) == 0
     # Without lines, every foreground pixel is labelled.
     assert ((_ws(prob, lam, threshold=threshold, connectivity=conn, watershed_line=False) > 0) == fg).all()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.booleans())
+def test_every_object_is_one_connected_piece(case, line):
+    """Under the connectivity. With lines the flood crosses them, and 357 of 3,000 small
+    random maps used to give an object a second piece cut off by lines (1 in 430 objects
+    on a realistic map); such pieces now become line pixels."""
+    prob, lam, threshold, conn = case
+    labels = _ws(prob, lam, threshold=threshold, connectivity=conn, watershed_line=line)
+    footprint = ndi.generate_binary_structure(2, conn)
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        assert box is not None
+        assert ndi.label(labels[box] == i, footprint)[1] == 1, i
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_realistic_map_objects_are_one_piece(connectivity):
+    prob, _ = probability_map((1024, 1024), seed=3)
+    for p, lam in ((prob, 7 / 255), (np.round(prob * 255).astype(np.uint8), 7.0)):
+        labels = _ws(p, lam, connectivity=connectivity)
+        footprint = ndi.generate_binary_structure(2, connectivity)
+        pieces = [ndi.label(labels[box] == i, footprint)[1] for i, box in enumerate(ndi.find_objects(labels), 1)]
+        assert pieces == [1] * labels.max()
 
 
 def test_flips_and_transpose_commute_with_segmentation():

@@ -169,7 +169,15 @@ def watershed_dynamics(
     plateaus are pushed first, in raster order; neighbours are pushed in raster order of
     their offsets. So the result is deterministic and identical across runs and platforms.
     A pixel whose flooded neighbours are all watershed lines joins the label those lines
-    carry (the oldest marker among them).
+    carry (the oldest marker among them), so that the flood goes on behind lines.
+
+    **One piece per object.** An object is what its marker reaches without crossing a
+    watershed line (as in scikit-image, whose lines stop the flood): a piece of a label
+    that the flood reached only across lines is cut off from its marker and set to 0 like
+    the lines, so every object is one connected piece under ``connectivity``. Such pieces
+    are rare and small (on 2048^2 synthetic maps 1-5 of about 6,900 objects lost one, of
+    1-6 pixels); they only exist with ``watershed_line=True``, and the search for them runs
+    only in the components where the flood labelled a pixel through lines alone.
 
     **Differences from the authors' post-processing** (PyPI ``dynamic-watershed``): they
     measure dynamics on the whole map, including the background (so a foreground
