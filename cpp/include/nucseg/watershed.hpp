@@ -495,23 +495,14 @@ void drop_stranded(Basins& basins, const std::uint32_t* component, std::size_t s
     }
 }
 
-// Passes 1 to 4; the sweep runs one connected component of F at a time. Components never
-// interact, and restricting the sweep to one keeps every access inside a small
-// neighbourhood of memory (a global sweep visits pixels level by level all over the
-// image and is bound by cache misses). The result is the same as one global sweep:
-// within a component the order of pushes, the order of basin ids (raster order of
-// each plateau's first pixel) and so every tie decision are unchanged.
-template <class T, class Queue, class Interrupt>
-void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
-           Interrupt&& interrupted) {
-    std::uint64_t work = 0;  // pixels handled, to poll for interrupts
-
-    // Pass 1: classify every pixel (this also initialises `out`), find the runs of
-    // foreground row by row and join the touching ones into connected components.
+// Pass 1: classifies every pixel (this also initialises `out`), finds the runs of
+// foreground row by row and joins the touching ones into connected components
+// (`parent`, a union-find over runs). Float maps are checked to be finite on the way.
+template <class T, class Interrupt>
+void classify_and_join(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
+                       const Neighbourhood& nh, std::int32_t* out, std::vector<Run>& runs,
+                       std::vector<std::uint32_t>& parent, std::uint64_t& work, Interrupt& interrupted) {
     const std::uint32_t reach = nh.count == 8 ? 1 : 0;
-    std::vector<Run> runs;
-    std::vector<std::uint32_t> parent;
     // Room for a realistic map's runs (a few per hundred pixels) and then some, so the
     // vectors rarely grow: pages never written are never resident (capped, as Windows
     // commits what is reserved).
@@ -539,189 +530,195 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             if (interrupted()) throw Interrupted();
         }
     }
+}
 
-    // Pass 2: the runs of each component, components in raster order of their first
-    // pixel, runs in raster order (a counting sort on the roots; parent[r] <= r, so
-    // one increasing pass resolves every root).
-    std::vector<std::uint32_t> by_component(runs.size()), component_end;
-    {
-        std::vector<std::uint32_t>& id = parent;  // root -> component id, in place
-        std::uint32_t components = 0;
-        for (std::uint32_t r = 0; r < runs.size(); ++r) id[r] = parent[r] == r ? components++ : id[parent[r]];
-        component_end.assign(components, 0);
-        for (std::uint32_t r = 0; r < runs.size(); ++r) ++component_end[id[r]];
-        std::uint32_t total = 0;
-        for (auto& e : component_end) total += e, e = total - e;  // first run of each component
-        for (std::uint32_t r = 0; r < runs.size(); ++r) by_component[component_end[id[r]]++] = r;
+// Pass 2: the runs of each component, components in raster order of their first
+// pixel, runs in raster order (a counting sort on the roots; parent[r] <= r, so one
+// increasing pass resolves every root). `parent` is reused in place.
+inline void group_by_component(std::vector<std::uint32_t>& parent, std::vector<std::uint32_t>& by_component,
+                               std::vector<std::uint32_t>& component_end) {
+    by_component.resize(parent.size());
+    std::vector<std::uint32_t>& id = parent;  // root -> component id, in place
+    std::uint32_t components = 0;
+    for (std::uint32_t r = 0; r < parent.size(); ++r) id[r] = parent[r] == r ? components++ : id[parent[r]];
+    component_end.assign(components, 0);
+    for (std::uint32_t r = 0; r < parent.size(); ++r) ++component_end[id[r]];
+    std::uint32_t total = 0;
+    for (auto& e : component_end) total += e, e = total - e;  // first run of each component
+    for (std::uint32_t r = 0; r < parent.size(); ++r) by_component[component_end[id[r]]++] = r;
+}
+
+// Gives `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
+template <class T>
+void fill_plateau(const T* v, const Neighbourhood& nh, std::ptrdiff_t height, std::ptrdiff_t width,
+                  std::int32_t* out, std::vector<std::uint32_t>& stack, std::uint32_t m, std::int32_t state) {
+    out[m] = state;
+    stack.push_back(m);
+    while (!stack.empty()) {
+        const std::ptrdiff_t p = stack.back();
+        stack.pop_back();
+        for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+            if (out[j] == kMaybeMax && v[j] == v[m]) {
+                out[j] = state;
+                stack.push_back(static_cast<std::uint32_t>(j));
+            }
+        });
     }
+}
 
-    Basins basins;
-    basins.add(0.0);  // id 0 is unused: labels are > 0
-    std::vector<std::uint32_t> component, maxima, stack;
+// The pixels of one component (its runs by_component[begin..end)) into `component`,
+// raster order, and its candidate maxima into `maxima`. Returns the pixel count; sets
+// `interior` when no pixel is on the image border (the sweep then skips bounds tests).
+template <class T>
+std::size_t gather_component(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const std::int32_t* out,
+                             const std::vector<Run>& runs, const std::vector<std::uint32_t>& by_component,
+                             std::uint32_t begin, std::uint32_t end, std::vector<std::uint32_t>& component,
+                             std::vector<std::uint32_t>& maxima, bool& interior) {
+    maxima.clear();
+    std::size_t size = 0;
+    for (std::uint32_t c = begin; c < end; ++c) size += runs[by_component[c]].length;
+    if (component.size() < size) component.resize(std::max(size, 2 * component.size()));  // a buffer: only grows
+    std::uint32_t* list = component.data();
+    interior = true;
+    for (std::uint32_t c = begin; c < end; ++c) {
+        if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
+            const Run& ahead = runs[by_component[c + 4]];
+            prefetch(out + ahead.start);
+            prefetch(v + ahead.start);
+        }
+        const Run& r = runs[by_component[c]];
+        const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
+        interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
+        for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
+            *list++ = i;
+            if (out[i] == kMaybeMax) maxima.push_back(i);  // rare
+        }
+    }
+    return size;
+}
 
+// Keeps the true maxima among the candidates (a candidate on a plateau that also holds
+// a non-maximum pixel is none) and numbers their plateaus as new basins, in raster
+// order of their first pixel.
+template <class T>
+void number_maxima(const T* v, const Neighbourhood& nh, std::ptrdiff_t height, std::ptrdiff_t width,
+                   std::int32_t* out, std::vector<std::uint32_t>& maxima, Basins& basins,
+                   std::vector<std::uint32_t>& stack) {
+    for (const std::uint32_t m : maxima) {
+        if (out[m] != kMaybeMax) continue;
+        bool beside_non_max = false;
+        for_neighbours(nh, height, width, m,
+                       [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kNotMax && v[j] == v[m]; });
+        if (beside_non_max) fill_plateau(v, nh, height, width, out, stack, m, kNotMax);
+    }
+    maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kMaybeMax; }),
+                 maxima.end());
+    std::sort(maxima.begin(), maxima.end());
+    for (const std::uint32_t m : maxima) {
+        if (out[m] == kMaybeMax) {
+            if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
+                throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
+            fill_plateau(v, nh, height, width, out, stack, m, basins.add(static_cast<double>(v[m])));
+        }
+    }
+}
+
+// Pass 3 for one component with several maxima: floods it from its maxima (already
+// pushed), deciding each pixel's label and line. Returns whether a piece of an object
+// may have been cut off from its marker by lines (see drop_stranded).
+template <class T, class Queue, class Interrupt>
+bool sweep_component(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Neighbourhood& nh, double lam,
+                     bool line, std::int32_t* out, Queue& queue, Basins& basins, std::size_t size, bool interior,
+                     std::uint64_t& work, Interrupt& interrupted) {
     std::int32_t seen[8];  // the states of the pixel's neighbours
     std::int32_t roots[8];
-
-    // Give `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
-    auto relabel_plateau = [&](std::uint32_t m, std::int32_t state) {
-        out[m] = state;
-        stack.push_back(m);
-        while (!stack.empty()) {
-            const std::ptrdiff_t p = stack.back();
-            stack.pop_back();
-            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                if (out[j] == kMaybeMax && v[j] == v[m]) {
-                    out[j] = state;
-                    stack.push_back(static_cast<std::uint32_t>(j));
-                }
-            });
-        }
-    };
-
-    // Pass 3: each component in turn.
-    std::uint32_t component_begin = 0;
-    for (const std::uint32_t end : component_end) {
-        // The component's pixels (raster order) and its candidate maxima.
-        maxima.clear();
-        std::size_t size = 0;
-        for (std::uint32_t c = component_begin; c < end; ++c) size += runs[by_component[c]].length;
-        if (component.size() < size) component.resize(std::max(size, 2 * component.size()));  // a buffer: only grows
-        std::uint32_t* list = component.data();
-        bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
-        for (std::uint32_t c = component_begin; c < end; ++c) {
-            if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
-                const Run& ahead = runs[by_component[c + 4]];
-                prefetch(out + ahead.start);
-                prefetch(v + ahead.start);
-            }
-            const Run& r = runs[by_component[c]];
-            const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
-            interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
-            for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
-                *list++ = i;
-                if (out[i] == kMaybeMax) maxima.push_back(i);  // rare
-            }
-        }
-        component_begin = end;
-        // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
-        // demote its whole plateau.
-        for (const std::uint32_t m : maxima) {
-            if (out[m] != kMaybeMax) continue;
-            bool beside_non_max = false;
-            for_neighbours(nh, height, width, m,
-                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kNotMax && v[j] == v[m]; });
-            if (beside_non_max) relabel_plateau(m, kNotMax);
-        }
-        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kMaybeMax; }),
-                     maxima.end());
-        // Number the maximum plateaus in raster order of their first pixel.
-        std::sort(maxima.begin(), maxima.end());
-        const std::size_t first_basin = basins.peak.size();
-        for (const std::uint32_t m : maxima) {
-            if (out[m] == kMaybeMax) {
-                if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
-                    throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
-                relabel_plateau(m, basins.add(static_cast<double>(v[m])));
-            }
-        }
-        // One maximum (an isolated nucleus): its basin floods the whole component, no
-        // line can form, and the sweep would only confirm it.
-        if (basins.peak.size() == first_basin + 1) {
-            for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
-            continue;
-        }
-
-        bool cut_risk = false;  // then pieces cut off by lines may need dropping
-
-        // Push every plateau pixel in raster order, so seeds are the oldest items.
-        queue.reset(v, component.data(), size);
-        for (const std::uint32_t m : maxima) queue.push(v[m], m);
-
-        // The sweep, compiled six ways: with or without pushes (a sorted queue without
-        // tied keys already knows its pop order), with or without bounds tests (and
-        // then for 4 or 8 neighbours, so the neighbour loop unrolls).
-        const auto sweep = [&](auto pushes, auto inside) {
-            const auto step = [&](std::ptrdiff_t p) {
-                if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
-                const bool seed = out[p] > 0;
-                int k = 0;  // neighbours seen
-                // Branch-free bookkeeping of the flooded neighbours (which of them are
-                // flooded is unpredictable): the highest and lowest basin among them.
-                // And whether one is labelled, not a line: the least of s - 1 over them
-                // is below kLine - 1 exactly then (0 and the negative states wrap high).
-                std::uint32_t hi = 0, lo = ~0u, labelled = ~0u;
-                const auto note = [&](std::int32_t s) {
-                    const std::int32_t b = basin_of(s);
-                    seen[k++] = s;
-                    hi = std::max(hi, static_cast<std::uint32_t>(b));
-                    lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
-                    labelled = std::min(labelled, static_cast<std::uint32_t>(s) - 1u);
-                };
-                const auto visit = [&](std::ptrdiff_t j) {
-                    const std::int32_t s = out[j];
-                    if constexpr (decltype(pushes)::value) {
-                        if (s == kNotMax) {
-                            out[j] = kQueued;
-                            queue.push(v[j], static_cast<std::uint32_t>(j));
-                        }
-                    }
-                    note(s);
-                };
-                if constexpr (decltype(inside)::value != 0 && decltype(pushes)::value) {
-                    // The neighbours not yet queued as a bit mask first, then one loop over
-                    // its bits (in neighbour order): fewer unpredictable branches.
-                    unsigned fresh = 0;
-                    for (int a = 0; a < decltype(inside)::value; ++a) {
-                        const std::int32_t s = out[p + nh.offset[a]];
-                        fresh |= static_cast<unsigned>(s == kNotMax) << a;
-                        note(s);
-                    }
-                    for (; fresh != 0; fresh &= fresh - 1) {
-                        const std::ptrdiff_t j = p + nh.offset[trailing_zeros(fresh)];
+    bool cut_risk = false;
+    // The sweep, compiled six ways: with or without pushes (a sorted queue without
+    // tied keys already knows its pop order), with or without bounds tests (and
+    // then for 4 or 8 neighbours, so the neighbour loop unrolls).
+    const auto sweep = [&](auto pushes, auto inside) {
+        const auto step = [&](std::ptrdiff_t p) {
+            if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
+            const bool seed = out[p] > 0;
+            int k = 0;  // neighbours seen
+            // Branch-free bookkeeping of the flooded neighbours (which of them are
+            // flooded is unpredictable): the highest and lowest basin among them.
+            // And whether one is labelled, not a line: the least of s - 1 over them
+            // is below kLine - 1 exactly then (0 and the negative states wrap high).
+            std::uint32_t hi = 0, lo = ~0u, labelled = ~0u;
+            const auto note = [&](std::int32_t s) {
+                const std::int32_t b = basin_of(s);
+                seen[k++] = s;
+                hi = std::max(hi, static_cast<std::uint32_t>(b));
+                lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
+                labelled = std::min(labelled, static_cast<std::uint32_t>(s) - 1u);
+            };
+            const auto visit = [&](std::ptrdiff_t j) {
+                const std::int32_t s = out[j];
+                if constexpr (decltype(pushes)::value) {
+                    if (s == kNotMax) {
                         out[j] = kQueued;
                         queue.push(v[j], static_cast<std::uint32_t>(j));
                     }
-                } else if constexpr (decltype(inside)::value != 0) {
-                    for (int a = 0; a < decltype(inside)::value; ++a) visit(p + nh.offset[a]);
-                } else {
-                    for_neighbours(nh, height, width, p, visit);
                 }
-                if (seed) return;  // a maximum plateau pixel: already labelled, nothing meets here
-
-                // Fast path (most pixels): every flooded neighbour carries the same basin, so
-                // no components or labels meet and the pixel cannot be a line. (There is
-                // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
-                if (lo + 1u == hi) {
-                    out[p] = basins.label_parent[hi];
-                    cut_risk |= labelled >= static_cast<std::uint32_t>(kLine - 1);  // reached through lines only
-                } else {
-                    out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line, cut_risk);
-                }
+                note(s);
             };
-            if constexpr (decltype(pushes)::value) {
-                while (!queue.empty()) step(queue.pop());
+            if constexpr (decltype(inside)::value != 0 && decltype(pushes)::value) {
+                // The neighbours not yet queued as a bit mask first, then one loop over
+                // its bits (in neighbour order): fewer unpredictable branches.
+                unsigned fresh = 0;
+                for (int a = 0; a < decltype(inside)::value; ++a) {
+                    const std::int32_t s = out[p + nh.offset[a]];
+                    fresh |= static_cast<unsigned>(s == kNotMax) << a;
+                    note(s);
+                }
+                for (; fresh != 0; fresh &= fresh - 1) {
+                    const std::ptrdiff_t j = p + nh.offset[trailing_zeros(fresh)];
+                    out[j] = kQueued;
+                    queue.push(v[j], static_cast<std::uint32_t>(j));
+                }
+            } else if constexpr (decltype(inside)::value != 0) {
+                for (int a = 0; a < decltype(inside)::value; ++a) visit(p + nh.offset[a]);
             } else {
-                const std::uint32_t* order = queue.order();
-                for (std::size_t i = 0; i < size; ++i) step(order[i]);
+                for_neighbours(nh, height, width, p, visit);
+            }
+            if (seed) return;  // a maximum plateau pixel: already labelled, nothing meets here
+
+            // Fast path (most pixels): every flooded neighbour carries the same basin, so
+            // no components or labels meet and the pixel cannot be a line. (There is
+            // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
+            if (lo + 1u == hi) {
+                out[p] = basins.label_parent[hi];
+                cut_risk |= labelled >= static_cast<std::uint32_t>(kLine - 1);  // reached through lines only
+            } else {
+                out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line, cut_risk);
             }
         };
-        // `inside`: the neighbour count when no bounds test is needed, else 0.
-        const auto sweep_inside = [&](auto pushes) {
-            if (!interior) sweep(pushes, std::integral_constant<int, 0>{});
-            else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
-            else sweep(pushes, std::integral_constant<int, 8>{});
-        };
-        if constexpr (Queue::kCanSkipPushes) {
-            if (queue.needs_pushes()) sweep_inside(std::true_type{});
-            else sweep_inside(std::false_type{});
+        if constexpr (decltype(pushes)::value) {
+            while (!queue.empty()) step(queue.pop());
         } else {
-            sweep_inside(std::true_type{});
+            const std::uint32_t* order = queue.order();
+            for (std::size_t i = 0; i < size; ++i) step(order[i]);
         }
-        if (cut_risk) drop_stranded(basins, component.data(), size, maxima, nh, height, width, out, stack);
+    };
+    // `inside`: the neighbour count when no bounds test is needed, else 0.
+    const auto sweep_inside = [&](auto pushes) {
+        if (!interior) sweep(pushes, std::integral_constant<int, 0>{});
+        else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
+        else sweep(pushes, std::integral_constant<int, 8>{});
+    };
+    if constexpr (Queue::kCanSkipPushes) {
+        if (queue.needs_pushes()) sweep_inside(std::true_type{});
+        else sweep_inside(std::false_type{});
+    } else {
+        sweep_inside(std::true_type{});
     }
+    return cut_risk;
+}
 
-    // Pass 4: final labels 1..N in raster order of each object's first pixel;
-    // background and watershed lines are 0.
+// Pass 4: final labels 1..N in raster order of each object's first pixel; background
+// and watershed lines are 0.
+inline void number_objects(const std::vector<Run>& runs, Basins& basins, std::int32_t* out) {
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
     std::int32_t next = 0, last_basin = 0, last_id = 0;
     for (std::size_t c = 0; c < runs.size(); ++c) {  // raster order; background is 0 already
@@ -741,6 +738,48 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             }
         }
     }
+}
+
+// Passes 1 to 4; the sweep runs one connected component of F at a time. Components never
+// interact, and restricting the sweep to one keeps every access inside a small
+// neighbourhood of memory (a global sweep visits pixels level by level all over the
+// image and is bound by cache misses). The result is the same as one global sweep:
+// within a component the order of pushes, the order of basin ids (raster order of
+// each plateau's first pixel) and so every tie decision are unchanged.
+template <class T, class Queue, class Interrupt>
+void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
+           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
+           Interrupt&& interrupted) {
+    std::uint64_t work = 0;  // pixels handled, to poll for interrupts
+    std::vector<Run> runs;
+    std::vector<std::uint32_t> parent, by_component, component_end;
+    classify_and_join(v, height, width, in_f, nh, out, runs, parent, work, interrupted);
+    group_by_component(parent, by_component, component_end);
+
+    Basins basins;
+    basins.add(0.0);  // id 0 is unused: labels are > 0
+    std::vector<std::uint32_t> component, maxima, stack;
+    std::uint32_t begin = 0;
+    for (const std::uint32_t end : component_end) {
+        bool interior = false;
+        const std::size_t size =
+            gather_component(v, height, width, out, runs, by_component, begin, end, component, maxima, interior);
+        begin = end;
+        const std::size_t first_basin = basins.peak.size();
+        number_maxima(v, nh, height, width, out, maxima, basins, stack);
+        // One maximum (an isolated nucleus): its basin floods the whole component, no
+        // line can form, and the sweep would only confirm it.
+        if (basins.peak.size() == first_basin + 1) {
+            for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
+            continue;
+        }
+        // Push every plateau pixel in raster order, so seeds are the oldest items.
+        queue.reset(v, component.data(), size);
+        for (const std::uint32_t m : maxima) queue.push(v[m], m);
+        if (sweep_component(v, height, width, nh, lam, line, out, queue, basins, size, interior, work, interrupted))
+            drop_stranded(basins, component.data(), size, maxima, nh, height, width, out, stack);
+    }
+    number_objects(runs, basins, out);
 }
 
 }  // namespace detail
