@@ -45,13 +45,20 @@ except ImportError as exc:  # fail loudly: a silent skip hid the fastest baselin
 MATCHED = 0.99  # fraction of objects a baseline must share with nucseg (one to one, IoU >= 0.5)
 
 SIZES = (2048, 4096)
-LAM = {"uint8": 7.0, "float32": 7.0 / 255}
-THRESHOLD = {"uint8": 127.0, "float32": 0.5}
+LAM = {"uint8": 7.0, "float32": 7.0 / 255, "float32 (float16 values)": 7.0 / 255, "float32 (1/1024 steps)": 7.0 / 255}
+THRESHOLD = {"uint8": 127.0, "float32": 0.5, "float32 (float16 values)": 0.5, "float32 (1/1024 steps)": 0.5}
+QUANTISED = ["float32 (float16 values)", "float32 (1/1024 steps)"]
 
 
 def _maps(size: int) -> dict[str, np.ndarray]:
     prob, _ = probability_map((size, size), seed=size)
-    return {"float32": prob, "uint8": np.round(prob * 255).astype(np.uint8)}
+    return {
+        "float32": prob,
+        "uint8": np.round(prob * 255).astype(np.uint8),
+        # Quantised float maps, as float16 inference gives: few distinct values, many ties.
+        "float32 (float16 values)": prob.astype(np.float16).astype(np.float32),
+        "float32 (1/1024 steps)": (np.round(prob * 1024) / 1024).astype(np.float32),
+    }
 
 
 _CACHE: dict[int, dict[str, np.ndarray]] = {}
@@ -107,7 +114,7 @@ def _record(benchmark, size: int, method: str, dtype: str) -> None:
     benchmark.group = f"watershed {size}x{size} {dtype}"
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32", *QUANTISED])
 @pytest.mark.parametrize("size", SIZES)
 def test_nucseg(benchmark, size, dtype):
     prob = maps(size)[dtype]

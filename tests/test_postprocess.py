@@ -190,6 +190,22 @@ def test_large_components_with_ties_identical_to_reference(dtype, levels):
         np.testing.assert_array_equal(_ws(prob, lam, threshold=t, connectivity=conn), expected)
 
 
+@pytest.mark.parametrize("quantise", ["float16", "1024 levels"])
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_quantised_float_maps_identical_to_reference(quantise, connectivity):
+    """Float maps taking few distinct values (float16 inference cast to float32, or
+    probabilities rounded to 1/1024): components with hundreds of tied keys, flooded with
+    the bucket queue on value ranks. Pixel for pixel the reference, ties included."""
+    prob, _ = probability_map((96, 96), seed=9)
+    prob = prob.astype(np.float16).astype(np.float32) if quantise == "float16" else np.round(prob * 1024) / 1024
+    prob = prob.astype(np.float32)
+    assert len(np.unique(prob[prob > 0.5])) > 64  # more tied keys than the binary-search mode takes
+    for line in (True, False):
+        expected = reference_watershed(prob, 0.03, 0.5, connectivity, line)
+        assert expected.max() > 5
+        np.testing.assert_array_equal(_ws(prob, 0.03, connectivity=connectivity, watershed_line=line), expected)
+
+
 # ---------------------------------------------------------------- hand-built cases
 
 
