@@ -387,7 +387,9 @@ def test_agrees_with_scikit_image(size, connectivity):
         assert abs(n_lines - n_lines_ref) <= 0.03 * n_lines_ref
 
 
-def skimage_h_maxima_oracle(prob: np.ndarray, lam: float, threshold: float, connectivity: int) -> np.ndarray:
+def skimage_h_maxima_oracle(
+    prob: np.ndarray, lam: float, threshold: float, connectivity: int, markers_only: bool = False
+) -> np.ndarray:
     """An oracle from a different definition (shared/REFERENCES.md): markers are the
     regional minima of the h-reconstruction by erosion of the *inverted* map, confined
     to the foreground by raising the outside above ``max + lam`` (reconstruction with h
@@ -409,6 +411,8 @@ def skimage_h_maxima_oracle(prob: np.ndarray, lam: float, threshold: float, conn
     else:  # every component is one basin
         rec = np.where(mask, 0.0, high)
     markers = cc_label(local_minima(rec, connectivity=connectivity) & mask, connectivity=connectivity)
+    if markers_only:
+        return markers[1:-1, 1:-1]
     labels = watershed(inv, markers, mask=mask, connectivity=connectivity, watershed_line=True)
     return labels[1:-1, 1:-1]
 
@@ -439,17 +443,23 @@ def test_same_objects_as_the_h_maxima_oracle_on_realistic_maps(size, seed, conne
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_same_objects_as_the_h_maxima_oracle(case):
-    """Small maps with plateaus: the same number of objects always (markers from two
-    definitions agree), and one-to-one at IoU >= 0.5 up to one object or a quarter of them.
-    The tolerance is for objects of one to a few pixels, where a plateau tie or a line
-    one pixel over (scikit-image floods a non-marker's dome at its saddle level, the sweep
-    earlier) halves the IoU; over 3,000 seeded small maps 1-2 % of objects are unmatched
-    and at most half of a map's (one of two), see the aggregate test below."""
+    """Small maps with plateaus: the oracle's markers (two definitions apart) and nucseg's
+    objects correspond one to one, each marker inside exactly one object. Pixel extents
+    are not compared here: on maps of a few pixels a plateau tie (scikit-image's queue
+    ages differ from the sweep's) or a line one pixel over (scikit-image floods a
+    non-marker's dome at its saddle level, the sweep earlier) moves objects of one to
+    three pixels below IoU 0.5; see the aggregate test below (1-2 % of objects) and the
+    realistic maps above (none)."""
     prob, lam, threshold, conn = case
     ours = _ws(prob, lam, threshold=threshold, connectivity=conn)
-    ref = skimage_h_maxima_oracle(prob, lam, threshold, conn)
-    assert ours.max() == ref.max()
-    assert unmatched_objects(ref, ours) <= max(1, ours.max() // 4)
+    markers = skimage_h_maxima_oracle(prob, lam, threshold, conn, markers_only=True)
+    assert ours.max() == markers.max()
+    owners = []
+    for i in range(1, markers.max() + 1):
+        ids = set(ours[markers == i].tolist())
+        assert len(ids) == 1 and 0 not in ids, (i, ids)
+        owners.append(ids.pop())
+    assert sorted(owners) == list(range(1, ours.max() + 1))
 
 
 def test_h_maxima_oracle_agreement_over_many_small_maps():
