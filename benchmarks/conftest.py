@@ -26,7 +26,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         ours = methods.get("nucseg")
         for method, mpix in sorted(methods.items(), key=lambda kv: -kv[1]):
             ratio = f"{ours / mpix:7.2f}x" if ours else "   n/a"
-            write(f"  {size}x{size} {dtype:8s} {method:32s} {mpix:9.1f} Mpix/s  {ratio}")
+            write(f"  {size}x{size} {dtype:26s} {method:32s} {mpix:9.1f} Mpix/s  {ratio}")
     if extras:
         write("other measurements")
     for group, info in extras:

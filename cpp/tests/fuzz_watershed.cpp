@@ -3,10 +3,12 @@
 // Built and run under AddressSanitizer + UndefinedBehaviorSanitizer by .ci/sanitize;
 // any report aborts the run. The contract itself is checked against the Python
 // reference by tests/test_postprocess.py, which .ci/sanitize also runs under ASan.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +32,59 @@ std::size_t run(std::mt19937& rng, int height, int width, int levels, double lam
         objects = label > static_cast<std::int32_t>(objects) ? static_cast<std::size_t>(label) : objects;
     }
     return objects;
+}
+
+// Calls the kernel with arguments that break a precondition: it must throw E before
+// anything else (the sanitizers report any undefined behaviour on the way).
+template <class E, class T>
+int refused(const std::vector<T>& v, std::ptrdiff_t height, std::ptrdiff_t width, double threshold, double lam) {
+    std::vector<std::int32_t> out(v.size());
+    try {
+        nucseg::watershed_dynamics(v.data(), height, width, threshold, lam, 1, true, out.data(), [] { return false; });
+    } catch (const E&) {
+        return 1;
+    }
+    std::fprintf(stderr, "fuzz_watershed: a precondition was not enforced (threshold %g, lam %g)\n", threshold, lam);
+    std::abort();
+}
+
+// Bad thresholds and lam for T, non-finite float values at random places, and sizes
+// beyond kMaxPixels (never read: the check comes first). Returns the cases run.
+template <class T>
+int preconditions(std::mt19937& rng) {
+    constexpr double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+    const int height = 1 + static_cast<int>(rng() % 9), width = 1 + static_cast<int>(rng() % 40);
+    std::vector<T> v(static_cast<std::size_t>(height) * width, T(0));
+    int n = 0;
+    std::vector<double> bad_thresholds = {nan};
+    if constexpr (std::is_integral<T>::value) {
+        const double top = static_cast<double>(std::numeric_limits<T>::max());
+        for (double t : {-1.0, -0.5, -1e300, top + 1.0, top + 0.5, 1e300, 4294967296.0, -inf, inf}) bad_thresholds.push_back(t);
+    } else {
+        bad_thresholds.push_back(inf);
+        bad_thresholds.push_back(-inf);
+    }
+    for (const double t : bad_thresholds) n += refused<std::invalid_argument>(v, height, width, t, 0.1);
+    for (const double lam : {nan, -1.0, -1e-300, -inf}) n += refused<std::invalid_argument>(v, height, width, 0.0, lam);
+    n += refused<std::length_error>(v, std::ptrdiff_t{1} << 31, 1, 0.0, 0.1);
+    n += refused<std::length_error>(v, std::ptrdiff_t{1} << 40, std::ptrdiff_t{1} << 40, 0.0, 0.1);  // product overflows
+    n += refused<std::length_error>(v, 46341, 46341, 0.0, 0.1);  // just over 2^31
+    if constexpr (!std::is_integral<T>::value) {
+        for (const double bad : {nan, inf, -inf}) {
+            std::vector<T> w(v.size(), T(0.7));
+            w[rng() % w.size()] = static_cast<T>(bad);
+            n += refused<std::invalid_argument>(w, height, width, 0.5, 0.1);
+        }
+        // Finite thresholds beyond float's range: defined, all background or all foreground.
+        std::vector<std::int32_t> out(v.size());
+        for (const double t : {1e300, -1e300, 3.5e38, -3.5e38}) {
+            nucseg::watershed_dynamics(v.data(), height, width, t, 0.1, 2, true, out.data(), [] { return false; });
+            for (const std::int32_t label : out)
+                if (label != (t < 0 ? 1 : 0)) std::abort();
+            ++n;
+        }
+    }
+    return n;
 }
 
 }  // namespace
@@ -56,6 +111,12 @@ int main(int argc, char** argv) {
             default: objects += run<double>(rng, height, width, levels, lam, connectivity); break;
         }
     }
-    std::printf("fuzz_watershed: %ld cases, %zu objects, no sanitizer report\n", cases, objects);
+    int refusals = 0;
+    for (long i = 0; i < cases / 100 + 1; ++i) {
+        refusals += preconditions<std::uint8_t>(rng) + preconditions<std::uint16_t>(rng);
+        refusals += preconditions<float>(rng) + preconditions<double>(rng);
+    }
+    std::printf("fuzz_watershed: %ld cases, %zu objects, %d precondition cases, no sanitizer report\n", cases, objects,
+                refusals);
     return 0;
 }

@@ -1,6 +1,8 @@
 import numpy as np
 import numpy.typing as npt
 
+MAX_PIXELS: int
+
 def watershed_dynamics(
     prob: npt.NDArray[np.uint8 | np.uint16 | np.float32 | np.float64],
     lam: float,
@@ -8,6 +10,7 @@ def watershed_dynamics(
     connectivity: int,
     watershed_line: bool,
 ) -> npt.NDArray[np.int32]: ...
+def _interrupt_polls() -> int: ...
 
 def perimeter_and_convex_area(
     labels: npt.NDArray[np.int32], n: int

@@ -4,7 +4,9 @@ Two independent pieces:
 
 * :func:`reference_watershed` runs the same flooding sweep as the C++ kernel, written for
   reading rather than speed: ``heapq`` ordered by (-value, push age), dictionaries for the
-  two union-finds. The C++ result must equal it pixel for pixel, ties included.
+  two union-finds, then every piece of a label cut off from its marker by lines set to 0
+  (the C++ kernel only searches where such a piece can occur; here the search always runs).
+  The C++ result must equal it pixel for pixel, ties included.
 * :func:`marker_groups` computes the markers from the *definition* of dynamics, with no
   flooding at all: for each regional maximum, a max-min path search to the nearest strictly
   higher pixel. The objects of either implementation must correspond one-to-one with these
@@ -220,12 +222,22 @@ def reference_watershed(
         if watershed_line and len(real_markers) >= 2:
             is_line.add(p)
 
+    # An object is what its marker (its root basin's plateau) reaches without crossing a
+    # line; the flood crossed lines, so a piece cut off by them becomes line pixels too.
+    root_of = {p: find(label_parent, b) for p, b in label_of.items() if p not in is_line}
+    reached = {p for p, b in seed_of.items() if find(label_parent, b) == b}
+    stack = list(reached)
+    while stack:
+        p = stack.pop()
+        for q in _neighbours(p, shape, offsets):
+            if q not in reached and root_of.get(q) == root_of[p]:
+                reached.add(q)
+                stack.append(q)
+
     out = np.zeros(shape, np.int32)
     final: dict[int, int] = {}
-    for p in sorted(label_of):  # raster order of first pixel
-        if p in is_line:
-            continue
-        r = find(label_parent, label_of[p])
+    for p in sorted(reached):  # raster order of first pixel
+        r = root_of[p]
         final.setdefault(r, len(final) + 1)
         out[p] = final[r]
     return out

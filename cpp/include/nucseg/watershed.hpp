@@ -43,6 +43,11 @@
 
 namespace nucseg {
 
+// The largest image watershed_dynamics takes: labels are int32 and the pixel states
+// below need a few values beyond them. The Python wrapper uses this same constant
+// (exported as nucseg._core.MAX_PIXELS).
+constexpr std::int64_t kMaxPixels = std::numeric_limits<std::int32_t>::max() - 3;
+
 // Thrown when the interrupt callback asks the sweep to stop (e.g. Ctrl-C).
 struct Interrupted : std::exception {
     const char* what() const noexcept override { return "watershed_dynamics interrupted"; }
@@ -61,7 +66,6 @@ constexpr std::int32_t kNotMax = kQueued + 2;    // not on a maximum plateau
 constexpr std::int32_t kLine = std::int32_t{1} << 30;
 constexpr std::int32_t kIdMask = kLine - 1;
 constexpr std::int32_t kMaxBasins = kIdMask;
-constexpr std::int64_t kMaxPixels = std::numeric_limits<std::int32_t>::max() - 3;  // labels are int32
 
 enum Status : std::uint8_t { kTop = 0, kMarker = 1, kNonMarker = 2 };
 
@@ -132,16 +136,32 @@ inline void for_neighbours(const Neighbourhood& nh, std::ptrdiff_t height,
     }
 }
 
+// Throws std::invalid_argument unless t is a threshold T's maps can be cut at: within
+// [0, max] for integer maps (so that floor(t) converts to T without overflow), finite
+// for float maps.
+template <class T>
+void check_threshold(double t) {
+    if constexpr (std::is_integral<T>::value) {
+        if (!(t >= 0.0 && t <= static_cast<double>(std::numeric_limits<T>::max())))  // NaN fails too
+            throw std::invalid_argument("watershed_dynamics: threshold must lie in [0, dtype max] for integer maps");
+    } else if (!std::isfinite(t)) {
+        throw std::invalid_argument("watershed_dynamics: threshold must be finite");
+    }
+}
+
 // v > threshold, exactly, in T's own arithmetic: integer maps compare with the
-// integer floor(t) (threshold validated to lie in the dtype's range), float32 maps with
-// the largest float <= t (for a float v, v > t exactly when v > that float), so the
-// test vectorises.
+// integer floor(t), float32 maps with the largest float <= t (for a float v, v > t
+// exactly when v > that float), so the test vectorises. t is checked by check_threshold.
 template <class T>
 struct Foreground {
     T cut;
     explicit Foreground(double t) {
         if constexpr (std::is_integral<T>::value) {
             cut = static_cast<T>(std::floor(t));
+        } else if (t >= static_cast<double>(std::numeric_limits<T>::max())) {
+            cut = std::numeric_limits<T>::max();  // converting a larger t to T would be undefined; no finite v is > it
+        } else if (t < -static_cast<double>(std::numeric_limits<T>::max())) {
+            cut = -std::numeric_limits<T>::infinity();  // every finite v is > t
         } else {
             cut = static_cast<T>(t);
             if (static_cast<double>(cut) > t) cut = std::nextafter(cut, -std::numeric_limits<T>::infinity());
@@ -149,6 +169,15 @@ struct Foreground {
     }
     bool operator()(T v) const { return v > cut; }
 };
+
+// Whether every value of row[0..width) is finite (x - x is 0 exactly for finite x, NaN
+// otherwise); branch-free so that it vectorises while the row is in cache.
+template <class T>
+bool all_finite(const T* row, std::ptrdiff_t width) {
+    int finite = 1;
+    for (std::ptrdiff_t x = 0; x < width; ++x) finite &= static_cast<int>(row[x] - row[x] == T(0));
+    return finite != 0;
+}
 
 // Basin records: label union-find (watershed labels) and component union-find
 // (flooded connectivity, for dynamics), with each component rooted at its leader,
@@ -197,9 +226,11 @@ inline bool contains(const std::int32_t* list, int n, std::int32_t x) {
 // components that meet (fixing the dynamics of all but the highest-peaked one), then
 // decide its label and whether it is a watershed line. Returns the value to store:
 // the label's basin id, with kLine set for a line pixel. seen[0..k) are the states of
-// the pixel's neighbours (basin_of 0: not flooded).
+// the pixel's neighbours (basin_of 0: not flooded). Sets cut_risk when a label is
+// given or joined here without a labelled (non-line) neighbour of it to connect through:
+// only then can a piece of an object be cut off from its marker (see drop_stranded).
 inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std::int32_t* roots, double level,
-                           double lam, bool line) {
+                           double lam, bool line, bool& cut_risk) {
     // 1. Components meeting here: all but the highest-peaked one get their dynamics now.
     int nc = 0;
     for (int a = 0; a < k; ++a) {
@@ -225,14 +256,15 @@ inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std:
     // ("unknown"), and at most one of those can be here. Non-markers join the target:
     // the oldest marker among labelled neighbours, else among line neighbours, else the
     // unknown one, else the oldest label.
-    int nl = 0, real_markers = 0;
-    std::int32_t real_seen[8];
+    int nl = 0, real_markers = 0, nr = 0;
+    std::int32_t real_seen[8], real_roots[8];
     std::int32_t best_real = 0, best_line = 0, unknown = 0, oldest = 0;
     for (int a = 0; a < k; ++a) {
         const std::int32_t b = basin_of(seen[a]);
         if (b == 0) continue;
         const std::int32_t r = basins.label_root(b);
         if (!contains(roots, nl, r)) roots[nl++] = r;
+        if (b == seen[a] && !contains(real_roots, nr, r)) real_roots[nr++] = r;
         const std::uint8_t st = basins.status[r];
         const bool marker = st == kMarker || (st == kTop && basins.peak[r] - level > lam);
         if (marker && b == seen[a]) {  // a labelled neighbour, not a line
@@ -246,9 +278,14 @@ inline std::int32_t decide(Basins& basins, const std::int32_t* seen, int k, std:
         if (oldest == 0 || r < oldest) oldest = r;
     }
     const std::int32_t target = best_real ? best_real : best_line ? best_line : unknown ? unknown : oldest;
+    const bool is_line_here = line && real_markers >= 2;
+    cut_risk |= !contains(real_roots, nr, target);
     for (int a = 0; a < nl; ++a)
-        if (roots[a] != target && basins.status[roots[a]] == kNonMarker) basins.label_parent[roots[a]] = target;
-    return (line && real_markers >= 2) ? (target | kLine) : target;
+        if (roots[a] != target && basins.status[roots[a]] == kNonMarker) {
+            basins.label_parent[roots[a]] = target;
+            cut_risk |= is_line_here || !contains(real_roots, nr, roots[a]);
+        }
+    return is_line_here ? (target | kLine) : target;
 }
 
 #if defined(NUCSEG_SSE2)
@@ -416,23 +453,56 @@ inline void join_rows(const std::vector<Run>& runs, std::uint32_t above, std::ui
     }
 }
 
-// Passes 1 to 4; the sweep runs one connected component of F at a time. Components never
-// interact, and restricting the sweep to one keeps every access inside a small
-// neighbourhood of memory (a global sweep visits pixels level by level all over the
-// image and is bound by cache misses). The result is the same as one global sweep:
-// within a component the order of pushes, the order of basin ids (raster order of
-// each plateau's first pixel) and so every tie decision are unchanged.
-template <class T, class Queue, class Interrupt>
-void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
-           Interrupt&& interrupted) {
-    std::uint64_t work = 0;  // pixels handled, to poll for interrupts
+// After the sweep of a component that made watershed lines: the flood crosses line
+// pixels (so that dynamics stay exact), and a pixel reached only through lines takes
+// the label they carry, which can cut a piece of an object off from its marker (about
+// 1 object in 430 on a realistic map; such pieces are 1 to 6 pixels there). An object is
+// what its marker reaches without crossing a line, as in scikit-image (whose lines stop
+// the flood): every other pixel of its label becomes a line pixel, so each object is one
+// connected piece. Labels are resolved to their roots here (pass 4 reads roots fine).
+// `maxima` holds the pixels of the component's maximum plateaus; `stack` is scratch.
+template <class Nh>
+void drop_stranded(Basins& basins, const std::uint32_t* component, std::size_t size,
+                   const std::vector<std::uint32_t>& maxima, const Nh& nh, std::ptrdiff_t height,
+                   std::ptrdiff_t width, std::int32_t* out, std::vector<std::uint32_t>& stack) {
+    // The plateau pixels of each object's own (root) basin start the search; they are
+    // marked visited by negation (labels are positive, kQueued states are gone).
+    stack.clear();
+    for (const std::uint32_t m : maxima)
+        if (basins.label_root(out[m]) == out[m]) stack.push_back(m);
+    std::int32_t last_basin = 0, last_root = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+        const std::int32_t s = out[component[i]];
+        const std::int32_t b = s & kIdMask;
+        if (b != last_basin) last_basin = b, last_root = basins.label_root(b);
+        out[component[i]] = last_root | (s & kLine);
+    }
+    for (const std::uint32_t m : stack) out[m] = -out[m];
+    while (!stack.empty()) {
+        const std::ptrdiff_t p = stack.back();
+        stack.pop_back();
+        const std::int32_t label = -out[p];
+        for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+            if (out[j] == label) {
+                out[j] = -label;
+                stack.push_back(static_cast<std::uint32_t>(j));
+            }
+        });
+    }
+    for (std::size_t i = 0; i < size; ++i) {
+        std::int32_t& s = out[component[i]];
+        s = s < 0 ? -s : (s | kLine);  // unreached: a stranded piece, or a line already
+    }
+}
 
-    // Pass 1: classify every pixel (this also initialises `out`), find the runs of
-    // foreground row by row and join the touching ones into connected components.
+// Pass 1: classifies every pixel (this also initialises `out`), finds the runs of
+// foreground row by row and joins the touching ones into connected components
+// (`parent`, a union-find over runs). Float maps are checked to be finite on the way.
+template <class T, class Interrupt>
+void classify_and_join(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
+                       const Neighbourhood& nh, std::int32_t* out, std::vector<Run>& runs,
+                       std::vector<std::uint32_t>& parent, std::uint64_t& work, Interrupt& interrupted) {
     const std::uint32_t reach = nh.count == 8 ? 1 : 0;
-    std::vector<Run> runs;
-    std::vector<std::uint32_t> parent;
     // Room for a realistic map's runs (a few per hundred pixels) and then some, so the
     // vectors rarely grow: pages never written are never resident (capped, as Windows
     // commits what is reserved).
@@ -443,6 +513,10 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
         const T* row = v + y * width;
         const T* up = y > 0 ? row - width : row;
         const T* down = y < height - 1 ? row + width : row;
+        if constexpr (!std::is_integral<T>::value) {
+            // NaN would be background but poison the comparisons of the sweep; inf has no dynamics.
+            if (!all_finite(row, width)) throw std::invalid_argument("watershed_dynamics: prob must be finite (NaN or inf found)");
+        }
         if (nh.count == 8) classify_row<T, true>(up, row, down, width, in_f, out + y * width);
         else classify_row<T, false>(up, row, down, width, in_f, out + y * width);
         previous_begin = row_begin;
@@ -456,180 +530,195 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             if (interrupted()) throw Interrupted();
         }
     }
+}
 
-    // Pass 2: the runs of each component, components in raster order of their first
-    // pixel, runs in raster order (a counting sort on the roots; parent[r] <= r, so
-    // one increasing pass resolves every root).
-    std::vector<std::uint32_t> by_component(runs.size()), component_end;
-    {
-        std::vector<std::uint32_t>& id = parent;  // root -> component id, in place
-        std::uint32_t components = 0;
-        for (std::uint32_t r = 0; r < runs.size(); ++r) id[r] = parent[r] == r ? components++ : id[parent[r]];
-        component_end.assign(components, 0);
-        for (std::uint32_t r = 0; r < runs.size(); ++r) ++component_end[id[r]];
-        std::uint32_t total = 0;
-        for (auto& e : component_end) total += e, e = total - e;  // first run of each component
-        for (std::uint32_t r = 0; r < runs.size(); ++r) by_component[component_end[id[r]]++] = r;
+// Pass 2: the runs of each component, components in raster order of their first
+// pixel, runs in raster order (a counting sort on the roots; parent[r] <= r, so one
+// increasing pass resolves every root). `parent` is reused in place.
+inline void group_by_component(std::vector<std::uint32_t>& parent, std::vector<std::uint32_t>& by_component,
+                               std::vector<std::uint32_t>& component_end) {
+    by_component.resize(parent.size());
+    std::vector<std::uint32_t>& id = parent;  // root -> component id, in place
+    std::uint32_t components = 0;
+    for (std::uint32_t r = 0; r < parent.size(); ++r) id[r] = parent[r] == r ? components++ : id[parent[r]];
+    component_end.assign(components, 0);
+    for (std::uint32_t r = 0; r < parent.size(); ++r) ++component_end[id[r]];
+    std::uint32_t total = 0;
+    for (auto& e : component_end) total += e, e = total - e;  // first run of each component
+    for (std::uint32_t r = 0; r < parent.size(); ++r) by_component[component_end[id[r]]++] = r;
+}
+
+// Gives `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
+template <class T>
+void fill_plateau(const T* v, const Neighbourhood& nh, std::ptrdiff_t height, std::ptrdiff_t width,
+                  std::int32_t* out, std::vector<std::uint32_t>& stack, std::uint32_t m, std::int32_t state) {
+    out[m] = state;
+    stack.push_back(m);
+    while (!stack.empty()) {
+        const std::ptrdiff_t p = stack.back();
+        stack.pop_back();
+        for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
+            if (out[j] == kMaybeMax && v[j] == v[m]) {
+                out[j] = state;
+                stack.push_back(static_cast<std::uint32_t>(j));
+            }
+        });
     }
+}
 
-    Basins basins;
-    basins.add(0.0);  // id 0 is unused: labels are > 0
-    std::vector<std::uint32_t> component, maxima, stack;
+// The pixels of one component (its runs by_component[begin..end)) into `component`,
+// raster order, and its candidate maxima into `maxima`. Returns the pixel count; sets
+// `interior` when no pixel is on the image border (the sweep then skips bounds tests).
+template <class T>
+std::size_t gather_component(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const std::int32_t* out,
+                             const std::vector<Run>& runs, const std::vector<std::uint32_t>& by_component,
+                             std::uint32_t begin, std::uint32_t end, std::vector<std::uint32_t>& component,
+                             std::vector<std::uint32_t>& maxima, bool& interior) {
+    maxima.clear();
+    std::size_t size = 0;
+    for (std::uint32_t c = begin; c < end; ++c) size += runs[by_component[c]].length;
+    if (component.size() < size) component.resize(std::max(size, 2 * component.size()));  // a buffer: only grows
+    std::uint32_t* list = component.data();
+    interior = true;
+    for (std::uint32_t c = begin; c < end; ++c) {
+        if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
+            const Run& ahead = runs[by_component[c + 4]];
+            prefetch(out + ahead.start);
+            prefetch(v + ahead.start);
+        }
+        const Run& r = runs[by_component[c]];
+        const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
+        interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
+        for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
+            *list++ = i;
+            if (out[i] == kMaybeMax) maxima.push_back(i);  // rare
+        }
+    }
+    return size;
+}
 
+// Keeps the true maxima among the candidates (a candidate on a plateau that also holds
+// a non-maximum pixel is none) and numbers their plateaus as new basins, in raster
+// order of their first pixel.
+template <class T>
+void number_maxima(const T* v, const Neighbourhood& nh, std::ptrdiff_t height, std::ptrdiff_t width,
+                   std::int32_t* out, std::vector<std::uint32_t>& maxima, Basins& basins,
+                   std::vector<std::uint32_t>& stack) {
+    for (const std::uint32_t m : maxima) {
+        if (out[m] != kMaybeMax) continue;
+        bool beside_non_max = false;
+        for_neighbours(nh, height, width, m,
+                       [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kNotMax && v[j] == v[m]; });
+        if (beside_non_max) fill_plateau(v, nh, height, width, out, stack, m, kNotMax);
+    }
+    maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kMaybeMax; }),
+                 maxima.end());
+    std::sort(maxima.begin(), maxima.end());
+    for (const std::uint32_t m : maxima) {
+        if (out[m] == kMaybeMax) {
+            if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
+                throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
+            fill_plateau(v, nh, height, width, out, stack, m, basins.add(static_cast<double>(v[m])));
+        }
+    }
+}
+
+// Pass 3 for one component with several maxima: floods it from its maxima (already
+// pushed), deciding each pixel's label and line. Returns whether a piece of an object
+// may have been cut off from its marker by lines (see drop_stranded).
+template <class T, class Queue, class Interrupt>
+bool sweep_component(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Neighbourhood& nh, double lam,
+                     bool line, std::int32_t* out, Queue& queue, Basins& basins, std::size_t size, bool interior,
+                     std::uint64_t& work, Interrupt& interrupted) {
     std::int32_t seen[8];  // the states of the pixel's neighbours
     std::int32_t roots[8];
-
-    // Give `state` to the candidate-maximum plateau of pixel m (equal values, depth-first).
-    auto relabel_plateau = [&](std::uint32_t m, std::int32_t state) {
-        out[m] = state;
-        stack.push_back(m);
-        while (!stack.empty()) {
-            const std::ptrdiff_t p = stack.back();
-            stack.pop_back();
-            for_neighbours(nh, height, width, p, [&](std::ptrdiff_t j) {
-                if (out[j] == kMaybeMax && v[j] == v[m]) {
-                    out[j] = state;
-                    stack.push_back(static_cast<std::uint32_t>(j));
-                }
-            });
-        }
-    };
-
-    // Pass 3: each component in turn.
-    std::uint32_t component_begin = 0;
-    for (const std::uint32_t end : component_end) {
-        // The component's pixels (raster order) and its candidate maxima.
-        maxima.clear();
-        std::size_t size = 0;
-        for (std::uint32_t c = component_begin; c < end; ++c) size += runs[by_component[c]].length;
-        if (component.size() < size) component.resize(std::max(size, 2 * component.size()));  // a buffer: only grows
-        std::uint32_t* list = component.data();
-        bool interior = true;  // no pixel on the image border: the sweep skips bounds tests
-        for (std::uint32_t c = component_begin; c < end; ++c) {
-            if (c + 4 < runs.size()) {  // runs are far apart in memory: fetch ahead
-                const Run& ahead = runs[by_component[c + 4]];
-                prefetch(out + ahead.start);
-                prefetch(v + ahead.start);
-            }
-            const Run& r = runs[by_component[c]];
-            const std::uint32_t x = r.start - r.row * static_cast<std::uint32_t>(width);
-            interior &= r.row > 0 && r.row < height - 1 && x > 0 && x + r.length < width;
-            for (std::uint32_t i = r.start; i < r.start + r.length; ++i) {
-                *list++ = i;
-                if (out[i] == kMaybeMax) maxima.push_back(i);  // rare
-            }
-        }
-        component_begin = end;
-        // A candidate on a plateau that also holds a non-maximum pixel is no maximum:
-        // demote its whole plateau.
-        for (const std::uint32_t m : maxima) {
-            if (out[m] != kMaybeMax) continue;
-            bool beside_non_max = false;
-            for_neighbours(nh, height, width, m,
-                           [&](std::ptrdiff_t j) { beside_non_max |= out[j] == kNotMax && v[j] == v[m]; });
-            if (beside_non_max) relabel_plateau(m, kNotMax);
-        }
-        maxima.erase(std::remove_if(maxima.begin(), maxima.end(), [&](std::uint32_t m) { return out[m] != kMaybeMax; }),
-                     maxima.end());
-        // Number the maximum plateaus in raster order of their first pixel.
-        std::sort(maxima.begin(), maxima.end());
-        const std::size_t first_basin = basins.peak.size();
-        for (const std::uint32_t m : maxima) {
-            if (out[m] == kMaybeMax) {
-                if (basins.peak.size() > static_cast<std::size_t>(kMaxBasins))
-                    throw std::length_error("watershed_dynamics: more than 2^30 - 1 regional maxima");
-                relabel_plateau(m, basins.add(static_cast<double>(v[m])));
-            }
-        }
-        // One maximum (an isolated nucleus): its basin floods the whole component, no
-        // line can form, and the sweep would only confirm it.
-        if (basins.peak.size() == first_basin + 1) {
-            for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
-            continue;
-        }
-
-        // Push every plateau pixel in raster order, so seeds are the oldest items.
-        queue.reset(v, component.data(), size);
-        for (const std::uint32_t m : maxima) queue.push(v[m], m);
-
-        // The sweep, compiled six ways: with or without pushes (a sorted queue without
-        // tied keys already knows its pop order), with or without bounds tests (and
-        // then for 4 or 8 neighbours, so the neighbour loop unrolls).
-        const auto sweep = [&](auto pushes, auto inside) {
-            const auto step = [&](std::ptrdiff_t p) {
-                if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
-                const bool seed = out[p] > 0;
-                int k = 0;  // neighbours seen
-                // Branch-free bookkeeping of the flooded neighbours (which of them are
-                // flooded is unpredictable): the highest and lowest basin among them.
-                std::uint32_t hi = 0, lo = ~0u;
-                const auto note = [&](std::int32_t s) {
-                    const std::int32_t b = basin_of(s);
-                    seen[k++] = s;
-                    hi = std::max(hi, static_cast<std::uint32_t>(b));
-                    lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
-                };
-                const auto visit = [&](std::ptrdiff_t j) {
-                    const std::int32_t s = out[j];
-                    if constexpr (decltype(pushes)::value) {
-                        if (s == kNotMax) {
-                            out[j] = kQueued;
-                            queue.push(v[j], static_cast<std::uint32_t>(j));
-                        }
-                    }
-                    note(s);
-                };
-                if constexpr (decltype(inside)::value != 0 && decltype(pushes)::value) {
-                    // The neighbours not yet queued as a bit mask first, then one loop over
-                    // its bits (in neighbour order): fewer unpredictable branches.
-                    unsigned fresh = 0;
-                    for (int a = 0; a < decltype(inside)::value; ++a) {
-                        const std::int32_t s = out[p + nh.offset[a]];
-                        fresh |= static_cast<unsigned>(s == kNotMax) << a;
-                        note(s);
-                    }
-                    for (; fresh != 0; fresh &= fresh - 1) {
-                        const std::ptrdiff_t j = p + nh.offset[trailing_zeros(fresh)];
+    bool cut_risk = false;
+    // The sweep, compiled six ways: with or without pushes (a sorted queue without
+    // tied keys already knows its pop order), with or without bounds tests (and
+    // then for 4 or 8 neighbours, so the neighbour loop unrolls).
+    const auto sweep = [&](auto pushes, auto inside) {
+        const auto step = [&](std::ptrdiff_t p) {
+            if ((++work & 0x3FFFF) == 0 && interrupted()) throw Interrupted();
+            const bool seed = out[p] > 0;
+            int k = 0;  // neighbours seen
+            // Branch-free bookkeeping of the flooded neighbours (which of them are
+            // flooded is unpredictable): the highest and lowest basin among them.
+            // And whether one is labelled, not a line: the least of s - 1 over them
+            // is below kLine - 1 exactly then (0 and the negative states wrap high).
+            std::uint32_t hi = 0, lo = ~0u, labelled = ~0u;
+            const auto note = [&](std::int32_t s) {
+                const std::int32_t b = basin_of(s);
+                seen[k++] = s;
+                hi = std::max(hi, static_cast<std::uint32_t>(b));
+                lo = std::min(lo, static_cast<std::uint32_t>(b) - 1u);  // 0 wraps to the top
+                labelled = std::min(labelled, static_cast<std::uint32_t>(s) - 1u);
+            };
+            const auto visit = [&](std::ptrdiff_t j) {
+                const std::int32_t s = out[j];
+                if constexpr (decltype(pushes)::value) {
+                    if (s == kNotMax) {
                         out[j] = kQueued;
                         queue.push(v[j], static_cast<std::uint32_t>(j));
                     }
-                } else if constexpr (decltype(inside)::value != 0) {
-                    for (int a = 0; a < decltype(inside)::value; ++a) visit(p + nh.offset[a]);
-                } else {
-                    for_neighbours(nh, height, width, p, visit);
                 }
-                if (seed) return;  // a maximum plateau pixel: already labelled, nothing meets here
-
-                // Fast path (most pixels): every flooded neighbour carries the same basin, so
-                // no components or labels meet and the pixel cannot be a line. (There is
-                // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
-                out[p] = lo + 1u == hi ? basins.label_parent[hi]
-                                       : decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line);
+                note(s);
             };
-            if constexpr (decltype(pushes)::value) {
-                while (!queue.empty()) step(queue.pop());
+            if constexpr (decltype(inside)::value != 0 && decltype(pushes)::value) {
+                // The neighbours not yet queued as a bit mask first, then one loop over
+                // its bits (in neighbour order): fewer unpredictable branches.
+                unsigned fresh = 0;
+                for (int a = 0; a < decltype(inside)::value; ++a) {
+                    const std::int32_t s = out[p + nh.offset[a]];
+                    fresh |= static_cast<unsigned>(s == kNotMax) << a;
+                    note(s);
+                }
+                for (; fresh != 0; fresh &= fresh - 1) {
+                    const std::ptrdiff_t j = p + nh.offset[trailing_zeros(fresh)];
+                    out[j] = kQueued;
+                    queue.push(v[j], static_cast<std::uint32_t>(j));
+                }
+            } else if constexpr (decltype(inside)::value != 0) {
+                for (int a = 0; a < decltype(inside)::value; ++a) visit(p + nh.offset[a]);
             } else {
-                const std::uint32_t* order = queue.order();
-                for (std::size_t i = 0; i < size; ++i) step(order[i]);
+                for_neighbours(nh, height, width, p, visit);
+            }
+            if (seed) return;  // a maximum plateau pixel: already labelled, nothing meets here
+
+            // Fast path (most pixels): every flooded neighbour carries the same basin, so
+            // no components or labels meet and the pixel cannot be a line. (There is
+            // at least one: a pixel is pushed by, or sorted after, a flooded neighbour.)
+            if (lo + 1u == hi) {
+                out[p] = basins.label_parent[hi];
+                cut_risk |= labelled >= static_cast<std::uint32_t>(kLine - 1);  // reached through lines only
+            } else {
+                out[p] = decide(basins, seen, k, roots, static_cast<double>(v[p]), lam, line, cut_risk);
             }
         };
-        // `inside`: the neighbour count when no bounds test is needed, else 0.
-        const auto sweep_inside = [&](auto pushes) {
-            if (!interior) sweep(pushes, std::integral_constant<int, 0>{});
-            else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
-            else sweep(pushes, std::integral_constant<int, 8>{});
-        };
-        if constexpr (Queue::kCanSkipPushes) {
-            if (!queue.needs_pushes()) {
-                sweep_inside(std::false_type{});
-                continue;
-            }
+        if constexpr (decltype(pushes)::value) {
+            while (!queue.empty()) step(queue.pop());
+        } else {
+            const std::uint32_t* order = queue.order();
+            for (std::size_t i = 0; i < size; ++i) step(order[i]);
         }
+    };
+    // `inside`: the neighbour count when no bounds test is needed, else 0.
+    const auto sweep_inside = [&](auto pushes) {
+        if (!interior) sweep(pushes, std::integral_constant<int, 0>{});
+        else if (nh.count == 4) sweep(pushes, std::integral_constant<int, 4>{});
+        else sweep(pushes, std::integral_constant<int, 8>{});
+    };
+    if constexpr (Queue::kCanSkipPushes) {
+        if (queue.needs_pushes()) sweep_inside(std::true_type{});
+        else sweep_inside(std::false_type{});
+    } else {
         sweep_inside(std::true_type{});
     }
+    return cut_risk;
+}
 
-    // Pass 4: final labels 1..N in raster order of each object's first pixel;
-    // background and watershed lines are 0.
+// Pass 4: final labels 1..N in raster order of each object's first pixel; background
+// and watershed lines are 0.
+inline void number_objects(const std::vector<Run>& runs, Basins& basins, std::int32_t* out) {
     std::vector<std::int32_t> final_id(basins.peak.size(), 0);
     std::int32_t next = 0, last_basin = 0, last_id = 0;
     for (std::size_t c = 0; c < runs.size(); ++c) {  // raster order; background is 0 already
@@ -651,11 +740,57 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     }
 }
 
+// Passes 1 to 4; the sweep runs one connected component of F at a time. Components never
+// interact, and restricting the sweep to one keeps every access inside a small
+// neighbourhood of memory (a global sweep visits pixels level by level all over the
+// image and is bound by cache misses). The result is the same as one global sweep:
+// within a component the order of pushes, the order of basin ids (raster order of
+// each plateau's first pixel) and so every tie decision are unchanged.
+template <class T, class Queue, class Interrupt>
+void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
+           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
+           Interrupt&& interrupted) {
+    std::uint64_t work = 0;  // pixels handled, to poll for interrupts
+    std::vector<Run> runs;
+    std::vector<std::uint32_t> parent, by_component, component_end;
+    classify_and_join(v, height, width, in_f, nh, out, runs, parent, work, interrupted);
+    group_by_component(parent, by_component, component_end);
+
+    Basins basins;
+    basins.add(0.0);  // id 0 is unused: labels are > 0
+    std::vector<std::uint32_t> component, maxima, stack;
+    std::uint32_t begin = 0;
+    for (const std::uint32_t end : component_end) {
+        bool interior = false;
+        const std::size_t size =
+            gather_component(v, height, width, out, runs, by_component, begin, end, component, maxima, interior);
+        begin = end;
+        const std::size_t first_basin = basins.peak.size();
+        number_maxima(v, nh, height, width, out, maxima, basins, stack);
+        // One maximum (an isolated nucleus): its basin floods the whole component, no
+        // line can form, and the sweep would only confirm it.
+        if (basins.peak.size() == first_basin + 1) {
+            for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
+            continue;
+        }
+        // Push every plateau pixel in raster order, so seeds are the oldest items.
+        queue.reset(v, component.data(), size);
+        for (const std::uint32_t m : maxima) queue.push(v[m], m);
+        if (sweep_component(v, height, width, nh, lam, line, out, queue, basins, size, interior, work, interrupted))
+            drop_stranded(basins, component.data(), size, maxima, nh, height, width, out, stack);
+    }
+    number_objects(runs, basins, out);
+}
+
 }  // namespace detail
 
 // Segment a 2-D nucleus probability map (C-contiguous, row-major) into `out`
-// (int32, same shape). T is uint8_t, uint16_t, float or double; values must be
-// finite and lam >= 0 (the Python wrapper validates; this is the safety net).
+// (int32, same shape). T is uint8_t, uint16_t, float or double. Preconditions, checked
+// here (std::invalid_argument; std::length_error for the size) although the Python
+// wrapper validates first with friendlier messages: 1 <= height * width <= kMaxPixels,
+// connectivity 1 or 2, lam >= 0 (+inf allowed: one object per component, NaN refused),
+// threshold in [0, max] for integer maps and finite for float maps, float values
+// finite (NaN or inf anywhere throws; `out` is then partly written).
 // `interrupted()` is polled every 2^18 pixels; returning true aborts with Interrupted.
 template <class T, class Interrupt>
 void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t width, double threshold,
@@ -664,10 +799,11 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
     if (height <= 0 || width <= 0) throw std::invalid_argument("watershed_dynamics: empty image");
     if (connectivity != 1 && connectivity != 2)
         throw std::invalid_argument("watershed_dynamics: connectivity must be 1 or 2");
-    if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0");
-    if (static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width) >
-        static_cast<std::uint64_t>(detail::kMaxPixels))
+    if (!(lam >= 0)) throw std::invalid_argument("watershed_dynamics: lam must be >= 0 (not NaN)");
+    // Each side first, so that the product cannot overflow.
+    if (height > kMaxPixels || width > kMaxPixels || height * width > kMaxPixels)
         throw std::length_error("watershed_dynamics: image too large for int32 labels");
+    detail::check_threshold<T>(threshold);
 
     const detail::Foreground<T> in_f(threshold);
     const detail::Neighbourhood nh(connectivity, width);
