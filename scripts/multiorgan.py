@@ -22,7 +22,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 from nucseg.data import TNBCImage, load_tnbc
 from nucseg.datasets import load_source

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .postprocess import _check_real  # one rule for real-number arguments
+
 __all__ = ["PostprocessRecipe", "recipe_of", "remove_small"]
 
 
@@ -83,7 +85,7 @@ class PostprocessRecipe:
     watershed_line: bool = True
 
     def __post_init__(self) -> None:
-        lam, threshold = _real("lam", self.lam), _real("threshold", self.threshold)
+        lam, threshold = _check_real("lam", self.lam), _check_real("threshold", self.threshold)
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {self.lam!r}")
         if not math.isfinite(threshold):
@@ -159,11 +161,3 @@ def recipe_of(config: Any) -> PostprocessRecipe:
         return recipe
     return PostprocessRecipe(lam=config.lam, threshold=config.threshold, min_area=getattr(config, "min_area", 0))
 
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
