@@ -16,6 +16,7 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,9 @@ class SlideReader:
         self.levels: list[LevelInfo] = []
         self.mpp: tuple[float, float] | None = None
         self.vendor = "unknown"
+        #: Seconds spent in :meth:`read` (decoding and assembling regions), summed over threads.
+        self.decode_seconds = 0.0
+        self._clock_lock = threading.Lock()
 
     # -- interface -------------------------------------------------------------
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -176,6 +180,7 @@ class SlideReader:
             )
         if w * h > MAX_REGION_PIXELS:
             raise ValueError(f"region {w}x{h} is larger than the {MAX_REGION_PIXELS} pixel limit")
+        t0 = time.perf_counter()
         try:
             rgb = self._read(level, x, y, w, h)
         except SlideError:
@@ -184,6 +189,8 @@ class SlideReader:
             raise SlideError(
                 f"{self.path}: cannot read level {level} region x={x} y={y} w={w} h={h}: {exc}"
             ) from exc
+        with self._clock_lock:
+            self.decode_seconds += time.perf_counter() - t0
         if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
             raise SlideError(
                 f"{self.path}: level {level} region x={x} y={y} w={w} h={h} decoded to "
