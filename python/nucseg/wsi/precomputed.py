@@ -129,9 +129,9 @@ def precompute(
     """Compute ``base``'s map of a slide once and index its tiles' centres.
 
     The map covers the processing image (the geometry :func:`nucseg.wsi.segment_slide`
-    plans for ``base`` and ``tile``) mirrored by ``pad`` pixels, computed in strips of
-    ``strip`` rows with ``base.config.halo`` rows of context, so no whole-slide RGB is
-    ever in memory.
+    plans for ``base`` and ``tile``), computed in strips of ``strip`` rows with
+    ``base.config.halo`` pixels of context (so no whole-slide RGB is ever in memory),
+    and mirrored by ``pad`` pixels beyond the image.
 
     Parameters
     ----------
@@ -171,12 +171,17 @@ def precompute(
         )
         h, w = geom.size
         prob = np.lib.format.open_memmap(folder / _MAP, mode="w+", dtype=np.float32, shape=(h + 2 * pad, w + 2 * pad))
-        for y in range(-pad, h + pad, strip):
-            rows = min(strip, h + pad - y)
-            box = (y - ctx, y + rows + ctx, -pad - ctx, w + pad + ctx)
-            # read_region mirrors what lies outside the image, as the runner's reads do.
-            p = np.asarray(base.predict(read_region(reader, geom, box)[None]), np.float32)[0]
-            prob[y + pad : y + pad + rows] = p[ctx : ctx + rows, ctx : ctx + w + 2 * pad]
+        for y in range(0, h, strip):
+            rows = min(strip, h - y)
+            # read_region mirrors the context beyond the image's border, as the runner's reads do.
+            rgb = read_region(reader, geom, (y - ctx, y + rows + ctx, -ctx, w + ctx))
+            p = np.asarray(base.predict(rgb[None]), np.float32)[0, ctx : ctx + rows, ctx : ctx + w]
+            prob[y + pad : y + pad + rows] = np.pad(p, ((0, 0), (pad, pad)), mode="reflect")
+        # Beyond the image the map is mirrored; the runner never uses it there (valid boxes
+        # lie inside the image), it only fills the read boxes that reach beyond.
+        rows = np.pad(np.arange(h), pad, mode="reflect") + pad
+        for r in (*range(pad), *range(pad + h, h + 2 * pad)):
+            prob[r] = prob[rows[r]]
         prob.flush()
         del prob
         centres = {}
