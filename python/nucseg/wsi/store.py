@@ -458,17 +458,20 @@ class OutputStore:
         and image arrays) and ``("write.table", s)`` (table part and record).
         """
         idx = result.tile.index
+        t0 = time.perf_counter()
         try:
-            self._write_tile(result, table, record, scheme, clock)
+            arrays = self._write_tile(result, table, record, scheme)
         except OSError as exc:
             raise StoreError(
                 f"cannot write tile {idx} to {self.path}: {exc}; the finished tiles are kept, "
                 "free space or fix permissions and rerun with --resume"
             ) from exc
+        if clock is not None and isinstance(arrays, float):
+            clock("write.labels", arrays)
+            clock("write.table", time.perf_counter() - t0 - arrays)
 
-    def _write_tile(
-        self, result: Any, table: Any, record: dict[str, Any], scheme: Any, clock: Callable[[str, float], None] | None
-    ) -> None:
+    def _write_tile(self, result: Any, table: Any, record: dict[str, Any], scheme: Any) -> float:
+        """:meth:`write_tile` without its error message; returns the seconds spent on the arrays."""
         from .table import write_part
         from .tiling import merge_claims
 
@@ -485,9 +488,7 @@ class OutputStore:
         t1 = time.perf_counter()
         write_part(table, self.parts_dir / f"{idx:06d}.parquet")
         (self.tiles_dir / f"{idx:06d}.json").write_bytes(json.dumps(jsonable(record)).encode())
-        if clock is not None:
-            clock("write.labels", t1 - t0)
-            clock("write.table", time.perf_counter() - t1)
+        return t1 - t0
 
     def tile_records(self) -> dict[int, dict[str, Any]]:
         """All completion records by tile index."""
