@@ -236,7 +236,8 @@ def test_slide_path_vs_baseline(benchmark, replay, tmp_path) -> None:
 
     benchmark.group = "wsi slide path vs baseline"
     benchmark.pedantic(interleaved, rounds=1, iterations=1)
-    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "cpu_s", "tissue_mm2_per_cpu_min")}
+    keys = ("wall_s", "cpu_s", "tissue_mm2_per_cpu_min", "slide_mpix_per_s", "peak_rss_mb")
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in keys}
            for name, rs in runs.items()}
     for name, rs in runs.items():
         print(f"\n{name}: " + json.dumps(med[name]) + " rounds: " + json.dumps([x["cpu_s"] for x in rs]))
