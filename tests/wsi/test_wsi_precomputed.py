@@ -26,7 +26,8 @@ def test_replay_gives_the_hematoxylin_run(demo_slide: Path, tmp_path: Path) -> N
     replay = precompute(demo_slide, pred, tmp_path / "map", tile=256, strip=300)
     assert replay.config.name == "precomputed-hematoxylin" and replay.config.halo == pred.config.halo
     a = segment_slide(demo_slide, tmp_path / "a.zarr", model=pred, tile=256, threads=2)
-    b = segment_slide(demo_slide, tmp_path / "b.zarr", model=PrecomputedPredictor(tmp_path / "map"), tile=256, threads=2)
+    replayed = PrecomputedPredictor(tmp_path / "map")
+    b = segment_slide(demo_slide, tmp_path / "b.zarr", model=replayed, tile=256, threads=2)
     assert a.nuclei == b.nuclei > 100
     (la, ta), (lb, tb) = _store(tmp_path / "a.zarr"), _store(tmp_path / "b.zarr")
     np.testing.assert_array_equal(la, lb)
