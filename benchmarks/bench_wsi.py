@@ -21,6 +21,22 @@ its weights exist; ``NUCSEG_BENCH_WSI_MODEL=0`` skips it). Torch uses
 also runs there (``--device cuda``). On the CPU the bundled model runs with each backend
 of ``NUCSEG_BENCH_WSI_BACKENDS`` (comma-separated, default ``torch,onnx``; onnx is skipped
 when onnxruntime is missing), ONNX Runtime with the same thread count as torch.
+
+The slide path without the network (``test_slide_path``): a synthetic slide of
+``NUCSEG_BENCH_PATH_SIDE`` px (default 4096) at 0.25 um/px, tiles of
+``NUCSEG_BENCH_PATH_TILE`` px (default 1024, the CLI's), segmented with a
+:class:`~nucseg.wsi.precomputed.PrecomputedPredictor` that replays the hematoxylin map
+computed beforehand: the run pays read, decode, halo, watershed, ownership,
+morphometrics, table rows and compressed zarr writes, and a lookup for the network.
+Each child first runs a 512 px slide so that imports and first calls are paid before
+the measured run (as in a long batch). It records tissue mm^2 per minute of wall and
+per CPU-minute of the process (all threads: the figure per core), Mpix/s, peak RSS, and
+each stage's and step's share of the busy time (``share_read.decode``,
+``share_post.measure``...; ``prepare`` is the overview, tissue detection and store
+creation, ``finish`` the pyramid and table). With ``NUCSEG_BENCH_BASELINE`` set to the
+``python/`` folder of another checkout, the same slide is run with that code too,
+interleaved, ``NUCSEG_BENCH_PATH_ROUNDS`` times (default 3), and the medians' ratios
+are printed.
 """
 
 from __future__ import annotations
@@ -174,6 +190,140 @@ def _child(slide: str, out: str, model: str, device: str, threads: int, backend:
     print(json.dumps(figures))
 
 
+PATH_SIDE = int(os.environ.get("NUCSEG_BENCH_PATH_SIDE", "4096"))
+PATH_TILE = int(os.environ.get("NUCSEG_BENCH_PATH_TILE", "1024"))
+PATH_ROUNDS = int(os.environ.get("NUCSEG_BENCH_PATH_ROUNDS", "3"))
+BASELINE = os.environ.get("NUCSEG_BENCH_BASELINE", "")
+_STAGES = ("read", "infer", "post", "write")
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The slide, its precomputed hematoxylin map, and a small warm-up slide with its map."""
+    from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
+    from nucseg.wsi.precomputed import precompute
+    from nucseg.wsi.predictors import HematoxylinPredictor
+
+    root = tmp_path_factory.mktemp("wsi_path")
+    out = {}
+    for name, side, tile in (("slide", PATH_SIDE, PATH_TILE), ("warm", 512, 256)):
+        rgb, _, _ = synthetic_he((side, side), seed=11, spacing=34.0)
+        out[name] = write_pyramid_tiff(root / f"{name}.tif", rgb, mpp=0.25, levels=4)
+        del rgb
+        precompute(out[name], HematoxylinPredictor(), root / f"{name}_map", tile=tile)
+        out[f"{name}_map"] = root / f"{name}_map"
+    return out
+
+
+def _run_path_child(replay: dict[str, Path], out: Path, pythonpath: str | None = None) -> dict:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    cmd = [sys.executable, __file__, "--path", str(replay["slide"]), str(replay["slide_map"]), str(out),
+           str(replay["warm"]), str(replay["warm_map"]), str(PATH_TILE)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_slide_path(benchmark, replay, tmp_path) -> None:
+    """Everything but the network, on a replayed map: throughput, stage shares, peak RSS."""
+    result: dict = {}
+
+    def run() -> None:
+        result.update(_run_path_child(replay, tmp_path / f"path-{len(result)}.zarr"))
+
+    benchmark.group = "wsi slide path (precomputed map)"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert result["nuclei"] > 0
+    benchmark.extra_info.update(result)
+    print("\nslide path: " + json.dumps(result))
+
+
+@pytest.mark.skipif(not BASELINE, reason="NUCSEG_BENCH_BASELINE (another checkout's python/) not set")
+def test_slide_path_vs_baseline(benchmark, replay, tmp_path) -> None:
+    """This code and the baseline's on the same slide, interleaved; prints the medians' ratios."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {"baseline": [], "this": []}
+
+    def interleaved() -> None:
+        for r in range(PATH_ROUNDS):
+            for name, pp in (("baseline", BASELINE), ("this", None)):
+                runs[name].append(_run_path_child(replay, tmp_path / f"{name}-{r}.zarr", pp))
+
+    benchmark.group = "wsi slide path vs baseline"
+    benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    keys = ("wall_s", "cpu_s", "tissue_mm2_per_cpu_min", "slide_mpix_per_s", "peak_rss_mb")
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in keys}
+           for name, rs in runs.items()}
+    for name, rs in runs.items():
+        print(f"\n{name}: " + json.dumps(med[name]) + " rounds: " + json.dumps([x["cpu_s"] for x in rs]))
+    ratios = {k: round(med["baseline"][k] / med["this"][k], 3) for k in ("wall_s", "cpu_s")}
+    print(f"baseline / this: wall {ratios['wall_s']:.2f}x, cpu {ratios['cpu_s']:.2f}x")
+    benchmark.extra_info.update({"baseline_over_this_wall": ratios["wall_s"], "baseline_over_this_cpu": ratios["cpu_s"],
+                                 **{f"this_{k}": v for k, v in med["this"].items()}})
+    # The same output, label for label and row for row (the stores of round 0).
+    import numpy as np
+    import pyarrow.parquet as pq
+    import zarr
+
+    stores = [tmp_path / f"{name}-0.zarr" for name in ("baseline", "this")]
+    a, b = (zarr.open_array(str(p / "labels" / "nuclei" / "0"), mode="r")[...] for p in stores)
+    np.testing.assert_array_equal(a, b)
+    tables = [pq.read_table(p / "nucseg" / "nuclei.parquet") for p in stores]
+    assert tables[0].equals(tables[1])
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _path_child(slide: str, folder: str, out: str, warm: str, warm_folder: str, tile: int) -> None:
+    """Run the slide path on a replayed map in this process and print a JSON line of figures."""
+    from nucseg.wsi import segment_slide
+    from nucseg.wsi.precomputed import PrecomputedPredictor
+
+    threads = os.cpu_count() or 1
+    segment_slide(warm, out + ".warm", model=PrecomputedPredictor(warm_folder), tile=256, threads=threads)
+    pred = PrecomputedPredictor(folder)
+    c0 = _cpu_seconds()
+    s = segment_slide(slide, out, model=pred, tile=tile, threads=threads)
+    cpu = _cpu_seconds() - c0
+    t = s.timings
+    busy = sum(t[k] for k in _STAGES)
+    px = s.size[0] * s.size[1]
+    steps = {k: v for k, v in t.items() if "." in k}
+    figures = {
+        "slide_px": f"{s.size[1]}x{s.size[0]}",
+        "tile": tile,
+        "threads": threads,
+        "nuclei": s.nuclei,
+        "tiles": f"{s.tiles_tissue}/{s.tiles}",
+        "tissue_mm2": round(s.tissue_mm2, 3),
+        "wall_s": round(t["wall"], 3),
+        "cpu_s": round(cpu, 3),
+        "tissue_mm2_per_min": round(s.tissue_mm2 / t["wall"] * 60, 2),
+        "tissue_mm2_per_cpu_min": round(s.tissue_mm2 / cpu * 60, 2),
+        "slide_mpix_per_s": round(px / 1e6 / t["wall"], 2),
+        "slide_mpix_per_cpu_s": round(px / 1e6 / cpu, 2),
+        "prepare_s": round(t["wall"] - t["tiles_wall"] - t["finish"], 3),
+        "tiles_wall_s": round(t["tiles_wall"], 3),
+        "finish_s": round(t["finish"], 3),
+        **{f"share_{k}": round(t[k] / busy, 3) for k in _STAGES},
+        **{f"share_{k}": round(v / busy, 3) for k, v in sorted(steps.items())},
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+    }
+    print(json.dumps(figures))
+
+
 if __name__ == "__main__":
-    TILE = int(sys.argv[6])
-    _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[7])
+    if sys.argv[1] == "--path":
+        _path_child(*sys.argv[2:7], int(sys.argv[7]))
+    else:
+        TILE = int(sys.argv[6])
+        _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[7])

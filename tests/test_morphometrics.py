@@ -81,6 +81,21 @@ def test_stain_densities_of_known_colours() -> None:
     assert m["eosin_od"] == pytest.approx([0.1, 0.2], rel=0.05, abs=0.01)
 
 
+def test_stain_separation_equals_rgb2hed_bit_for_bit() -> None:
+    """The table-and-blocks stain separation gives rgb2hed's float64 values exactly."""
+    from skimage.color import rgb2hed
+
+    from nucseg.morphometrics import _STAIN_ROWS, _rgb2hed_u8
+
+    v = np.arange(256, dtype=np.uint8)
+    every = np.stack(np.meshgrid(v, v[::5], v[::3], indexing="ij"), axis=-1).reshape(-1, 3)  # all of R, 0 and 255
+    rng = np.random.default_rng(5)
+    pixels = np.concatenate([every, rng.integers(0, 256, (3 * _STAIN_ROWS + 17, 3), dtype=np.uint8)])
+    ours, theirs = _rgb2hed_u8(pixels), rgb2hed(pixels[None])[0]
+    assert ours.dtype == theirs.dtype == np.float64
+    np.testing.assert_array_equal(ours.view(np.uint64), theirs.view(np.uint64))
+
+
 def test_mean_probability_and_missing_map() -> None:
     lab = np.zeros((30, 30), np.uint32)
     lab[2:8, 2:8] = 5

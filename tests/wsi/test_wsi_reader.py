@@ -160,3 +160,40 @@ def test_real_aperio_slide(cmu_slide: Path) -> None:
         assert rgb.shape == (128, 256, 3) and rgb.dtype == np.uint8
         assert rgb.std() > 10  # tissue, not blank
         assert s.fingerprint() == s.fingerprint()
+
+
+@pytest.mark.parametrize("layout", ["pyramid", "ome", "grey", "rgba", "strips"])
+def test_tile_reads_equal_tifffile_zarr_reads(tmp_path: Path, demo_image: np.ndarray, layout: str) -> None:
+    """Regions read tile by tile (through the decoded-tile cache) equal tifffile's zarr reads."""
+    import tifffile
+
+    from nucseg.wsi import reader as rd
+
+    rgb = demo_image[:700, :900]
+    path = tmp_path / f"{layout}.tif"
+    res = {"resolution": (4e4, 4e4), "resolutionunit": "CENTIMETER"}
+    if layout in ("pyramid", "ome"):
+        write_pyramid_tiff(path, rgb, mpp=0.25, levels=3, ome=layout == "ome")
+    elif layout == "grey":
+        tifffile.imwrite(path, rgb[..., 0], tile=(64, 64), **res)
+    elif layout == "rgba":
+        tifffile.imwrite(path, np.dstack([rgb, rgb[..., :1]]), tile=(128, 64), photometric="rgb", extrasamples=[1],
+                         compression="zlib", **res)
+    else:
+        tifffile.imwrite(path, rgb, photometric="rgb", **res)
+    rng = np.random.default_rng(0)
+    with open_slide(path) as s:
+        assert all((p is None) == (layout == "strips") for p in s._tiled)
+        s._cache.max_bytes = 4 * 128 * 64 * 4  # a few tiles: evictions happen
+        for level, lv in enumerate(s.levels):
+            for _ in range(20):
+                w, h = int(rng.integers(1, lv.width + 1)), int(rng.integers(1, lv.height + 1))
+                x, y = int(rng.integers(0, lv.width - w + 1)), int(rng.integers(0, lv.height - h + 1))
+                tiled = s.read(level, x, y, w, h)
+                page, s._tiled[level] = s._tiled[level], None  # tifffile's zarr store
+                try:
+                    np.testing.assert_array_equal(tiled, s.read(level, x, y, w, h))
+                finally:
+                    s._tiled[level] = page
+        assert s._cache.bytes <= max(s._cache.max_bytes, max((t.nbytes for t in s._cache.tiles.values()), default=0))
+    assert rd.TILE_CACHE_BYTES >= 2**20

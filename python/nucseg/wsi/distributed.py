@@ -605,7 +605,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     enlarged = 0
 
     def clock(stage: str, seconds: float) -> None:
-        timings[stage] += seconds
+        timings[stage] = timings.get(stage, 0.0) + seconds  # also the ``stage.step`` parts
 
     def read(t: Any) -> np.ndarray:
         t0 = time.perf_counter()
@@ -1211,7 +1211,7 @@ def _drive(
         elif kind == "tiles":
             nuclei += sum(res["nuclei"].values())
             for k, v in res["timings"].items():
-                st.timings[k] += v
+                st.timings[k] = st.timings.get(k, 0.0) + v
             st.enlarged += res["enlarged"]
             st.spill.update(res["spill"])
             bar.update(len(res["nuclei"]))

@@ -115,8 +115,32 @@ class SlideSummary:
     approximate: int = 0
 
 
+#: The parts of the ``post`` stage timed separately (keys ``post.<step>`` of the timings).
+POST_STEPS = ("watershed", "own", "measure", "rows")
+#: The parts of the ``read`` and ``write`` stages timed separately.
+READ_STEPS = ("decode",)
+WRITE_STEPS = ("labels", "table")
+
+
+class _Steps:
+    """Sub-stage seconds of one tile, handed to a ``clock`` at once (one lock, not one per step)."""
+
+    def __init__(self, clock: Callable[[str, float], None] | None) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+
+    def add(self, step: str, seconds: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+
+    def flush(self) -> None:
+        if self.clock is not None:
+            for step, seconds in self.seconds.items():
+                self.clock(step, seconds)
+        self.seconds.clear()
+
+
 class _Timer:
-    """Seconds per stage, summed over threads."""
+    """Seconds per stage, summed over threads; ``stage.step`` keys time the parts of a stage."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -614,8 +638,10 @@ def segment_slide(
         todo = [setup.tiles[i] for i in setup.todo]
         timer = _Timer()
         t_tiles = time.perf_counter()
+        decoded = getattr(reader, "decode_seconds", 0.0)
         _run_tiles(reader, pred, setup, todo, batch_size=o.batch_size, threads=threads, timer=timer, progress=progress)
         tiles_wall = time.perf_counter() - t_tiles
+        timer.add("read.decode", getattr(reader, "decode_seconds", 0.0) - decoded)
         t_finish = time.perf_counter()
         timings = dict(timer.total, tiles_wall=tiles_wall)
         with finishing(out_loc):  # a full or read-only disk here: one StoreError with the hint
@@ -730,21 +756,30 @@ def postprocess_tile(
     *,
     save_prob: bool = False,
     approximate: bool = False,
+    clock: Callable[[str, float], None] | None = None,
 ) -> Any:
     """The recipe on the tile's valid box: watershed, ownership, then the size filter.
 
     The size filter runs inside :func:`~nucseg.wsi.tiling.own_objects`, after the check
     that the owned nuclei are exact (see :mod:`nucseg.wsi.tiling`): filtering the whole
-    valid box first could hide a cut fragment that needs a larger halo.
+    valid box first could hide a cut fragment that needs a larger halo. ``clock``, when
+    given, receives ``("post.watershed", s)`` and ``("post.own", s)``.
     """
     from .tiling import crop_box, own_objects
 
+    t0 = time.perf_counter()
     prob_valid = np.ascontiguousarray(prob_read[crop_box(tile.valid, tile.read)], dtype=np.float32)
     labels = recipe.watershed(prob_valid)
-    result = own_objects(
-        labels, prob_valid, recipe.threshold, tile, geom, scheme, connectivity=recipe.connectivity,
-        approximate=approximate, min_area=recipe.min_area,
-    )
+    t1 = time.perf_counter()
+    try:
+        result = own_objects(
+            labels, prob_valid, recipe.threshold, tile, geom, scheme, connectivity=recipe.connectivity,
+            approximate=approximate, min_area=recipe.min_area,
+        )
+    finally:  # also a try that needs a larger halo: it cost the time
+        if clock is not None:
+            clock("post.watershed", t1 - t0)
+            clock("post.own", time.perf_counter() - t1)
     if save_prob:
         core = prob_read[crop_box(tile.core, tile.read)]
         result.prob_core = np.clip(np.rint(core * 255.0), 0, 255).astype(np.uint8)
@@ -845,7 +880,8 @@ def compute_tile(
     rgb_core : ndarray of uint8, optional
         The core's RGB, for a store with the image.
     clock : callable, optional
-        ``clock("post", seconds)`` receives the time spent here (not in ``recompute``).
+        ``clock("post", seconds)`` receives the time spent here (not in ``recompute``),
+        and ``clock("post.<step>", seconds)`` its parts (:data:`POST_STEPS`).
 
     Returns
     -------
@@ -859,12 +895,13 @@ def compute_tile(
     halo = geom.halo
     enlarged = 0
     spent = 0.0
+    steps = _Steps(clock)
     while True:
         t0 = time.perf_counter()
         try:
             res = postprocess_tile(
                 prob, tile, geom, scheme, recipe, save_prob=params.save_prob,
-                approximate=halo >= max_halo and not params.strict,
+                approximate=halo >= max_halo and not params.strict, clock=steps.add,
             )
             break
         except ObjectTooLargeError:
@@ -881,9 +918,14 @@ def compute_tile(
     t0 = time.perf_counter()
     res.rgb_core = rgb_core
     measurements = measure_tile(res, tile, geom, rgb) if rgb is not None else None
+    t1 = time.perf_counter()
     table = tile_rows(res, geom, scheme.dtype, measurements)
+    t2 = time.perf_counter()
+    steps.add("post.measure", t1 - t0)
+    steps.add("post.rows", t2 - t1)
+    steps.flush()
     if clock is not None:
-        clock("post", spent + time.perf_counter() - t0)
+        clock("post", spent + t2 - t0)
     n_approx = int((~res.exact).sum())
     if n_approx:
         logger.warning(
@@ -1116,7 +1158,7 @@ class _TileRunner:
                 try:
                     out = fut.result()
                     t0 = time.perf_counter()
-                    store.write_tile(out.result, out.table, out.record, scheme)
+                    store.write_tile(out.result, out.table, out.record, scheme, clock=self.timer.add)
                     self.timer.add("write", time.perf_counter() - t0)
                 finally:
                     self.in_flight.release()

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,9 @@ class SlideReader:
         self.levels: list[LevelInfo] = []
         self.mpp: tuple[float, float] | None = None
         self.vendor = "unknown"
+        #: Seconds spent in :meth:`read` (decoding and assembling regions), summed over threads.
+        self.decode_seconds = 0.0
+        self._clock_lock = threading.Lock()
 
     # -- interface -------------------------------------------------------------
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -176,6 +180,7 @@ class SlideReader:
             )
         if w * h > MAX_REGION_PIXELS:
             raise ValueError(f"region {w}x{h} is larger than the {MAX_REGION_PIXELS} pixel limit")
+        t0 = time.perf_counter()
         try:
             rgb = self._read(level, x, y, w, h)
         except SlideError:
@@ -184,6 +189,8 @@ class SlideReader:
             raise SlideError(
                 f"{self.path}: cannot read level {level} region x={x} y={y} w={w} h={h}: {exc}"
             ) from exc
+        with self._clock_lock:
+            self.decode_seconds += time.perf_counter() - t0
         if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
             raise SlideError(
                 f"{self.path}: level {level} region x={x} y={y} w={w} h={h} decoded to "
@@ -357,7 +364,14 @@ def _metadata_mpp(value: Any, path: Path, field: str) -> float:
 
 
 class TiffReader(SlideReader):
-    """Reader for plain, pyramidal and OME-TIFF files through tifffile + zarr (lazy)."""
+    """Reader for plain, pyramidal and OME-TIFF files through tifffile (lazy).
+
+    Levels stored as tiles of 8-bit interleaved samples (what slide writers produce) are
+    read tile by tile, and the last :data:`TILE_CACHE_BYTES` of decoded tiles are kept:
+    the runner's read boxes overlap by twice the halo, so without them every tile near
+    a core's border would be decoded two to four times. Other layouts are read through
+    tifffile's zarr store.
+    """
 
     backend = "tifffile"
 
@@ -377,7 +391,9 @@ class TiffReader(SlideReader):
         self.vendor = "ome-tiff" if self._tif.is_ome else "tiff"
         self._axes = series.axes
         self._arrays = arrays
-        self._lock = threading.Lock()  # tifffile shares one file handle
+        self._lock = threading.Lock()  # tifffile shares one file handle (and the tile cache)
+        self._tiled = [_tiled_page(lv) for lv in series.levels]
+        self._cache = _TileCache(TILE_CACHE_BYTES)
         self._yx = []
         levels = []
         for lv in series.levels:
@@ -416,6 +432,9 @@ class TiffReader(SlideReader):
             for a in axes
         )
         with self._lock:
+            page = self._tiled[level]
+            if page is not None:
+                return _as_rgb(self._read_tiles(level, page, x, y, w, h))
             arr = np.asarray(self._arrays[level][index])
         kept = [a for a in axes if a in "YXSC"]
         if "S" not in kept and "C" not in kept:
@@ -423,14 +442,96 @@ class TiffReader(SlideReader):
             kept.append("S")
         sample = "S" if "S" in kept else "C"
         arr = np.moveaxis(arr, [kept.index("Y"), kept.index("X"), kept.index(sample)], [0, 1, 2])
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        elif arr.shape[2] == 4:
-            arr = arr[..., :3]
-        return np.ascontiguousarray(arr)
+        return _as_rgb(arr)
+
+    def _read_tiles(self, level: int, page: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The region ``(h, w, samples)`` of a tiled level, from cached or decoded tiles."""
+        th, tw = page.tilelength, page.tilewidth
+        per_row = -(-page.imagewidth // tw)
+        out = np.empty((h, w, page.samplesperpixel), np.uint8)
+        for ty in range(y // th, (y + h - 1) // th + 1):
+            for tx in range(x // tw, (x + w - 1) // tw + 1):
+                tile = self._tile(level, page, ty * per_row + tx)
+                y0, x0 = ty * th, tx * tw
+                a0, a1, b0, b1 = max(y, y0), min(y + h, y0 + th), max(x, x0), min(x + w, x0 + tw)
+                out[a0 - y : a1 - y, b0 - x : b1 - x] = tile[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
+        return out
+
+    def _tile(self, level: int, page: Any, index: int) -> np.ndarray:
+        """Decoded tile ``index`` of a level ``(tile_h, tile_w, samples)``; caller holds the lock."""
+        tile = self._cache.get((level, index))
+        if tile is None:
+            shape = (page.tilelength, page.tilewidth, page.samplesperpixel)
+            count = page.databytecounts[index]
+            if count == 0:  # a tile never written: tifffile's fill value
+                tile = np.zeros(shape, np.uint8)
+            else:
+                fh = self._tif.filehandle
+                fh.seek(page.dataoffsets[index])
+                seg, _, _ = page.decode(fh.read(count), index, jpegtables=page.jpegtables)
+                tile = np.asarray(seg).reshape(shape)
+            self._cache.put((level, index), tile)
+        return tile
 
     def close(self) -> None:
         self._tif.close()
+
+
+#: Decoded TIFF tiles a :class:`TiffReader` keeps (a band of 256 px tiles across a
+#: 40,000 px wide level, about the rows two neighbouring read boxes share).
+TILE_CACHE_BYTES = 64 * 2**20
+
+
+class _TileCache:
+    """Least recently used decoded tiles, up to a number of bytes (not thread-safe)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        tile = self.tiles.get(key)
+        if tile is not None:
+            self.tiles.move_to_end(key)
+        return tile
+
+    def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        self.tiles[key] = tile
+        self.bytes += tile.nbytes
+        while self.bytes > self.max_bytes and len(self.tiles) > 1:
+            _, old = self.tiles.popitem(last=False)
+            self.bytes -= old.nbytes
+
+
+def _tiled_page(level: Any) -> Any:
+    """The page of a series level when it can be read tile by tile, else None.
+
+    That is one page of 8-bit tiles with interleaved samples (1, 3 or 4) in the axes
+    ``YX`` or ``YXS``: a plain, pyramidal or OME-TIFF slide level as writers make them.
+    """
+    pages = getattr(level, "pages", [])
+    if len(pages) != 1 or level.axes not in ("YX", "YXS"):
+        return None
+    page = level.keyframe
+    if not page.is_tiled or page.dtype != np.uint8 or page.imagedepth != 1 or page.tiledepth != 1:
+        return None
+    if page.samplesperpixel not in (1, 3, 4) or (page.samplesperpixel > 1 and page.planarconfig != 1):
+        return None
+    return page
+
+
+def _as_rgb(arr: np.ndarray) -> np.ndarray:
+    """``(h, w, samples)`` as contiguous RGB: grey repeated, alpha dropped."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
 
 
 def tiff_file_mpp(tif: Any, path: Path) -> tuple[float, float] | None:

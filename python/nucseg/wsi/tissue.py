@@ -8,6 +8,7 @@ filling of small holes.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -30,13 +31,11 @@ def detect_tissue(rgb: np.ndarray) -> np.ndarray:
     ndarray of bool, shape (h, w)
     """
     from skimage import morphology
-    from skimage.color import rgb2hsv
     from skimage.filters import threshold_otsu
 
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must have shape (h, w, 3), got {rgb.shape}")
-    hsv = rgb2hsv(rgb)
-    sat, val = hsv[..., 1], hsv[..., 2]
+    sat, val = saturation_value(rgb)
     try:
         thr = float(threshold_otsu(sat))
     except ValueError:  # constant image
@@ -48,6 +47,42 @@ def detect_tissue(rgb: np.ndarray) -> np.ndarray:
     mask = morphology.remove_small_objects(mask, max_size=min_size)
     mask = morphology.remove_small_holes(mask, max_size=min_size * 4)
     return mask
+
+
+def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value of an RGB image, as :func:`skimage.color.rgb2hsv` gives them.
+
+    For uint8 both depend only on each pixel's largest and smallest channel, so they
+    are read from tables that ``rgb2hsv`` itself computed for every such pair: the very
+    same float64 values without the hue, which ``rgb2hsv`` spends most of its time on.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (h, w, 3)
+
+    Returns
+    -------
+    sat, val : ndarray of float64, shape (h, w)
+    """
+    if rgb.dtype != np.uint8:
+        from skimage.color import rgb2hsv
+
+        hsv = rgb2hsv(rgb)
+        return hsv[..., 1], hsv[..., 2]
+    sat_of, val_of = _saturation_value_tables()
+    hi = rgb.max(axis=-1)
+    return sat_of[hi, rgb.min(axis=-1)], val_of[hi]
+
+
+@functools.lru_cache(maxsize=1)
+def _saturation_value_tables() -> tuple[np.ndarray, np.ndarray]:
+    """``rgb2hsv``'s saturation by ``[max, min]`` of a uint8 pixel and its value by ``max``."""
+    from skimage.color import rgb2hsv
+
+    hi, lo = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    lo = np.minimum(lo, hi)  # pairs with min > max never occur: any pixel fills them
+    hsv = rgb2hsv(np.stack([hi, lo, lo], axis=-1).astype(np.uint8))
+    return np.ascontiguousarray(hsv[..., 1]), np.ascontiguousarray(hsv[:, 0, 2])
 
 
 def load_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarray:
