@@ -121,3 +121,33 @@ def test_cli_lodo_needs_the_cache(capsys) -> None:
 
     assert main(["--lodo", "runs", "--quiet"]) == 2
     assert "--cache" in capsys.readouterr().err
+
+
+def test_run_coarser_runs_the_model_on_the_shrunk_image_and_returns_full_size_labels() -> None:
+    # A stand-in model whose "network" is the image's red channel: the labels must come from
+    # the half-size image (the model saw 1/4 of the pixels), at the image's own shape.
+    from nucseg import PostprocessRecipe
+    from nucseg.generalization import run_coarser
+
+    class Config:
+        recipe = PostprocessRecipe(lam=0.1, threshold=0.5, min_area=40)
+
+    seen = []
+
+    class Model:
+        config = Config()
+
+        def predict(self, rgb):
+            seen.append(rgb.shape)
+            return rgb[..., 0].astype(np.float32) / 255
+
+    rgb = np.zeros((64, 66, 3), np.uint8)
+    rgb[8:24, 8:24] = 255   # 256 px: kept (64 px at half size, min_area 40 / 4 = 10)
+    rgb[40:44, 40:44] = 255  # 16 px: 4 px at half size, under 10: dropped
+    labels = run_coarser(Model(), 2.0)(rgb)
+    assert seen == [(32, 33, 3)]
+    assert labels.shape == (64, 66) and labels.dtype == np.int32
+    assert labels.max() == 1
+    assert labels[12, 12] == 1 and labels[41, 41] == 0
+    # the kept square comes back at about its full-resolution area
+    assert abs(int((labels == 1).sum()) - 256) <= 64

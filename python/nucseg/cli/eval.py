@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", default=None, help="converted public sources (scripts/nucseg_data.py), for --lodo")
     p.add_argument(
+        "--coarse", action="store_true", help="with --lodo: also run the bundled model at 0.5 um/px (twice its pixel size)"
+    )
+    p.add_argument(
         "--sources", default=None, help="comma-separated sources for --lodo (default: tnbc, monuseg2018_train_xml, cpm15, monuseg2018_test)"
     )
     p.add_argument("--no-baseline", action="store_true", help="omit the non-learned baseline row")
@@ -217,7 +220,8 @@ def _run_lodo(args: argparse.Namespace) -> int:
         raise ValueError("--lodo needs --cache (the folder scripts/nucseg_data.py converted the sources into)")
     sources = args.sources.split(",") if args.sources else [s for s in PROTOCOL_SOURCES if s != "tnbc" or args.data]
     rows, notes = run_protocol(
-        args.lodo, args.cache, args.data, sources, device=args.device, baseline=not args.no_baseline, progress=not args.quiet
+        args.lodo, args.cache, args.data, sources, device=args.device, baseline=not args.no_baseline, coarse=args.coarse,
+        progress=not args.quiet,
     )
     summary = summarise_sources(rows)
     print(format_lodo_table(summary, notes))
