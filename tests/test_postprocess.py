@@ -675,6 +675,10 @@ once = min(times)
 # lands inside the kernel however fast or loaded the machine is (a fixed sleep did not: the
 # call is ~0.1 s on a quiet machine and finished first), and the loop leaves no window for a
 # late signal to miss every call.
+# A process started in the background by a non-interactive shell (nohup ... &, some CI
+# runners) inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt:
+# restore Python's handler, which is what an interactive user has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 fired = []
 def ctrl_c():
     fired.append(time.perf_counter())
