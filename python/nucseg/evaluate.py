@@ -33,7 +33,9 @@ __all__ = [
     "remove_small",
     "score_images",
     "summarise",
+    "text_table",
     "tune_postprocess",
+    "write_csv",
     "write_results",
 ]
 
@@ -196,13 +198,18 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
         for key, _ in TABLE_COLUMNS:
             cells.append(f"{s[f'{key}_mean']:.3f} ± {s[f'{key}_std']:.3f}")
         body.append(cells)
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    lines = [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
+    lines = text_table(head, body)
     pooled = [f"{s['method']} {s['f1_pooled']:.3f}" for s in summary if "f1_pooled" in s]
     if pooled:
         lines.append("Pixel F1 pooled over all images (not per patient): " + "; ".join(pooled))
     return "\n".join(lines)
+
+
+def text_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a plain-text table: columns padded to their widest cell, a dashed rule under ``head``."""
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
 
 
 def write_results(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -223,13 +230,14 @@ def write_results(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], ex
         "json": out / "results.json",
     }
     for key, data in (("images_csv", rows), ("patients_csv", pp), ("summary_csv", summary)):
-        _write_csv(paths[key], data)
+        write_csv(paths[key], data)
     doc = {"summary": summary, "patients": pp, "images": list(rows), **(extra or {})}
     paths["json"].write_text(json.dumps(doc, indent=1) + "\n")
     return paths
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows as CSV; the columns are every key seen, in first-seen order."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

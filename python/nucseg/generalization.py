@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .evaluate import text_table, write_csv
+
 __all__ = [
     "LODO_METRICS",
     "EvalImage",
@@ -137,9 +139,11 @@ def format_lodo_table(summary: dict[tuple[str, str], dict[str, float]], notes: d
     notes = notes or {}
     methods = list(dict.fromkeys(m for m, _ in summary))
     sources = list(dict.fromkeys(s for _, s in summary))
+    images = {s: int(v["n"]) for (_, s), v in summary.items()}  # every method scored a source's same images
+    columns = [f"{s} (n={images[s]})" for s in sources]
     lines = []
     for key, title in LODO_METRICS:
-        head = [title] + [f"{s} (n={int(next(v['n'] for (m, t), v in summary.items() if t == s))})" for s in sources]
+        head = [title, *columns]
         body = []
         for m in methods:
             cells = [m]
@@ -152,9 +156,7 @@ def format_lodo_table(summary: dict[tuple[str, str], dict[str, float]], notes: d
                 cell = fmt.format(v[f"{key}_mean"], v[f"{key}_std"])
                 cells.append(cell + (f" ({notes[(m, s)]})" if (m, s) in notes else ""))
             body.append(cells)
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-        lines += [line(head), line(["-" * w for w in widths])] + [line(r) for r in body] + [""]
+        lines += text_table(head, body) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -184,16 +186,12 @@ def write_lodo(
     out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], summary: dict[tuple[str, str], dict[str, float]], extra: dict[str, Any]
 ) -> list[Path]:
     """``images.csv`` (one row per method and image) and ``lodo.json`` (the summary, ``extra``) in ``out_dir``."""
-    import csv
     import json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = out / "images.csv"
-    with open(images, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(images, rows)
     doc = {
         "protocol": "leave-one-dataset-out",
         **extra,
