@@ -23,7 +23,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import io
@@ -31,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,23 +257,6 @@ def export_onnx(net: nn.Module, config: ModelConfig) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache shared through NUCSEG_CACHE_DIR must be readable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file, no file or the whole new one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _session_options(ort: Any, threads: int, spin: bool) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads  # explicit: ORT's default is every core, oblivious of torch's setting
@@ -426,11 +407,17 @@ def _session_or_none(ort: Any, data: bytes, opts: Any) -> Any:
 
 def _store(path: Path | None, data: bytes) -> Path | None:
     """Cache ``data`` at ``path``; None (and a warning) when the folder is not writable."""
+    from .export.result import ResultError, atomic_writer
+
     if path is None:
         return None
     try:
-        _write_atomic(path, data)
-    except OSError as exc:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the project's one atomic write (temporary file beside it, then a rename; 0644, so a
+        # cache shared through NUCSEG_CACHE_DIR is readable): readers see no file or a whole one
+        with atomic_writer(path, overwrite=True, mode="wb") as f:
+            f.write(data)
+    except (OSError, ResultError) as exc:
         logger.warning("cannot cache the ONNX model in %s (%s); using it from memory", path.parent, exc)
         return None
     return path
