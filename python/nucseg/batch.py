@@ -633,21 +633,33 @@ def _write_table(path: Path, table: Any, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- one image
 
 
+def segment_and_measure(
+    rgb: np.ndarray, model: Any, *, mpp: float, lam: float | None = None, threshold: float | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`nucseg.segment` of ``rgb`` and :func:`~nucseg.morphometrics.measure_nuclei` of its labels.
+
+    ``mean_prob`` comes from the network's map, resampled to the image's grid when ``mpp``
+    is not the model's resolution (the map is at the model's, the labels at the image's).
+    """
+    import nucseg
+    from nucseg.morphometrics import measure_nuclei
+
+    labels, prob = nucseg.segment(rgb, model, lam=lam, threshold=threshold, mpp=mpp, return_map=True)
+    if prob.shape != labels.shape:
+        from skimage.transform import resize
+
+        prob = resize(prob, labels.shape, order=1, preserve_range=True, anti_aliasing=False)
+    return labels, measure_nuclei(labels, rgb, prob.astype(np.float32, copy=False), mpp=mpp)
+
+
 def segment_image(job: Job, model: Any, *, mpp: float | None, overwrite: bool) -> ImageResult:
     """Read, segment and write one image; errors propagate (see :func:`segment_files`)."""
-    import nucseg
     from nucseg.export.geojson import write_feature_collection
-    from nucseg.morphometrics import measure_nuclei
 
     t0 = time.perf_counter()
     rgb = read_image(job.image)
     um = resolve_mpp(job.image, mpp)
-    labels, prob = nucseg.segment(rgb, model, mpp=um, return_map=True)
-    if prob.shape != labels.shape:  # the map is at the model's resolution
-        from skimage.transform import resize
-
-        prob = resize(prob, labels.shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    meas = measure_nuclei(labels, rgb, prob, mpp=um)
+    labels, meas = segment_and_measure(rgb, model, mpp=um)
     out = job.outputs
     _check_png_fits(out["labels"], labels)  # before the other outputs are written
     if "geojson" in out:

@@ -130,15 +130,6 @@ def _model(device: str) -> Any:
     return load_model(device=device)
 
 
-def features_table(labels: np.ndarray, rgb: np.ndarray, prob: np.ndarray | None, mpp: float) -> dict[str, np.ndarray]:
-    """Per-nucleus measurements as napari features: ``index`` (the label, napari's key),
-    then the columns of :func:`nucseg.morphometrics.measure_nuclei`."""
-    from nucseg.morphometrics import measure_nuclei
-
-    m = measure_nuclei(labels, rgb, prob, mpp=mpp)
-    return {"index": m["label"].copy(), **m}
-
-
 def run_segmentation(rgb: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Labels and features of ``rgb``: what the widget's worker thread computes.
 
@@ -147,20 +138,16 @@ def run_segmentation(rgb: np.ndarray, params: SegmentParams) -> tuple[np.ndarray
     labels : ndarray of int32, shape (H, W)
         As :func:`nucseg.segment` returns them with the same parameters.
     features : dict of str to ndarray
-        :func:`features_table`, with ``mean_prob`` from the network's map (resampled to
-        the image when ``mpp`` differs from the model's resolution).
+        ``index`` (the label, napari's key), then the columns of
+        :func:`nucseg.morphometrics.measure_nuclei`, with ``mean_prob`` from the network's
+        map (resampled to the image when ``mpp`` differs from the model's resolution).
     """
-    from nucseg.inference import segment
+    from nucseg.batch import segment_and_measure
 
-    model = _model(params.device)
-    labels, prob = segment(
-        rgb, model, lam=params.lam, threshold=params.threshold, mpp=params.mpp, return_map=True
+    labels, meas = segment_and_measure(
+        rgb, _model(params.device), mpp=params.mpp, lam=params.lam, threshold=params.threshold
     )
-    if prob.shape != labels.shape:
-        from skimage.transform import resize
-
-        prob = resize(prob, labels.shape, order=1, preserve_range=True, anti_aliasing=False)
-    return labels, features_table(labels, rgb, prob.astype(np.float32, copy=False), params.mpp)
+    return labels, {"index": meas["label"].copy(), **meas}
 
 
 class SegmentWidget(Container):
