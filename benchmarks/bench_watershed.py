@@ -214,21 +214,23 @@ def _one_component(dtype: str) -> np.ndarray:
     rng = np.random.default_rng(0)
     f = ndi.gaussian_filter(rng.random((4096, 4096), dtype=np.float32), 3)
     f = 0.55 + 0.45 * (f - f.min()) / np.ptp(f)
-    return f.astype(np.float32) if dtype == "float32" else np.round(f * 255).astype(np.uint8)
+    if dtype == "uint8":
+        return np.round(f * 255).astype(np.uint8)
+    return f.astype(np.float16).astype(np.float32) if dtype in QUANTISED else f.astype(np.float32)
 
 
 def _one_pixel_runs(dtype: str) -> np.ndarray:
     """The worst case for the run-length bookkeeping: foreground every other column, so
     every foreground pixel is a run of its own (2048 components of one plateau each)."""
-    top = 1.0 if dtype == "float32" else 255
-    return np.tile(np.array([0.8 * top, 0], dtype=dtype), (4096, 2048))
+    top = 255 if dtype == "uint8" else 1.0
+    return np.tile(np.array([0.8 * top, 0], dtype=np.uint8 if dtype == "uint8" else np.float32), (4096, 2048))
 
 
 _MAPS = {"one component": _one_component, "one-pixel runs": _one_pixel_runs}
 
 
 @pytest.mark.parametrize("kind", ["realistic", "one component", "one-pixel runs"])
-@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float32 (float16 values)"])
 def test_peak_memory(benchmark, dtype, kind, tmp_path):
     """Peak RSS beyond input and output, per pixel, at 4096x4096, in a fresh process that
     holds only the map (loaded from disk) before the call. The realistic map must stay

@@ -204,6 +204,40 @@ def test_quantised_float_maps_identical_to_reference(quantise, connectivity):
         np.testing.assert_array_equal(_ws(prob, 0.03, connectivity=connectivity, watershed_line=line), expected)
 
 
+def _quantised(kind: str) -> tuple[np.ndarray, float, float]:
+    """A 96x96 map quantised as inference or storage quantises it, with its lam and threshold."""
+    prob, _ = probability_map((96, 96), seed=11)
+    if kind == "uint16, 1/1024 steps":  # keys share their 6 low bits
+        return (np.round(prob * 1024) * 64).astype(np.uint16), 0.03 * 65535, 32767.0
+    if kind == "float64, float16 values":
+        return prob.astype(np.float16).astype(np.float64), 0.03, 0.5
+    if kind == "float32, bfloat16 values":  # bfloat16 autocast: the top 16 bits only
+        return (prob.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32), 0.03, 0.5
+    # Signed values through zero, -0.0 beside +0.0 (equal, so tied): a logit-like map.
+    signed = (np.round((prob - 0.5) * 256) / 256).astype(np.float32)
+    signed[(signed == 0) & (np.arange(signed.size).reshape(signed.shape) % 2 == 0)] = -0.0
+    assert np.signbit(signed[signed == 0]).any() and not np.signbit(signed[signed == 0]).all()
+    return signed, 0.03, -0.2
+
+
+@pytest.mark.parametrize(
+    "kind", ["uint16, 1/1024 steps", "float64, float16 values", "float32, bfloat16 values", "float32, signed, +-0"]
+)
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_quantised_maps_of_every_dtype_identical_to_reference(kind, connectivity):
+    """The bucket queue on the slots of quantised keys, for every dtype it serves and for
+    signed keys: pixel for pixel the reference, ties (push order) included."""
+    prob, lam, t = _quantised(kind)
+    values = prob[prob > t]
+    assert len(np.unique(values)) < values.size // 2  # heavily tied
+    for line in (True, False):
+        expected = reference_watershed(prob, lam, t, connectivity, line)
+        assert expected.max() > 5
+        np.testing.assert_array_equal(
+            _ws(prob, lam, threshold=t, connectivity=connectivity, watershed_line=line), expected
+        )
+
+
 # ---------------------------------------------------------------- hand-built cases
 
 

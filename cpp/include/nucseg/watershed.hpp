@@ -170,15 +170,6 @@ struct Foreground {
     bool operator()(T v) const { return v > cut; }
 };
 
-// Whether every value of row[0..width) is finite (x - x is 0 exactly for finite x, NaN
-// otherwise); branch-free so that it vectorises while the row is in cache.
-template <class T>
-bool all_finite(const T* row, std::ptrdiff_t width) {
-    int finite = 1;
-    for (std::ptrdiff_t x = 0; x < width; ++x) finite &= static_cast<int>(row[x] - row[x] == T(0));
-    return finite != 0;
-}
-
 // Basin records: label union-find (watershed labels) and component union-find
 // (flooded connectivity, for dynamics), with each component rooted at its leader,
 // the basin of its highest peak.
@@ -323,15 +314,45 @@ std::ptrdiff_t classify_row_u8(const std::uint8_t* up, const std::uint8_t* row, 
     }
     return x;
 }
+
+// classify_row's interior for float32 maps, 4 pixels per step from x = 1, clearing
+// `finite` if one of them is NaN or inf (x - x is 0 exactly for finite x). The
+// compiler leaves the generic loop scalar. Returns the first column it did not do.
+template <bool kDiagonal>
+std::ptrdiff_t classify_row_f32(const float* up, const float* row, const float* down, std::ptrdiff_t width,
+                                float cut, std::int32_t* out, bool& finite) {
+    std::ptrdiff_t x = 1;
+    const __m128 cut4 = _mm_set1_ps(cut), zero = _mm_setzero_ps();
+    const __m128i one = _mm_set1_epi32(1), top_bit = _mm_set1_epi32(kQueued);
+    __m128 ok = _mm_cmpeq_ps(zero, zero);
+    for (; x + 4 <= width - 1; x += 4) {
+        const __m128 t = _mm_loadu_ps(row + x);
+        __m128 h = _mm_max_ps(_mm_max_ps(_mm_loadu_ps(up + x), _mm_loadu_ps(down + x)),
+                              _mm_max_ps(_mm_loadu_ps(row + x - 1), _mm_loadu_ps(row + x + 1)));
+        if constexpr (kDiagonal)
+            h = _mm_max_ps(h, _mm_max_ps(_mm_max_ps(_mm_loadu_ps(up + x - 1), _mm_loadu_ps(up + x + 1)),
+                                         _mm_max_ps(_mm_loadu_ps(down + x - 1), _mm_loadu_ps(down + x + 1))));
+        ok = _mm_and_ps(ok, _mm_cmpeq_ps(_mm_sub_ps(t, t), zero));
+        const __m128i fg = _mm_castps_si128(_mm_cmpgt_ps(t, cut4));
+        const __m128i higher = _mm_and_si128(fg, _mm_castps_si128(_mm_cmpgt_ps(h, t)));
+        // kMaybeMax = kQueued + 1, kNotMax = kQueued + 2, background 0.
+        const __m128i code = _mm_add_epi32(_mm_and_si128(fg, one), _mm_and_si128(higher, one));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + x), _mm_or_si128(code, _mm_and_si128(fg, top_bit)));
+    }
+    finite &= _mm_movemask_ps(ok) == 0xF;
+    return x;
+}
 #endif
 
 // Pass 1, one row: 0 for background, kMaybeMax or kNotMax for a foreground pixel
 // without or with a strictly higher neighbour (such a neighbour is in F too). `up`
 // and `down` are the rows above and below, or `row` itself at the image's edge (a
 // pixel is not higher than itself). Interior pixels take a branch-free loop that
-// vectorises; the two end columns test their bounds.
+// vectorises; the two end columns test their bounds. Returns whether the row is
+// finite (float maps; always true for integer maps): checked here, with the row in
+// cache, so that the map is read once.
 template <class T, bool kDiagonal>
-void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width, const Foreground<T>& in_f,
+bool classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width, const Foreground<T>& in_f,
                   std::int32_t* out) {
     const auto mx = [](T a, T b) { return a > b ? a : b; };
     const auto state = [&](T t, T h) { return in_f(t) ? (h > t ? kNotMax : kMaybeMax) : 0; };
@@ -344,9 +365,13 @@ void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width
     };
     edge(0);
     std::ptrdiff_t x = 1;
+    bool finite = true;
 #if defined(NUCSEG_SSE2)
     if constexpr (std::is_same<T, std::uint8_t>::value) x = classify_row_u8<kDiagonal>(up, row, down, width, in_f.cut, out);
+    if constexpr (std::is_same<T, float>::value)
+        x = classify_row_f32<kDiagonal>(up, row, down, width, in_f.cut, out, finite);
 #endif
+    const std::ptrdiff_t unchecked = x;  // columns 1..x-1 were checked finite by the vector loop
     for (; x < width - 1; ++x) {
         const T t = row[x];
         T h = mx(mx(up[x], down[x]), mx(row[x - 1], row[x + 1]));
@@ -354,6 +379,13 @@ void classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width
         out[x] = state(t, h);
     }
     if (width > 1) edge(width - 1);
+    if constexpr (!std::is_integral<T>::value) {
+        // The columns the vector loop did not check (all for float64), in a loop that vectorises.
+        int ok = static_cast<int>(row[0] - row[0] == T(0));
+        for (std::ptrdiff_t c = unchecked; c < width; ++c) ok &= static_cast<int>(row[c] - row[c] == T(0));
+        finite &= ok != 0;
+    }
+    return finite;
 }
 
 // A run: the foreground pixels start..start+length-1 of one row, maximal.
@@ -513,12 +545,10 @@ void classify_and_join(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, 
         const T* row = v + y * width;
         const T* up = y > 0 ? row - width : row;
         const T* down = y < height - 1 ? row + width : row;
-        if constexpr (!std::is_integral<T>::value) {
-            // NaN would be background but poison the comparisons of the sweep; inf has no dynamics.
-            if (!all_finite(row, width)) throw std::invalid_argument("watershed_dynamics: prob must be finite (NaN or inf found)");
-        }
-        if (nh.count == 8) classify_row<T, true>(up, row, down, width, in_f, out + y * width);
-        else classify_row<T, false>(up, row, down, width, in_f, out + y * width);
+        const bool finite = nh.count == 8 ? classify_row<T, true>(up, row, down, width, in_f, out + y * width)
+                                          : classify_row<T, false>(up, row, down, width, in_f, out + y * width);
+        // NaN would be background but poison the comparisons of the sweep; inf has no dynamics.
+        if (!finite) throw std::invalid_argument("watershed_dynamics: prob must be finite (NaN or inf found)");
         previous_begin = row_begin;
         row_begin = static_cast<std::uint32_t>(runs.size());
         find_runs(out, y * width, width, static_cast<std::uint32_t>(y), runs);
@@ -746,10 +776,9 @@ inline void number_objects(const std::vector<Run>& runs, Basins& basins, std::in
 // image and is bound by cache misses). The result is the same as one global sweep:
 // within a component the order of pushes, the order of basin ids (raster order of
 // each plateau's first pixel) and so every tie decision are unchanged.
-template <class T, class Queue, class Interrupt>
+template <class T, class Interrupt>
 void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foreground<T>& in_f,
-           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Queue& queue,
-           Interrupt&& interrupted) {
+           const Neighbourhood& nh, double lam, bool line, std::int32_t* out, Interrupt&& interrupted) {
     std::uint64_t work = 0;  // pixels handled, to poll for interrupts
     std::vector<Run> runs;
     std::vector<std::uint32_t> parent, by_component, component_end;
@@ -759,6 +788,15 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
     Basins basins;
     basins.add(0.0);  // id 0 is unused: labels are > 0
     std::vector<std::uint32_t> component, maxima, stack;
+    ByteQueue bytes;         // 8-bit maps
+    BucketQueue<T> buckets;  // quantised components of 16-bit and float maps
+    SortedQueue<T> sorted;   // their other components
+    // Pushes every plateau pixel in raster order, so seeds are the oldest items, and floods.
+    const auto sweep = [&](auto& queue, std::size_t size, bool interior) {
+        for (const std::uint32_t m : maxima) queue.push(v[m], m);
+        if (sweep_component(v, height, width, nh, lam, line, out, queue, basins, size, interior, work, interrupted))
+            drop_stranded(basins, component.data(), size, maxima, nh, height, width, out, stack);
+    };
     std::uint32_t begin = 0;
     for (const std::uint32_t end : component_end) {
         bool interior = false;
@@ -773,11 +811,15 @@ void flood(const T* v, std::ptrdiff_t height, std::ptrdiff_t width, const Foregr
             for (std::size_t i = 0; i < size; ++i) out[component[i]] = static_cast<std::int32_t>(first_basin);
             continue;
         }
-        // Push every plateau pixel in raster order, so seeds are the oldest items.
-        queue.reset(v, component.data(), size);
-        for (const std::uint32_t m : maxima) queue.push(v[m], m);
-        if (sweep_component(v, height, width, nh, lam, line, out, queue, basins, size, interior, work, interrupted))
-            drop_stranded(basins, component.data(), size, maxima, nh, height, width, out, stack);
+        if constexpr (sizeof(T) == 1) {
+            bytes.reset(v, component.data(), size);
+            sweep(bytes, size, interior);
+        } else if (buckets.reset(v, component.data(), size)) {
+            sweep(buckets, size, interior);
+        } else {
+            sorted.reset(v, component.data(), size);
+            sweep(sorted, size, interior);
+        }
     }
     number_objects(runs, basins, out);
 }
@@ -807,13 +849,7 @@ void watershed_dynamics(const T* prob, std::ptrdiff_t height, std::ptrdiff_t wid
 
     const detail::Foreground<T> in_f(threshold);
     const detail::Neighbourhood nh(connectivity, width);
-    if constexpr (std::is_same<T, std::uint8_t>::value) {
-        BucketQueue queue;
-        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
-    } else {
-        SortedQueue<T> queue(static_cast<std::size_t>(height * width));
-        detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, queue, interrupted);
-    }
+    detail::flood(prob, height, width, in_f, nh, lam, watershed_line, out, interrupted);
 }
 
 }  // namespace nucseg
