@@ -17,7 +17,9 @@ from nucseg.inference import (  # noqa: E402
     ModelConfig,
     NucleusModel,
     combine_outputs,
+    dihedral_mean,
     load_model,
+    pad_to_multiple,
     receptive_halo,
     save_model,
     segment,
@@ -88,6 +90,44 @@ def test_predict_matches_the_network(tmp_path):
         logits = net(x)
     p, d = torch.sigmoid(logits[0, 0]), torch.sigmoid(logits[0, 1])
     np.testing.assert_allclose(model.predict(rgb), (p * (0.5 + 0.5 * d)).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w"), [(61, 75), (32, 48), (3, 2), (1, 40)])
+def test_pad_to_multiple_matches_torch_padding(h, w):
+    """The one padding both engines see: torch's reflect pad (replicate when the image is
+    too small to mirror), computed independently with torch.nn.functional.pad."""
+    batch = np.random.default_rng(h * w).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    got = pad_to_multiple(batch, 16)
+    assert got.shape == (2, -(-h // 16) * 16, -(-w // 16) * 16, 3) and got.dtype == np.uint8
+    ph, pw = got.shape[1] - h, got.shape[2] - w
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    want = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    if not (ph or pw):
+        assert got is batch  # nothing to pad: no copy
+
+
+def test_dihedral_mean_against_brute_force():
+    """TTA on a run that is not equivariant (it weights a ramp): the mean of the eight
+    views, each mapped back, written out by hand; and then exactly equivariant."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    ramp = np.arange(64, dtype=np.float32).reshape(8, 8)
+
+    def run(b):
+        return b[..., 0].astype(np.float32) * ramp + b[..., 1]
+
+    views = []
+    for flip in (False, True):
+        for k in range(4):
+            v = np.stack([np.rot90(img[:, ::-1] if flip else img, k) for img in x])
+            m = np.stack([np.rot90(mi, -k) for mi in run(v)])
+            views.append(m[:, :, ::-1] if flip else m)
+    got = dihedral_mean(run, x)
+    np.testing.assert_allclose(got, np.mean(views, axis=0), rtol=1e-6)
+    assert not np.allclose(got, run(x))
+    np.testing.assert_allclose(dihedral_mean(run, np.rot90(x, 1, axes=(1, 2)).copy()), np.rot90(got, 1, axes=(1, 2)), rtol=1e-6)
 
 
 def test_tta_is_the_mean_over_the_eight_views_and_equivariant(tmp_path):

@@ -4,8 +4,9 @@ On a CPU, ONNX Runtime runs the small U-Net of the bundled model faster than eag
 PyTorch (its graph optimiser fuses batch norm and ReLU into the convolutions). The
 exported graph contains everything :meth:`nucseg.inference.NucleusModel.predict`
 does between the padded ``uint8`` batch and the map fed to the watershed (scaling,
-normalisation, the network, :func:`nucseg.inference.combine_outputs`), so padding,
-batching and test-time augmentation stay in NumPy and behave as in the torch path.
+normalisation, the network, :func:`nucseg.inference.combine_outputs`); padding,
+batching and test-time augmentation are done once, in ``NucleusModel.predict``, for
+both engines, which differ only in ``run(batch)``.
 
 The ONNX file is exported once per model and cached in the user's cache folder
 (``NUCSEG_CACHE_DIR``, else the platform's, e.g. ``~/.cache/nucseg/onnx``), keyed by
@@ -342,46 +343,6 @@ class OnnxNetwork:
         """Combined map of a ``uint8 (B, H, W, 3)`` batch whose H and W are multiples of the stride."""
         (out,) = self.session.run(["prob"], {"rgb": np.ascontiguousarray(batch)})
         return out
-
-    def predict(self, batch: np.ndarray, *, batch_size: int = 4, tta: bool = False) -> np.ndarray:
-        """The map :meth:`nucseg.inference.NucleusModel.predict` returns, for a checked batch.
-
-        Parameters
-        ----------
-        batch : numpy.ndarray
-            ``uint8`` ``(B, H, W, 3)``, any ``H, W``.
-        batch_size : int
-            Images per session run.
-        tta : bool
-            Average the 8 rotations and flips (each mapped back).
-
-        Returns
-        -------
-        numpy.ndarray
-            ``float32`` ``(B, H, W)``.
-        """
-        b, h, w, _ = batch.shape
-        s = self.config.stride
-        ph, pw = (-h) % s, (-w) % s
-        out = np.empty((b, h, w), np.float32)
-        for i in range(0, b, batch_size):
-            x = batch[i : i + batch_size]
-            if ph or pw:
-                # As torch.nn.functional.pad in NucleusModel.predict: reflect, or edge when too small.
-                mode = "reflect" if ph < h and pw < w else "edge"
-                x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
-            out[i : i + batch_size] = self._forward(x, tta)[:, :h, :w]
-        return out
-
-    def _forward(self, x: np.ndarray, tta: bool) -> np.ndarray:
-        views = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
-        total = None
-        for k, flip in views:
-            v = np.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2))
-            m = np.rot90(self.run(v), -k, axes=(1, 2))
-            m = m[:, :, ::-1] if flip else m
-            total = m.copy() if total is None else total + m
-        return total / np.float32(len(views))
 
 
 def _file_safe(name: str) -> str:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,26 +224,26 @@ class NucleusModel:
         arr = _check_rgb(rgb, "rgb", allow_batch=True)
         single = arr.ndim == 3
         batch = arr[None] if single else arr
-        if self._onnx is not None:  # the same map from ONNX Runtime (nucseg.backends)
-            out = self._onnx.predict(batch, batch_size=batch_size, tta=tta)
-            return out[0] if single else out
+        # One loop for both engines: padding, batching and TTA here; the engine (torch, or
+        # ONNX Runtime through nucseg.backends) only maps a padded uint8 batch to its map.
+        run = self._onnx.run if self._onnx is not None else self._run_torch
         b, h, w, _ = batch.shape
         s = self.config.stride
-        ph, pw = (-h) % s, (-w) % s
+        out = np.empty((b, h, w), np.float32)
+        for i in range(0, b, batch_size):
+            x = pad_to_multiple(batch[i : i + batch_size], s)
+            out[i : i + batch_size] = (dihedral_mean(run, x) if tta else run(x))[:, :h, :w]
+        return out[0] if single else out
+
+    def _run_torch(self, x: np.ndarray) -> np.ndarray:
+        """Combined map of a ``uint8 (B, H, W, 3)`` batch whose H and W are multiples of the stride."""
         mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1)
-        out = np.empty((b, h, w), np.float32)
         with torch.inference_mode(), self._autocast():
-            for i in range(0, b, batch_size):
-                x = torch.tensor(batch[i : i + batch_size], device=self.device)  # copy: inputs may be read-only
-                x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                x = (x - mean) / std
-                if ph or pw:
-                    mode = "reflect" if ph < h and pw < w else "replicate"
-                    x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-                m = self._forward(x, tta)[:, :h, :w]
-                out[i : i + batch_size] = m.float().cpu().numpy()
-        return out[0] if single else out
+            t = torch.tensor(x, device=self.device)  # a copy: inputs may be read-only or strided views
+            t = (t.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+            m = combine_outputs(self.net(t.contiguous(memory_format=torch.channels_last)))
+            return m.float().cpu().numpy()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bfloat16":
@@ -250,18 +251,6 @@ class NucleusModel:
         if self.precision == "auto" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
-
-    def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
-        """Combined map of a normalised, stride-padded batch, averaged over the dihedral group when ``tta``."""
-        views = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
-        total = None
-        for k, flip in views:
-            v = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
-            v = v.contiguous(memory_format=torch.channels_last)
-            m = torch.rot90(combine_outputs(self.net(v)).float(), -k, dims=(-2, -1))
-            m = m.flip(-1) if flip else m
-            total = m if total is None else total + m
-        return total / len(views)
 
     def postprocess(
         self, prob_map: np.ndarray, lam: float | None = None, threshold: float | None = None, *, min_area: int | None = None
@@ -307,6 +296,31 @@ def _check_rgb(rgb: np.ndarray, name: str, *, allow_batch: bool = False) -> np.n
     if min(rgb.shape[-3:-1]) < 1:
         raise ValueError(f"{name} is empty: shape {rgb.shape}")
     return rgb
+
+
+def pad_to_multiple(batch: np.ndarray, stride: int) -> np.ndarray:
+    """``(B, H, W, C)`` padded at the bottom and right to multiples of ``stride``:
+    mirrored (without repeating the edge), or the edge repeated where the image is too
+    small to mirror."""
+    _, h, w, _ = batch.shape
+    ph, pw = (-h) % stride, (-w) % stride
+    if not (ph or pw):
+        return batch
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def dihedral_mean(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Mean of ``run`` over the 8 rotations and flips of ``x`` ``(B, H, W, C)``, each map
+    mapped back (test-time augmentation); cropped to ``x``'s unpadded size by the caller."""
+    total = None
+    for flip in (False, True):
+        for k in range(4):
+            v = np.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2))
+            m = np.rot90(run(np.ascontiguousarray(v)), -k, axes=(1, 2))
+            m = m[:, :, ::-1] if flip else m
+            total = m.copy() if total is None else total + m
+    return total / np.float32(8)
 
 
 def _sha256(path: Path) -> str:
