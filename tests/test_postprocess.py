@@ -762,3 +762,22 @@ def test_worker_threads_never_poll_for_interrupts():
         on_worker, labels = polls_during(lambda: pool.submit(nucseg.watershed_dynamics, prob, 0.0).result())
     assert on_worker == 0
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_first_pixels_equal_unique_return_index() -> None:
+    """The one-pass minimum gives np.unique's labels and first indices (sparse ids, gaps, none)."""
+    from nucseg.postprocess import first_pixels
+
+    rng = np.random.default_rng(3)
+    for lab in (
+        rng.integers(0, 40, (60, 70)).astype(np.int32),
+        np.where(rng.random((50, 50)) < 0.7, 0, rng.choice([3, 9, 1000], (50, 50))).astype(np.int32),
+        np.zeros((8, 9), np.int32),
+    ):
+        flat = lab.ravel()
+        nz = np.flatnonzero(flat)
+        want_ids, want_first = np.unique(flat[nz], return_index=True)
+        ids, first = first_pixels(lab)
+        assert ids.dtype == want_ids.dtype
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(first, nz[want_first])

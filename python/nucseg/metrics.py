@@ -39,6 +39,8 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from .postprocess import first_pixels
+
 __all__ = [
     "ObjectScores",
     "PixelScores",
@@ -269,9 +271,7 @@ class _Overlap:
     cols: np.ndarray  # (k,) 0-based pred index
     inter: np.ndarray  # (k,) pixels in common, > 0
     true_flat: np.ndarray  # flattened ground-truth ids, for the raster-order tie-breaks
-    true_lut: np.ndarray  # ground-truth id -> 0-based GT index
     pred_flat: np.ndarray  # flattened prediction ids
-    pred_lut: np.ndarray  # prediction id -> 0-based pred index
 
     @property
     def iou(self) -> np.ndarray:
@@ -280,18 +280,11 @@ class _Overlap:
 
     def first_pixel(self) -> np.ndarray:
         """Raster index of the first pixel of each predicted object: ids do not matter to it."""
-        return _first_pixel(self.pred_flat, self.pred_lut)
+        return first_pixels(self.pred_flat)[1]
 
     def first_pixel_true(self) -> np.ndarray:
         """Raster index of the first pixel of each ground-truth object."""
-        return _first_pixel(self.true_flat, self.true_lut)
-
-
-def _first_pixel(flat: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Raster index of the first pixel of each present object, in 0-based object order."""
-    first = np.full(lut.size, flat.size, dtype=np.int64)
-    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.int64))
-    return first[lut >= 0]
+        return first_pixels(self.true_flat)[1]
 
 
 def _overlap(gt: np.ndarray, pred: np.ndarray) -> _Overlap:
@@ -320,9 +313,7 @@ def _overlap(gt: np.ndarray, pred: np.ndarray) -> _Overlap:
         cols=lut_p[cols],
         inter=inter.astype(np.int64),
         true_flat=g,
-        true_lut=lut_g,
         pred_flat=p,
-        pred_lut=lut_p,
     )
 
 

@@ -285,3 +285,22 @@ def _foreground_cut(dtype: np.dtype, threshold: float) -> np.generic:
     if float(cut) > threshold:
         cut = np.nextafter(cut, kind(-np.inf))
     return cut
+
+
+def first_pixels(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels present in ``lab`` (sorted, 0 left out) and the flat index of each one's
+    first pixel in raster order: the order :func:`watershed_dynamics` numbers objects in,
+    and a tie-break that does not depend on label ids (metrics, tile ownership).
+
+    A minimum per label in one pass, not ``np.unique(..., return_index=True)``: that
+    sorts every labelled pixel, the largest cost of ownership on a tile.
+    """
+    flat = lab.ravel()
+    nz = np.flatnonzero(flat)
+    if nz.size == 0:
+        return flat[:0], nz
+    values = flat[nz]
+    first = np.full(int(values.max()) + 1, flat.size, np.int64)
+    np.minimum.at(first, values, nz)
+    uniq = np.flatnonzero(first < flat.size)
+    return uniq.astype(flat.dtype), first[uniq]

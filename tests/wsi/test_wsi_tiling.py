@@ -283,25 +283,6 @@ def test_merge_claims_is_order_independent() -> None:
     assert results.pop() == (int(a_exact[0, 0]), int(b_approx[0, 1]), int(b_approx[0, 2]))
 
 
-def test_first_pixels_equal_unique_return_index() -> None:
-    """The one-pass minimum gives np.unique's labels and first indices (sparse ids, gaps, none)."""
-    from nucseg.wsi.tiling import _first_pixels
-
-    rng = np.random.default_rng(3)
-    for lab in (
-        rng.integers(0, 40, (60, 70)).astype(np.int32),
-        np.where(rng.random((50, 50)) < 0.7, 0, rng.choice([3, 9, 1000], (50, 50))).astype(np.int32),
-        np.zeros((8, 9), np.int32),
-    ):
-        flat = lab.ravel()
-        nz = np.flatnonzero(flat)
-        want_ids, want_first = np.unique(flat[nz], return_index=True)
-        ids, first = _first_pixels(lab)
-        assert ids.dtype == want_ids.dtype
-        np.testing.assert_array_equal(ids, want_ids)
-        np.testing.assert_array_equal(first, nz[want_first])
-
-
 def test_tissue_saturation_and_value_equal_rgb2hsv() -> None:
     """The (max, min) tables give rgb2hsv's float64 saturation and value bit for bit."""
     from skimage.color import rgb2hsv

@@ -478,23 +478,6 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, connectivity)
 
 
-def _first_pixels(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels present in ``lab`` (sorted) and the flat index of each one's first pixel.
-
-    A minimum per label in one pass, not ``np.unique(..., return_index=True)``: that
-    sorts every labelled pixel, the largest cost of ownership on a tile.
-    """
-    flat = lab.ravel()
-    nz = np.flatnonzero(flat)
-    if nz.size == 0:
-        return flat[:0], nz
-    values = flat[nz]
-    first = np.full(int(values.max()) + 1, flat.size, np.int64)
-    np.minimum.at(first, values, nz)
-    uniq = np.flatnonzero(first < flat.size)
-    return uniq.astype(flat.dtype), first[uniq]
-
-
 def own_objects(
     labels: np.ndarray,
     prob: np.ndarray,
@@ -552,7 +535,7 @@ def own_objects(
     """
     from scipy import ndimage
 
-    from nucseg.postprocess import foreground
+    from nucseg.postprocess import first_pixels, foreground
 
     vy0, vy1, vx0, vx1 = tile.valid
     if labels.shape != (vy1 - vy0, vx1 - vx0) or prob.shape != labels.shape:
@@ -572,7 +555,7 @@ def own_objects(
         centroid=np.zeros((0, 2)),
         bbox=np.zeros((0, 4), np.int64),
     )
-    basins, anchor = _first_pixels(labels)
+    basins, anchor = first_pixels(labels)
     if basins.size == 0:
         return empty
     ay, ax = anchor // w + vy0, anchor % w + vx0
