@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._cpu import limit_torch_threads
 from ._recipe import PostprocessRecipe
 
 __all__ = [
@@ -422,7 +423,10 @@ def load_model(
         when onnxruntime is installed and the precision is float32.
     threads : int, optional
         ONNX Runtime intra-op threads; ``torch.get_num_threads()`` when None. The
-        torch backend uses torch's own setting.
+        torch backend uses torch's own setting. On the CPU, torch's setting is first
+        lowered to the CPUs the process may use if it is higher
+        (:func:`nucseg._cpu.limit_torch_threads`: torch counts the affinity mask but not
+        a container's CPU quota, and would run one thread per host core).
 
     Returns
     -------
@@ -470,7 +474,10 @@ def load_model(
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"weights {weights} do not fit architecture {config.arch!r}: {exc}") from None
-    return NucleusModel(config, net, digest, _resolve_device(device), precision, backend=backend, threads=threads)
+    dev = _resolve_device(device)
+    if dev.type == "cpu":
+        limit_torch_threads()
+    return NucleusModel(config, net, digest, dev, precision, backend=backend, threads=threads)
 
 
 def _probe_radius(net: nn.Module, size: int, gen: torch.Generator) -> int:

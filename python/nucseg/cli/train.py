@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from nucseg._cpu import usable_cpus
 from nucseg.cli import run_guarded
 
 EPILOG = """\
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="processes augmenting batches ahead (default: 0 on the CPU; on a GPU, the CPU count - 1, at most 8); "
+        help="processes augmenting batches ahead (default: 0 on the CPU; on a GPU, the usable CPUs - 1, at most 8); "
         "the run does not depend on it",
     )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
@@ -261,7 +261,7 @@ def _workers(workers: int | None, device: str | None) -> int:
     import torch
 
     on_gpu = (device is None and torch.cuda.is_available()) or (device or "").startswith("cuda")
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if on_gpu else 0
+    return min(8, max(1, usable_cpus() - 1)) if on_gpu else 0
 
 
 if __name__ == "__main__":

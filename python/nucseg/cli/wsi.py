@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torch there; auto (default) = onnx on the CPU when installed and float32, else torch",
     )
     p.add_argument("--batch-size", type=int, default=2, help="tiles per inference batch (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="post-processing threads (default: CPU count)")
+    p.add_argument("--threads", type=int, default=None, help="post-processing threads (default: the CPUs this process may use: affinity and container quota)")
     p.add_argument("--tissue", default="auto", help="'auto' (default), 'none' or a mask image (non-zero = tissue)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT.zarr")

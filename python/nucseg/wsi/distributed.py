@@ -71,6 +71,7 @@ try:
 except ImportError:  # optional: the batch helpers work without it, run_distributed says what to install
     _PluginBase = object
 
+from .._cpu import usable_cpus
 from .location import Location, probe_write
 from .options import RunOptions, check_int, pick_options
 from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams
@@ -868,7 +869,7 @@ def connect(scheduler: Any = None, workers: int | None = None, threads_per_worke
             return Client(scheduler, timeout="30s"), None
         except OSError as exc:
             raise DistributedError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    n = check_int("workers", (os.cpu_count() or 1) if workers is None else workers, 1)
+    n = check_int("workers", usable_cpus() if workers is None else workers, 1)
     tpw = check_int("threads_per_worker", threads_per_worker, 1)
     cluster = LocalCluster(n_workers=n, threads_per_worker=tpw, processes=True, dashboard_address=":0")
     client = Client(cluster)
@@ -928,7 +929,7 @@ def run_distributed(
         An existing cluster (``"tcp://host:8786"``). Without it a ``LocalCluster`` of
         ``workers`` processes is started (and closed at the end).
     workers : int, optional
-        Worker processes of the local cluster (default: the CPU count).
+        Worker processes of the local cluster (default: the CPUs this process may use).
     threads_per_worker : int
         Threads per local worker (tasks run side by side; ``predict`` is serialised
         per worker, so reads and watershed overlap inference).

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from nucseg._cpu import usable_cpus
 from nucseg._recipe import PostprocessRecipe, recipe_of
 
 from .location import Location
@@ -571,7 +572,8 @@ def segment_slide(
     batch_size : int
         Tiles per inference call.
     threads : int, optional
-        Post-processing threads (default: the CPU count); readers use half as many.
+        Post-processing threads (default: the CPUs this process may use, see
+        :func:`nucseg._cpu.usable_cpus`); readers use half as many.
     tissue : ``"auto"``, ``"none"`` or path-like
         Tissue detection on an overview, no detection, or a mask image (non-zero =
         tissue) covering the slide.
@@ -622,7 +624,7 @@ def segment_slide(
         backend=backend,
     )
     o = pick_options(options, given)
-    threads = check_int("threads", (os.cpu_count() or 1) if threads is None else threads, 1)
+    threads = check_int("threads", usable_cpus() if threads is None else threads, 1)
     out_loc = Location.of(output)  # an unknown protocol or a missing fsspec backend: fail here
     if out_loc.exists() and not (o.resume or o.overwrite):
         raise StoreError(f"output {out_loc} already exists; pass --resume to continue it or --overwrite to replace it")
