@@ -18,7 +18,7 @@ examples:
   nucseg-wsi --demo demo.zarr
       write a small synthetic H&E slide beside demo.zarr and segment it (no data needed)
   nucseg-wsi slide.svs slide.zarr
-      the bundled model, tissue detection, 1024 px tiles
+      the bundled model, tissue detection, 2048 px tiles
   nucseg-wsi slide.svs slide.zarr --qc slide_qc.png --save-prob
       also a QC picture and the probability map
   nucseg-wsi slide.svs slide.zarr --geojson slide.geojson
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, overriding the slide's")
     p.add_argument("--level", type=int, default=None, help="pyramid level to read (default: closest to the model)")
-    p.add_argument("--tile", type=int, default=1024, help="tile core size in processing pixels (default 1024)")
+    p.add_argument("--tile", type=int, default=2048, help="tile core size in processing pixels (default 2048)")
     p.add_argument("--halo", type=int, default=None, help="pixels read around each tile (default: context + 96)")
     p.add_argument(
         "--max-halo", type=int, default=None, help="largest halo a tile is retried with for big clusters (default 512)"
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what runs the network: onnx = ONNX Runtime on the CPU (pip install 'nucseg[onnx]'), faster than "
         "torch there; auto (default) = onnx on the CPU when installed and float32, else torch",
     )
-    p.add_argument("--batch-size", type=int, default=2, help="tiles per inference batch (default 2)")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (default 1)")
     p.add_argument("--threads", type=int, default=None, help="post-processing threads (default: the CPUs this process may use: affinity and container quota)")
     p.add_argument("--tissue", default="auto", help="'auto' (default), 'none' or a mask image (non-zero = tissue)")
     mode = p.add_mutually_exclusive_group()

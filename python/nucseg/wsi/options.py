@@ -75,7 +75,7 @@ class RunOptions:
     connectivity: int = 1
     mpp: float | None = None
     level: int | None = None
-    tile: int = 1024
+    tile: int = 2048
     halo: int | None = None
     max_halo: int | None = None
     strict: bool = False
@@ -84,7 +84,7 @@ class RunOptions:
     overwrite: bool = False
     save_prob: bool = False
     save_image: bool = False
-    batch_size: int = 2
+    batch_size: int = 1
     device: str | None = None
     precision: str = "auto"
     backend: str = "torch"
