@@ -360,3 +360,17 @@ def test_threads_sharing_a_tiff_reader_read_what_one_thread_reads(tmp_path: Path
             got = list(pool.map(lambda r: s.read(*r), regions * 3))
     for a, b in zip(got, expected * 3):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("opaque", [True, False])
+def test_openslide_rgba_composited_on_white(opaque: bool) -> None:
+    """Premultiplied RGBA on white: rgb + 255 - alpha; the opaque shortcut returns the same."""
+    from nucseg.wsi.reader import _rgba_on_white
+
+    rng = np.random.default_rng(3)
+    alpha = np.full((40, 50), 255, np.uint8) if opaque else rng.integers(0, 256, (40, 50), dtype=np.uint8)
+    rgb = (rng.integers(0, 256, (40, 50, 3)) * alpha[..., None] // 255).astype(np.uint8)  # premultiplied
+    got = _rgba_on_white(np.dstack([rgb, alpha]))
+    expected = np.minimum(rgb.astype(int) + 255 - alpha[..., None].astype(int), 255)
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous and got.dtype == np.uint8

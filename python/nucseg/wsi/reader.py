@@ -376,6 +376,8 @@ class OpenSlideReader(SlideReader):
 
 def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite premultiplied RGBA (OpenSlide's output) on white."""
+    if rgba[..., 3].min() == 255:  # opaque, as inside a scanned region: the RGB as it is (2x cheaper)
+        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
     alpha = rgba[..., 3:4].astype(np.uint16)
     out = rgb + (255 - alpha)
