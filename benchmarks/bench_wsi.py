@@ -413,7 +413,8 @@ def test_readers(benchmark, read_slides, slide: str, reader: str, level: int, th
     ref = "openslide" if has_openslide else "tifffile"
     with_ref = reader != ref
     try:
-        diff = _readers.max_diff(reader, ref, path, level, _readers.boxes(*_readers.level_size(path, level), 3)) if with_ref else 0
+        first = _readers.boxes(*_readers.level_size(path, level), 3)
+        diff = _readers.max_diff(reader, ref, path, level, first) if with_ref else 0
     except Exception as exc:  # noqa: BLE001 - a reader that cannot decode this compression
         pytest.skip(f"{reader} cannot read {slide}: {type(exc).__name__}: {str(exc)[:80]}")
     runs: dict[str, list[dict]] = {reader: [], ref: []}

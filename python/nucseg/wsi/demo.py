@@ -315,8 +315,9 @@ def _write_level(tif: object, lv: np.ndarray, tag: int, args: dict, tile: int, m
                 part = np.ascontiguousarray(padded[y : y + tile, x : x + tile])
                 yield imagecodecs.jpeg2k_encode(part, level=args["level"], codecformat="J2K", mct=False)
 
-    tif.write(tiles(), shape=lv.shape, dtype=np.uint8, tile=(tile, tile), compression=33003,  # type: ignore[attr-defined]
-              **meta)
+    tif.write(  # type: ignore[attr-defined]
+        tiles(), shape=lv.shape, dtype=np.uint8, tile=(tile, tile), compression=33003, **meta
+    )
 
 
 def _rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:

@@ -5,10 +5,11 @@ geometry, the level-0 microns per pixel, and ``read(level, x, y, w, h)`` that re
 one RGB region of one level. Nothing ever reads a whole level.
 
 Which reads a slide (:func:`open_slide`'s ``reader``): tifffile with imagecodecs decodes
-the tiles of Aperio SVS (JPEG, RGB JPEG 2000, deflate, LZW) and generic tiled TIFF to the
-same pixels as OpenSlide, 3-9x faster (docs/SCALING.md, "Slide reading"), so ``"auto"``
-picks it there; OpenSlide keeps every other vendor format, and Aperio's YCbCr JPEG 2000
-(compression 33003), whose colour conversion tifffile does not do.
+the tiles of Aperio SVS and generic tiled TIFF (JPEG, RGB JPEG 2000, lossless) to the same
+pixels as OpenSlide, 4.5-7x faster on JPEG and deflate tiles and 1.3x on JPEG 2000
+(docs/SCALING.md, "Slide reading"), so ``"auto"`` picks it there; OpenSlide keeps every
+other vendor format, and Aperio's YCbCr JPEG 2000 (compression 33003), whose colour
+conversion tifffile does not do.
 
 Everything taken from the file (dimensions, level count, resolution) is validated
 before it is used to size an allocation.
