@@ -252,8 +252,8 @@ def write_tiled_slide(
     """
     import tifffile
 
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be uint8 (h, w, 3), got {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
+        raise ValueError(f"rgb must be a non-empty uint8 (h, w, 3) array, got {rgb.dtype} {rgb.shape}")
     if compression not in SLIDE_COMPRESSIONS:
         raise ValueError(f"compression must be one of {sorted(SLIDE_COMPRESSIONS)}, got {compression!r}")
     if layout not in ("aperio", "generic"):
