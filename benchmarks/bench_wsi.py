@@ -37,6 +37,20 @@ creation, ``finish`` the pyramid and table). With ``NUCSEG_BENCH_BASELINE`` set 
 ``python/`` folder of another checkout, the same slide is run with that code too,
 interleaved, ``NUCSEG_BENCH_PATH_ROUNDS`` times (default 3), and the medians' ratios
 are printed.
+
+Slide readers side by side (``test_readers``, :mod:`_readers`): OpenSlide, nucseg's
+tifffile reader, tiffslide and pyvips read the runner's read boxes (1232 px: a 1024 px
+core and its 104 px halo) of ``NUCSEG_BENCH_READ_SIDE`` px synthetic slides (default
+4096, 256 px tiles, 2x pyramid at 0.25 um/px: Aperio SVS with JPEG, RGB JPEG 2000 (33005)
+and YCbCr JPEG 2000 (33003) tiles, generic tiled TIFF with JPEG 2000 and deflate tiles)
+and of the real CMU-1 SVS when ``NUCSEG_DATA`` has it, at level 0 and level 1 (what a
+0.5 um/px model reads there), with 1 thread and 2 threads (one handle shared, or one
+each). Each measurement runs in a fresh process (its peak RSS is its own), the first
+``NUCSEG_BENCH_READ_BOXES`` boxes (default 8), alternating with OpenSlide on the same
+boxes ``NUCSEG_BENCH_READ_ROUNDS`` times (default 3): ``extra_info`` holds the medians'
+Mpix/s, tissue-free mm^2/min (the whole box area at the level's resolution), peak RSS,
+the ratio to OpenSlide of that same test, and the largest pixel difference from
+OpenSlide on three boxes (from tifffile where OpenSlide cannot read the slide).
 """
 
 from __future__ import annotations
@@ -327,3 +341,103 @@ if __name__ == "__main__":
     else:
         TILE = int(sys.argv[6])
         _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[7])
+
+
+READ_SIDE = int(os.environ.get("NUCSEG_BENCH_READ_SIDE", "4096"))
+READ_BOXES = int(os.environ.get("NUCSEG_BENCH_READ_BOXES", "8"))
+READ_ROUNDS = int(os.environ.get("NUCSEG_BENCH_READ_ROUNDS", "3"))
+_READ_SLIDES = [("aperio", "jpeg"), ("aperio", "aperio-j2k-rgb"), ("aperio", "aperio-j2k-ycbcr"),
+                ("generic", "jpeg2000"), ("generic", "deflate")]
+_READ_MODES = [(1, "shared"), (2, "shared"), (2, "own")]
+
+
+@pytest.fixture(scope="module")
+def read_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The synthetic slides of ``test_readers`` (written once), and the real SVS when present."""
+    pytest.importorskip("imagecodecs", reason="the JPEG and JPEG 2000 slides need pip install 'nucseg[fast-read]'")
+    import numpy as np
+
+    from nucseg.wsi.demo import synthetic_he, write_tiled_slide
+
+    root = tmp_path_factory.mktemp("readers")
+    base = min(READ_SIDE, 2048)  # a 2048 px synthetic image repeated: the decoders' work, without minutes of drawing
+    img, _, _ = synthetic_he((base, base), seed=7, spacing=34.0)
+    rgb = np.tile(img, (READ_SIDE // base, READ_SIDE // base, 1))
+    out = {f"{lay} {comp}": write_tiled_slide(root / f"{lay}-{comp}.{'svs' if lay == 'aperio' else 'tif'}", rgb,
+                                              compression=comp, layout=lay, levels=3)
+           for lay, comp in _READ_SLIDES}
+    real = Path(os.environ.get("NUCSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    if (real / "wsi" / "CMU-1-Small-Region.svs").is_file():
+        out["real CMU-1 SVS"] = real / "wsi" / "CMU-1-Small-Region.svs"
+    return out
+
+
+def _read_child(path: Path, level: int, reader: str, threads: int, mode: str) -> dict:
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, str(here / "_readers.py"), "--child", str(path), str(level), reader, str(threads), mode,
+           str(READ_BOXES)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(("threads", "mode"), _READ_MODES, ids=[f"{t}t-{m}" for t, m in _READ_MODES])
+@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("reader", ["tifffile", "tiffslide", "pyvips", "openslide"])
+@pytest.mark.parametrize("slide", [f"{lay} {comp}" for lay, comp in _READ_SLIDES] + ["real CMU-1 SVS"])
+def test_readers(benchmark, read_slides, slide: str, reader: str, level: int, threads: int, mode: str) -> None:
+    """One reader against OpenSlide on the same read boxes, in alternating fresh processes."""
+    import statistics
+
+    import _readers
+
+    if slide not in read_slides:
+        pytest.skip("the real slide is not under NUCSEG_DATA")
+    why = _readers.available(reader)
+    if why:
+        pytest.skip(f"{reader} is not installed: {why}")
+    path = read_slides[slide]
+    from nucseg.wsi.reader import OpenSlideReader, SlideError, TiffReader
+
+    try:
+        with OpenSlideReader(path) as r:
+            n_levels, has_openslide, mpp = len(r.levels), True, r.require_mpp()[0]
+    except SlideError:
+        if reader == "openslide":
+            pytest.skip("OpenSlide cannot read this slide")
+        with TiffReader(path) as r:
+            n_levels, has_openslide, mpp = len(r.levels), False, r.require_mpp()[0]
+    if level >= n_levels:
+        pytest.skip(f"the slide has {n_levels} level(s)")
+    ref = "openslide" if has_openslide else "tifffile"
+    with_ref = reader != ref
+    try:
+        first = _readers.boxes(*_readers.level_size(path, level), 3)
+        diff = _readers.max_diff(reader, ref, path, level, first) if with_ref else 0
+    except Exception as exc:  # noqa: BLE001 - a reader that cannot decode this compression
+        pytest.skip(f"{reader} cannot read {slide}: {type(exc).__name__}: {str(exc)[:80]}")
+    runs: dict[str, list[dict]] = {reader: [], ref: []}
+
+    def interleaved() -> None:
+        for _ in range(READ_ROUNDS):
+            for name in ([ref] if with_ref else []) + [reader]:
+                runs[name].append(_read_child(path, level, name, threads, mode))
+
+    benchmark.group = f"readers {slide} L{level} {threads}t-{mode}"
+    benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    mps = statistics.median(x["mpix_s"] for x in runs[reader])
+    base = statistics.median(x["mpix_s"] for x in runs[ref]) if with_ref else mps
+    um2_per_px = (mpp * 2**level) ** 2
+    info = {
+        "reader": reader, "slide": slide, "level": level, "threads": threads, "handles": mode,
+        "boxes": runs[reader][0]["boxes"], "box_px": runs[reader][0]["box"],
+        "mpix_s": round(mps, 2), "mm2_per_min": round(mps * um2_per_px * 60, 2),
+        f"{ref}_mpix_s": round(base, 2), f"ratio_to_{ref}": round(mps / base, 3),
+        "max_abs_diff": diff, "diff_vs": ref,
+        "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs[reader]), 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+    benchmark.extra_info.update(info)
+    print(f"\n{slide} L{level} {threads}t-{mode} {reader}: " + json.dumps(info))
+

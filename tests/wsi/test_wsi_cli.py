@@ -227,3 +227,30 @@ def test_precision_option_reaches_the_network(demo_image: np.ndarray, tmp_path: 
     with pytest.raises(SystemExit) as exc:  # argparse: usage line and exit status 2
         main([str(path), str(tmp_path / "x.zarr"), "--precision", "fp8"])
     assert exc.value.code == 2 and not (tmp_path / "x.zarr").exists()
+
+
+def test_reader_flag_reaches_the_slide_reader(demo_image: np.ndarray, tmp_path: Path) -> None:
+    """--reader picks what decodes the slide (recorded in the run metadata); the labels are the
+    same, and a resume with the other reader is accepted (the reader is not a store setting)."""
+    from nucseg.cli.wsi import _options, build_parser
+    from nucseg.wsi.demo import write_tiled_slide
+
+    pytest.importorskip("imagecodecs", reason="the JPEG slide is written and read with imagecodecs")
+    path = write_tiled_slide(tmp_path / "s.svs", demo_image[:512, :640], compression="jpeg", mpp=0.25, levels=2)
+    assert _options(build_parser().parse_args([str(path), "o.zarr"])).reader == "auto"
+    labels = {}
+    for reader in ("openslide", "tifffile"):
+        out = tmp_path / f"{reader}.zarr"
+        args = [str(path), str(out), "--model", "hematoxylin", "--tissue", "none", "--reader", reader, "--quiet"]
+        assert main(args) == 0
+        root = zarr.open_group(str(out), mode="r")
+        assert root.attrs["nucseg"]["slide"]["backend"] == reader
+        labels[reader] = root["labels/nuclei/0"][...]
+    np.testing.assert_array_equal(labels["openslide"], labels["tifffile"])
+    assert labels["tifffile"].max() > 0
+    resumed = [str(path), str(tmp_path / "openslide.zarr"), "--model", "hematoxylin", "--tissue", "none",
+               "--reader", "tifffile", "--resume", "--quiet"]
+    assert main(resumed) == 0
+    with pytest.raises(SystemExit) as exc:  # argparse: usage line and exit status 2
+        main([str(path), str(tmp_path / "x.zarr"), "--reader", "vips"])
+    assert exc.value.code == 2 and not (tmp_path / "x.zarr").exists()

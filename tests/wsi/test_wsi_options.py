@@ -32,6 +32,7 @@ from nucseg.wsi.pipeline import prepare_output
         ({"mpp": 0}, ValueError, "mpp must be between"),
         ({"tissue": 3}, TypeError, "tissue"),
         ({"precision": "fp8"}, ValueError, "precision must be one of"),
+        ({"reader": "vips"}, ValueError, "reader must be one of 'auto', 'openslide', 'tifffile', got 'vips'"),
         ({"resume": True, "overwrite": True}, ValueError, "exclusive"),
     ],
 )

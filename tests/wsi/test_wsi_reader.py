@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nucseg.wsi.demo import write_pyramid_tiff
-from nucseg.wsi.reader import SlideError, open_slide, validate_mpp
+from nucseg.wsi.reader import LevelInfo, ReaderUnavailable, SlideError, open_slide, validate_mpp
 
 
 def test_pyramidal_tiff_levels_mpp_and_pixels(demo_slide: Path, demo_image: np.ndarray) -> None:
@@ -151,9 +151,12 @@ def test_check_extent_names_the_slide_its_size_in_mm_and_the_limit(demo_slide: P
         assert s.check_extent() == pytest.approx((64.0, 51.2))
 
 
-def test_real_aperio_slide(cmu_slide: Path) -> None:
-    with open_slide(cmu_slide) as s:
-        assert s.backend == "openslide" and s.vendor == "aperio"
+@pytest.mark.parametrize("reader", ["openslide", "tifffile"])
+def test_real_aperio_slide(cmu_slide: Path, reader: str) -> None:
+    if reader == "tifffile":
+        pytest.importorskip("imagecodecs", reason="tifffile decodes JPEG tiles with imagecodecs")
+    with open_slide(cmu_slide, reader=reader) as s:
+        assert s.backend == reader and s.vendor == "aperio"
         assert (s.levels[0].width, s.levels[0].height) == (2220, 2967)
         assert s.mpp == pytest.approx((0.499, 0.499))
         rgb = s.read(0, 1000, 1000, 256, 128)
@@ -197,3 +200,177 @@ def test_tile_reads_equal_tifffile_zarr_reads(tmp_path: Path, demo_image: np.nda
                     s._tiled[level] = page
         assert s._cache.bytes <= max(s._cache.max_bytes, max((t.nbytes for t in s._cache.tiles.values()), default=0))
     assert rd.TILE_CACHE_BYTES >= 2**20
+
+
+# -- readers: tifffile against OpenSlide -------------------------------------------------
+
+
+def _random_regions(rng: np.random.Generator, lv: LevelInfo, n: int) -> list[tuple[int, int, int, int]]:
+    out = []
+    for _ in range(n):
+        w, h = int(rng.integers(1, lv.width + 1)), int(rng.integers(1, lv.height + 1))
+        out.append((int(rng.integers(0, lv.width - w + 1)), int(rng.integers(0, lv.height - h + 1)), w, h))
+    return out
+
+
+def test_real_svs_tifffile_equals_openslide(cmu_slide: Path) -> None:
+    """The whole level of the real JPEG SVS: the same pixels, resolution and geometry."""
+    pytest.importorskip("imagecodecs", reason="tifffile decodes JPEG tiles with imagecodecs")
+    with open_slide(cmu_slide, reader="openslide") as o, open_slide(cmu_slide) as t:
+        assert t.backend == "tifffile"  # auto picks it for JPEG SVS
+        assert [(lv.width, lv.height) for lv in t.levels] == [(lv.width, lv.height) for lv in o.levels]
+        assert t.mpp == o.mpp == pytest.approx((0.499, 0.499))
+        assert t.fingerprint() == o.fingerprint()
+        lv = o.levels[0]
+        np.testing.assert_array_equal(t.read(0, 0, 0, lv.width, lv.height), o.read(0, 0, 0, lv.width, lv.height))
+        np.testing.assert_array_equal(t.thumbnail(512).rgb, o.thumbnail(512).rgb)
+
+
+_LOSSY = {"jpeg", "jpeg2000", "aperio-j2k-rgb", "aperio-j2k-ycbcr"}
+
+
+def _slide(tmp_path: Path, image: np.ndarray, compression: str, layout: str) -> Path:
+    if compression in _LOSSY:
+        pytest.importorskip("imagecodecs", reason="lossy tiles are written and decoded with imagecodecs")
+    from nucseg.wsi.demo import write_tiled_slide
+
+    suffix = ".svs" if layout == "aperio" else ".tif"
+    # 700 x 900 px in 128 px tiles: partial tiles on the right and bottom edges of every level.
+    return write_tiled_slide(tmp_path / f"{layout}-{compression}{suffix}", image[:700, :900], compression=compression,
+                             layout=layout, mpp=0.25, levels=3, tile=128)
+
+
+@pytest.mark.parametrize(
+    ("layout", "compression"),
+    [("aperio", "jpeg"), ("aperio", "aperio-j2k-rgb"), ("aperio", "deflate"), ("aperio", "none"),
+     ("generic", "jpeg"), ("generic", "deflate")],
+)
+def test_tifffile_reads_the_pixels_openslide_reads(
+    tmp_path: Path, demo_image: np.ndarray, layout: str, compression: str
+) -> None:
+    """Formats both read: auto picks tifffile, and every level, region and property agrees."""
+    from nucseg.wsi.tiling import plan_geometry
+
+    path = _slide(tmp_path, demo_image, compression, layout)
+    rng = np.random.default_rng(1)
+    with open_slide(path, reader="openslide") as o, open_slide(path) as t:
+        assert (o.backend, t.backend) == ("openslide", "tifffile")
+        assert o.vendor == ("aperio" if layout == "aperio" else "generic-tiff")
+        assert t.vendor == ("aperio" if layout == "aperio" else "tiff")
+        assert [(lv.width, lv.height) for lv in t.levels] == [(900, 700), (450, 350), (225, 175)]
+        assert [(lv.width, lv.height) for lv in o.levels] == [(lv.width, lv.height) for lv in t.levels]
+        assert t.mpp == o.mpp == pytest.approx((0.25, 0.25))
+        for level, lv in enumerate(o.levels):
+            assert t.level_mpp(level) == pytest.approx(o.level_mpp(level))
+            for x, y, w, h in [(0, 0, lv.width, lv.height), *_random_regions(rng, lv, 8)]:
+                np.testing.assert_array_equal(t.read(level, x, y, w, h), o.read(level, x, y, w, h))
+        # The runner's level choice (the level closest to the model's 0.5 um/px) is the same.
+        sizes = [[(lv.width, lv.height) for lv in r.levels] for r in (o, t)]
+        geoms = [plan_geometry(sz, r.require_mpp(), 0.5, tile=128, halo=16, context=8) for sz, r in zip(sizes, (o, t))]
+        assert geoms[0].level == geoms[1].level == 1 and not geoms[1].resampled
+    if compression not in _LOSSY:  # and both are the written image
+        with open_slide(path) as t:
+            np.testing.assert_array_equal(t.read(0, 0, 0, 900, 700), demo_image[:700, :900])
+
+
+def test_aperio_ycbcr_jpeg2000_stays_with_openslide(tmp_path: Path, demo_image: np.ndarray) -> None:
+    """Compression 33003: tifffile returns the YCbCr samples; auto keeps OpenSlide, which converts."""
+    import tifffile
+
+    path = _slide(tmp_path, demo_image, "aperio-j2k-ycbcr", "aperio")
+    with open_slide(path) as s:
+        assert s.backend == "openslide"
+        rgb = s.read(0, 0, 0, 900, 700)
+    # OpenSlide's colours are the written image's (up to the lossy coding); tifffile's raw decode is not.
+    err = np.abs(rgb.astype(int) - demo_image[:700, :900])
+    assert err.max() <= 48 and err.mean() < 4
+    assert np.abs(tifffile.imread(path).astype(int) - rgb).mean() > 20
+    with pytest.raises(ReaderUnavailable, match=r"33003.*reader='openslide'"):
+        open_slide(path, reader="tifffile")
+
+
+def test_plain_jpeg2000_tiff_only_tifffile_reads(tmp_path: Path, demo_image: np.ndarray) -> None:
+    path = _slide(tmp_path, demo_image, "jpeg2000", "generic")
+    with open_slide(path) as s:
+        assert s.backend == "tifffile"
+        rgb = s.read(0, 0, 0, 900, 700)
+    err = np.abs(rgb.astype(int) - demo_image[:700, :900])  # lossy, 45 dB
+    assert err.max() <= 48 and err.mean() < 4
+    with pytest.raises(SlideError, match="OpenSlide cannot (open|read)"):
+        open_slide(path, reader="openslide")
+
+
+def test_reader_choice_is_checked_and_named(tmp_path: Path, demo_slide: Path) -> None:
+    with pytest.raises(ValueError, match="reader must be one of 'auto', 'openslide', 'tifffile', got 'vips'"):
+        open_slide(demo_slide, reader="vips")
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide\n")
+    with pytest.raises(SlideError, match="not a TIFF file, which reader='tifffile' needs"):
+        open_slide(text, reader="tifffile")
+
+
+def test_missing_imagecodecs_names_the_extra_and_auto_falls_back(
+    tmp_path: Path, demo_image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    jpeg = _slide(tmp_path, demo_image, "jpeg", "aperio")
+    generic = _slide(tmp_path, demo_image, "jpeg", "generic")
+    deflate = _slide(tmp_path, demo_image, "deflate", "aperio")
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import imagecodecs -> ImportError
+    with pytest.raises(ReaderUnavailable, match=r"compression 7\) with tifffile needs imagecodecs: "
+                                                r"pip install 'nucseg\[fast-read\]'"):
+        open_slide(jpeg, reader="tifffile")
+    for path in (jpeg, generic):  # OpenSlide reads them: auto uses it
+        with open_slide(path) as s:
+            assert s.backend == "openslide"
+    with open_slide(deflate) as s:  # zlib is Python's: tifffile needs no imagecodecs
+        assert s.backend == "tifffile"
+
+
+def test_tiles_never_written_are_glass_for_both_readers(tmp_path: Path, demo_image: np.ndarray) -> None:
+    """A tile with no data (TileByteCounts 0) is white, as OpenSlide composites it."""
+    import tifffile
+
+    path = _slide(tmp_path, demo_image, "deflate", "aperio")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tag = tif.pages[0].tags["TileByteCounts"]
+        counts = list(tag.value)
+        counts[8] = 0  # row 1, column 0 of the 8 x 6 tiles of 128 px
+        tag.overwrite(counts)
+    with open_slide(path, reader="openslide") as o, open_slide(path, reader="tifffile") as t:
+        a, b = o.read(0, 0, 100, 300, 200), t.read(0, 0, 100, 300, 200)
+    np.testing.assert_array_equal(b, a)
+    assert (b[28:156, :128] == 255).all() and (b[:28] != 255).any()
+
+
+def test_threads_sharing_a_tiff_reader_read_what_one_thread_reads(tmp_path: Path, demo_image: np.ndarray) -> None:
+    """Decoding outside the lock: two threads on one reader, with evictions, get the same regions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = _slide(tmp_path, demo_image, "jpeg", "aperio")
+    rng = np.random.default_rng(2)
+    with open_slide(path, reader="tifffile") as s:
+        regions = [(lv, *r) for lv in range(3) for r in _random_regions(rng, s.levels[lv], 20)]
+        expected = [s.read(*r) for r in regions]
+        s._cache.tiles.clear()
+        s._cache.bytes = 0
+        s._cache.max_bytes = 6 * 128 * 128 * 3
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda r: s.read(*r), regions * 3))
+    for a, b in zip(got, expected * 3):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("opaque", [True, False])
+def test_openslide_rgba_composited_on_white(opaque: bool) -> None:
+    """Premultiplied RGBA on white: rgb + 255 - alpha; the opaque shortcut returns the same."""
+    from nucseg.wsi.reader import _rgba_on_white
+
+    rng = np.random.default_rng(3)
+    alpha = np.full((40, 50), 255, np.uint8) if opaque else rng.integers(0, 256, (40, 50), dtype=np.uint8)
+    rgb = (rng.integers(0, 256, (40, 50, 3)) * alpha[..., None] // 255).astype(np.uint8)  # premultiplied
+    got = _rgba_on_white(np.dstack([rgb, alpha]))
+    expected = np.minimum(rgb.astype(int) + 255 - alpha[..., None].astype(int), 255)
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous and got.dtype == np.uint8

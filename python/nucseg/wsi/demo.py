@@ -193,3 +193,135 @@ def write_demo_slide(
     rgb, _, nuclei = synthetic_he(shape, seed=seed)
     write_pyramid_tiff(path, rgb, mpp=mpp, levels=levels)
     return nuclei
+
+
+#: Compressions :func:`write_tiled_slide` writes: name -> TIFF Compression tag value.
+SLIDE_COMPRESSIONS = {
+    "none": 1,
+    "deflate": 8,
+    "jpeg": 7,
+    "jpeg2000": 34712,  # plain JPEG 2000 tiles (OpenSlide does not read them)
+    "aperio-j2k-ycbcr": 33003,  # Aperio's JPEG 2000 with YCbCr samples in the codestream
+    "aperio-j2k-rgb": 33005,  # Aperio's JPEG 2000 with RGB samples
+}
+
+
+def write_tiled_slide(
+    path: str | os.PathLike[str],
+    rgb: np.ndarray,
+    *,
+    compression: str = "jpeg",
+    layout: str = "aperio",
+    mpp: float = 0.25,
+    levels: int = 3,
+    tile: int = 256,
+    quality: int | None = None,
+) -> Path:
+    """Write an RGB image as a tiled slide of the kinds scanners write (2x pyramid).
+
+    Unlike :func:`write_pyramid_tiff` (sub-IFDs), every level is a page of the main
+    chain, as in Aperio SVS and OpenSlide's "generic tiled TIFF", so OpenSlide reads the
+    whole pyramid. Lossy compressions need ``imagecodecs``.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file.
+    rgb : ndarray of uint8, shape (h, w, 3)
+    compression : str
+        A key of :data:`SLIDE_COMPRESSIONS`. ``"aperio-j2k-ycbcr"`` stores full-range
+        YCbCr (JPEG's BT.601 matrix) without the codestream's colour transform, as
+        Aperio's 33003 tiles do; readers must convert it back to RGB.
+    layout : {"aperio", "generic"}
+        ``"aperio"``: an Aperio ImageDescription (with ``MPP``) on each page and a
+        stripped thumbnail as the second page, so OpenSlide reads it as SVS;
+        ``"generic"``: resolution tags and reduced-resolution pages (OpenSlide's
+        generic-tiff).
+    mpp : float
+        Level-0 microns per pixel.
+    levels : int
+        Pyramid levels including level 0 (2x2 means).
+    tile : int
+        TIFF tile side (a multiple of 16).
+    quality : int, optional
+        JPEG quality (default 80) or JPEG 2000 PSNR in dB (default 45).
+
+    Returns
+    -------
+    Path
+    """
+    import tifffile
+
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
+        raise ValueError(f"rgb must be a non-empty uint8 (h, w, 3) array, got {rgb.dtype} {rgb.shape}")
+    if compression not in SLIDE_COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(SLIDE_COMPRESSIONS)}, got {compression!r}")
+    if layout not in ("aperio", "generic"):
+        raise ValueError(f"layout must be 'aperio' or 'generic', got {layout!r}")
+    if levels < 1 or tile < 16 or tile % 16:
+        raise ValueError(f"levels must be >= 1 and tile a multiple of 16, got levels={levels} tile={tile}")
+    path = Path(path)
+    tag = SLIDE_COMPRESSIONS[compression]
+    args = _compression_args(tag, quality)
+    pyramid = [rgb]
+    for _ in range(levels - 1):
+        lv = pyramid[-1]
+        hh, ww = lv.shape[0] // 2 * 2, lv.shape[1] // 2 * 2
+        pyramid.append(lv[:hh, :ww].reshape(hh // 2, 2, ww // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8))
+    h0, w0 = rgb.shape[:2]
+    with tifffile.TiffWriter(path, bigtiff=rgb.nbytes > 2**31) as tif:
+        for i, lv in enumerate(pyramid):
+            meta: dict = {"photometric": "rgb", "metadata": None}
+            if layout == "aperio":
+                meta["description"] = (
+                    f"Aperio Image Library v12.0.15\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile}) "
+                    f"-> {lv.shape[1]}x{lv.shape[0]} |AppMag = 40|MPP = {mpp}"
+                )
+            elif i == 0:
+                meta.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+            else:
+                meta["subfiletype"] = 1
+            _write_level(tif, lv, tag, args, tile, meta)
+            if layout == "aperio" and i == 0:  # Aperio's second page: a stripped thumbnail
+                step = max(1, max(h0, w0) // 256)
+                tif.write(np.ascontiguousarray(rgb[::step, ::step]), photometric="rgb", metadata=None,
+                          description="Aperio Image Library v12.0.15\nthumbnail")
+    return path
+
+
+def _compression_args(tag: int, quality: int | None) -> dict:
+    if tag == 7:
+        return {"level": 80 if quality is None else quality}
+    if tag in (33003, 33005, 34712):
+        return {"level": 45 if quality is None else quality}
+    return {}
+
+
+def _write_level(tif: object, lv: np.ndarray, tag: int, args: dict, tile: int, meta: dict) -> None:
+    """One tiled page; Aperio YCbCr JPEG 2000 tiles are encoded here (tifffile writes RGB)."""
+    if tag != 33003:
+        tif.write(lv, tile=(tile, tile), compression=tag if tag != 1 else None,  # type: ignore[attr-defined]
+                  compressionargs=args or None, **meta)
+        return
+    import imagecodecs
+
+    h, w = lv.shape[:2]
+    # Edge tiles padded by repeating the border: black YCbCr is saturated green, whose ringing would tint the edge.
+    padded = np.pad(_rgb_to_ycbcr(lv), ((0, -h % tile), (0, -w % tile), (0, 0)), mode="edge")
+
+    def tiles():  # row-major, each encoded without the codestream's colour transform
+        for y in range(0, padded.shape[0], tile):
+            for x in range(0, padded.shape[1], tile):
+                part = np.ascontiguousarray(padded[y : y + tile, x : x + tile])
+                yield imagecodecs.jpeg2k_encode(part, level=args["level"], codecformat="J2K", mct=False)
+
+    tif.write(  # type: ignore[attr-defined]
+        tiles(), shape=lv.shape, dtype=np.uint8, tile=(tile, tile), compression=33003, **meta
+    )
+
+
+def _rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 YCbCr (JPEG's), rounded to uint8."""
+    m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    ycc = rgb.astype(np.float32) @ m.T.astype(np.float32) + np.array([0.0, 128.0, 128.0], np.float32)
+    return np.clip(np.rint(ycc), 0, 255).astype(np.uint8)

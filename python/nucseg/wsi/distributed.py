@@ -228,7 +228,7 @@ class ModelPlugin(_PluginBase):
         if opened is not None and opened.key == key:
             return opened
         self.close_job()
-        reader = open_slide(job.slide, mpp=job.mpp)
+        reader = open_slide(job.slide, mpp=job.mpp, reader=job.reader)
         try:
             store = OutputStore.open(job.output)
         except BaseException:
@@ -295,6 +295,8 @@ class SlideJob:
         Absolute paths (or the output's URL), valid on every worker.
     mpp : float or None
         Level-0 microns per pixel override.
+    reader : str
+        What decodes the slide (:func:`nucseg.wsi.reader.open_slide`).
     geom : Geometry
         The processing geometry (:func:`nucseg.wsi.tiling.plan_geometry`).
     settings : dict
@@ -310,6 +312,7 @@ class SlideJob:
     slide: str
     output: str
     mpp: float | None
+    reader: str
     geom: Any
     settings: dict[str, Any]
     params: TileParams
@@ -482,7 +485,7 @@ def prepare_slide(slide: str, output: str, options: RunOptions, group: int, plug
     from .store import jsonable
 
     pred = worker_plugin(plugin).predictor
-    reader = open_slide(slide, mpp=options.mpp)
+    reader = open_slide(slide, mpp=options.mpp, reader=options.reader)
     try:
         setup = prepare_output(reader, pred, output, skip_complete=True, **options.prepare_kwargs())
     finally:
@@ -493,6 +496,7 @@ def prepare_slide(slide: str, output: str, options: RunOptions, group: int, plug
         slide=str(slide),
         output=str(setup.output),
         mpp=options.mpp,
+        reader=options.reader,
         geom=setup.geom,
         settings=jsonable(setup.settings),
         params=setup.params,
@@ -785,7 +789,7 @@ def _qc_png(job: SlideJob, store: Any) -> bytes:
     from .qc import qc_png
     from .reader import open_slide
 
-    reader = open_slide(job.slide, mpp=job.mpp)
+    reader = open_slide(job.slide, mpp=job.mpp, reader=job.reader)
     try:
         overview = reader.thumbnail(OVERVIEW_SIDE)
     finally:
@@ -901,6 +905,7 @@ def run_distributed(
     device: str | None = None,
     precision: str = "auto",
     backend: str = "torch",
+    reader: str = "auto",
     batch_size: int = 1,
     tissue: str | os.PathLike[str] = "auto",
     resume: bool = False,
@@ -935,7 +940,7 @@ def run_distributed(
         per worker, so reads and watershed overlap inference).
     group : int
         Tasks compute ``group x group`` tiles (a chunk-aligned region).
-    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, backend, batch_size, tissue
+    model, lam, threshold, mpp, level, tile, halo, max_halo, strict, device, precision, backend, reader, batch_size, tissue
         As for :func:`nucseg.wsi.segment_slide`.
     save_prob, save_image, connectivity, min_area
         As for :func:`nucseg.wsi.segment_slide`.
@@ -985,7 +990,7 @@ def run_distributed(
         lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
         halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
         save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
-        backend=backend,
+        backend=backend, reader=reader,
     )
     options = pick_options(options, given).with_absolute_paths()  # workers may run elsewhere
     group = check_int("group", group, 1)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .reader import validate_mpp
+from .reader import check_reader, validate_mpp
 
 __all__ = ["RunOptions", "check_int", "pick_options"]
 
@@ -65,6 +65,10 @@ class RunOptions:
         Where and in which arithmetic a network loaded by the run computes.
     backend : {"torch", "onnx", "auto"}
         Inference engine of a network loaded by the run (:mod:`nucseg.backends`).
+    reader : {"auto", "openslide", "tifffile"}
+        Which library decodes the slide (:func:`nucseg.wsi.reader.open_slide`). Not a
+        store setting: ``"auto"`` only picks tifffile where its pixels are OpenSlide's,
+        so a resume may use another reader.
 
     See :func:`nucseg.wsi.segment_slide` for each option in full.
     """
@@ -88,6 +92,7 @@ class RunOptions:
     device: str | None = None
     precision: str = "auto"
     backend: str = "torch"
+    reader: str = "auto"
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -115,6 +120,7 @@ class RunOptions:
             from nucseg.inference import check_precision
 
             check_precision(self.precision)
+        check_reader(self.reader)
         if self.backend != "torch":  # an unknown backend fails here, before any slide is read
             from nucseg.backends import check_backend
 
@@ -126,7 +132,8 @@ class RunOptions:
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`nucseg.wsi.pipeline.prepare_output` among these options."""
-        skip = {"mpp", "batch_size", "device", "precision", "backend"}  # the slide reader's, the runner's and the model's
+        # The slide reader's, the runner's and the model's.
+        skip = {"mpp", "reader", "batch_size", "device", "precision", "backend"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def with_absolute_paths(self) -> RunOptions:

@@ -509,6 +509,7 @@ def segment_slide(
     device: str | None = None,
     precision: str = "auto",
     backend: str = "torch",
+    reader: str = "auto",
     batch_size: int = 1,
     threads: int | None = None,
     tissue: str | os.PathLike[str] = "auto",
@@ -573,6 +574,10 @@ def segment_slide(
     backend : {"torch", "auto", "onnx"}
         What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime on
         the CPU with torch's thread count; ``"auto"`` picks it on the CPU when installed.
+    reader : {"auto", "openslide", "tifffile"}
+        What decodes the slide (:func:`nucseg.wsi.reader.open_slide`): ``"auto"`` is
+        tifffile for Aperio SVS and TIFF, where its pixels are OpenSlide's, OpenSlide
+        for the other formats. Not recorded as a setting: a resume may use another.
     batch_size : int
         Tiles per inference call (1: a 2048 px tile already fills a CPU or a GPU;
         2 doubles the network's memory for no measured gain on the CPU).
@@ -626,7 +631,7 @@ def segment_slide(
         lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity, mpp=mpp, level=level, tile=tile,
         halo=halo, max_halo=max_halo, strict=strict, tissue=tissue, resume=resume, overwrite=overwrite,
         save_prob=save_prob, save_image=save_image, batch_size=batch_size, device=device, precision=precision,
-        backend=backend,
+        backend=backend, reader=reader,
     )
     o = pick_options(options, given)
     threads = check_int("threads", usable_cpus() if threads is None else threads, 1)
@@ -636,7 +641,7 @@ def segment_slide(
     if qc is not None:
         check_qc_path(qc)
 
-    reader = open_slide(slide, mpp=o.mpp)
+    reader = open_slide(slide, mpp=o.mpp, reader=o.reader)
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
         pred = resolve_model(model, device=o.device, precision=o.precision, backend=o.backend)
