@@ -14,7 +14,8 @@ from scipy import ndimage as ndi  # noqa: E402
 from nucseg.batch_augment import CropDraw, draw_crop, render_batch, stack_sources  # noqa: E402
 from nucseg.data import AugmentConfig  # noqa: E402
 
-GEOMETRY = AugmentConfig(stain=0, brightness=0, contrast=0, blur_p=0, elastic_alpha=0)
+NO_COLOUR = dict(stain=0, brightness=0, contrast=0, blur_p=0, hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0)
+GEOMETRY = AugmentConfig(elastic_alpha=0, **NO_COLOUR)
 
 
 def _image(h=80, w=96, seed=0):
@@ -26,7 +27,7 @@ def _image(h=80, w=96, seed=0):
 
 def _plain(**kw) -> CropDraw:
     base = dict(image=0, scale=1.0, theta=0.0, flip=False, cy=40.0, cx=48.0, field=np.zeros((2, 0, 0), np.float32),
-                stain_alpha=np.ones(3), stain_beta=np.zeros(3), contrast=1.0, brightness=0.0, blur=0.0)
+                stain_alpha=np.ones(3), stain_beta=np.zeros(3), contrast=1.0, brightness=0.0, blur=0.0, jpeg=0)
     base.update(kw)
     return CropDraw(**base)
 
@@ -96,7 +97,7 @@ def test_full_augmentation_keeps_targets_aligned_with_the_image():
     mask = ((yy - 40) ** 2 + (xx - 50) ** 2 < 225) | ((yy - 90) ** 2 + (xx - 80) ** 2 < 300)
     rgb = np.where(mask[..., None], 60, 220).astype(np.uint8).repeat(3, axis=2)
     src = [stack_sources(rgb, [mask.astype(np.float32)], "cpu")]
-    aug = dataclasses.replace(AugmentConfig(), stain=0, brightness=0, contrast=0, blur_p=0)
+    aug = AugmentConfig(**NO_COLOUR)
     rng = np.random.default_rng(5)
     draws = [draw_crop(rng, [(128, 128)], 64, aug) for _ in range(8)]
     img, t = render_batch(draws, src, 64, aug, nearest=[True])

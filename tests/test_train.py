@@ -41,7 +41,8 @@ TINY = dict(
     optimizer="adamw",
     lr=1e-2,
     warmup=5,
-    augment=AugmentConfig(rotate=False, elastic_alpha=0, stain=0, brightness=0, contrast=0, blur_p=0, scale=(1, 1)),
+    augment=AugmentConfig(rotate=False, elastic_alpha=0, stain=0, brightness=0, contrast=0, blur_p=0, scale=(1, 1),
+                          hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0),
 )
 
 
@@ -216,7 +217,8 @@ def test_training_on_cuda_matches_cpu_and_overfits(tmp_path):
 
 def test_device_augmentation_trains_and_resumes_exactly(tmp_path):
     im = _synthetic_image()
-    aug = dict(TINY, augment=AugmentConfig(elastic_alpha=2.0, elastic_sigma=8.0, stain=0.05, blur_p=0.2),
+    aug = dict(TINY, augment=AugmentConfig(elastic_alpha=2.0, elastic_sigma=8.0, stain=0.05, blur_p=0.2,
+                                           hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0.2),
                augment_on="device")
     res = train(TrainConfig(iterations=60, checkpoint_every=1000, **aug), [im], tmp_path / "fit", tune=False)
     model = load_model(res.model_path, device="cpu")
