@@ -10,6 +10,12 @@ keeps them apart and :func:`nucseg.datasets.iter_source` refuses them for traini
         --out runs/union --minutes 30 --init default
     python scripts/multiorgan.py ... --hold-out cpm15 --out runs/lodo_cpm15 --minutes 15 --init default
 
+Augmentation: nucseg.data.AugmentConfig's defaults, i.e. with the HED stain jitter whose ranges
+were measured on these sources (scripts/stain_stats.py, docs/DATA.md "Augmentation"), blur and
+JPEG artefacts. ``--augment JSON`` changes fields, e.g. the colour augmentation of runs made
+before issue 17: ``--augment '{"hed_scale": [0, 0, 0], "hed_shift": [0, 0, 0], "jpeg_p": 0,
+"stain": 0.15, "contrast": 0.12}'``.
+
 Resumable: run the same command again after a stop. The watershed's lam / threshold /
 min_area are tuned on the training images only (each image once, not its repeats).
 """
@@ -64,6 +70,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=100_000)
+    ap.add_argument("--augment", type=json.loads, default={},
+                    help="JSON object of nucseg.data.AugmentConfig fields merged into the defaults")
     args = ap.parse_args()
 
     import torch
@@ -85,11 +93,13 @@ def main() -> None:
     elif args.init:
         init = args.init
     lr = args.lr if args.lr is not None else (5e-4 if init else None)
-    overrides = {"iterations": args.iterations, "time_budget_min": args.minutes, "init_weights": init}
+    overrides = {"iterations": args.iterations, "time_budget_min": args.minutes, "init_weights": init,
+                 "augment": args.augment}
     if lr is not None:
         overrides["lr"] = lr
     cfg = preset("default", **overrides)
     print("sources:", {s: len(v) for s, v in per_source.items()}, "draw list:", dict(Counter(im.patient.split("/")[0] for im in images)))
+    print("augment:", cfg.augment.to_dict())
     res = train(cfg, images, args.out, name="multiorgan", tune=False, threads=args.threads, progress=False)
     print(f"trained {res.iterations} steps in {res.seconds / 60:.1f} min, loss {res.final_loss:.4f}")
 

@@ -14,7 +14,8 @@ from scipy import ndimage as ndi  # noqa: E402
 from nucseg.batch_augment import CropDraw, draw_crop, render_batch, stack_sources  # noqa: E402
 from nucseg.data import AugmentConfig  # noqa: E402
 
-GEOMETRY = AugmentConfig(stain=0, brightness=0, contrast=0, blur_p=0, elastic_alpha=0)
+NO_COLOUR = dict(stain=0, brightness=0, contrast=0, blur_p=0, hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0)
+GEOMETRY = AugmentConfig(elastic_alpha=0, **NO_COLOUR)
 
 
 def _image(h=80, w=96, seed=0):
@@ -26,7 +27,7 @@ def _image(h=80, w=96, seed=0):
 
 def _plain(**kw) -> CropDraw:
     base = dict(image=0, scale=1.0, theta=0.0, flip=False, cy=40.0, cx=48.0, field=np.zeros((2, 0, 0), np.float32),
-                stain_alpha=np.ones(3), stain_beta=np.zeros(3), contrast=1.0, brightness=0.0, blur=0.0)
+                stain_alpha=np.ones(3), stain_beta=np.zeros(3), contrast=1.0, brightness=0.0, blur=0.0, jpeg=0)
     base.update(kw)
     return CropDraw(**base)
 
@@ -61,17 +62,62 @@ def test_rotated_scaled_crop_equals_scipy_map_coordinates(flip):
     assert (t[0, 0].numpy() == ref_mask).mean() > 0.98  # rounding of exact half-way points may differ
 
 
-def test_stain_jitter_equals_scikit_image_path():
-    rgb = _image()[0] / 255.0
-    alpha, beta = np.array([1.1, 0.9, 1.05]), np.array([0.004, -0.003, 0.001])
+def test_stain_jitter_equals_the_numpy_path():
+    rgb = _image()[0] / 255.0  # random colours: negative densities included, not clamped on either path
+    alpha, beta = np.array([2.1, 0.5, 1.05]), np.array([0.012, -0.008, 0.001])
     from nucseg import batch_augment
+    from nucseg.data import stain_jitter
 
     got = batch_augment._stain_jitter(torch.tensor(rgb, dtype=torch.float64).permute(2, 0, 1)[None],
                                       torch.tensor(alpha)[None], torch.tensor(beta)[None])[0].permute(1, 2, 0).numpy()
-    from skimage.color import hed2rgb, rgb2hed
+    np.testing.assert_allclose(got, stain_jitter(rgb, alpha, beta), atol=1e-6)  # numpy path returns float32
+    identity = batch_augment._stain_jitter(torch.tensor(rgb, dtype=torch.float64).permute(2, 0, 1)[None],
+                                           torch.ones(1, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64))
+    np.testing.assert_allclose(identity[0].permute(1, 2, 0).numpy(), rgb, atol=2e-6)  # 0 reads as 1e-6
 
-    ref = np.clip(hed2rgb(rgb2hed(rgb) * alpha + beta), 0, 1)
-    np.testing.assert_allclose(got, ref, atol=1e-9)
+
+def test_colour_chain_equals_the_numpy_paths():
+    # A fixed draw without geometry: stain, contrast, brightness and blur as augment_sample applies them.
+    from nucseg.data import stain_jitter
+
+    rgb, mask, _ = _image(seed=4)
+    rgb = ndi.gaussian_filter(rgb.astype(np.float64), (2, 2, 0)).round().astype(np.uint8)
+    alpha, beta = np.array([1.5, 0.7, 1.0]), np.array([0.005, -0.003, 0.0])
+    d = _plain(cy=40.5, cx=47.5, stain_alpha=alpha, stain_beta=beta, contrast=1.2, brightness=-0.03, blur=0.9)
+    img, _ = render_batch([d], [stack_sources(rgb, [mask], "cpu")], 32, AugmentConfig(**{**NO_COLOUR, "stain": 0.1}),
+                          nearest=[True])
+    ref = stain_jitter(rgb[25:57, 32:64] / 255.0, alpha, beta)
+    ref = (ref - 0.5) * 1.2 + 0.5 - 0.03
+    ref = np.clip(ndi.gaussian_filter(ref, (0.9, 0.9, 0)), 0, 1)
+    np.testing.assert_allclose(img[0].permute(1, 2, 0).numpy()[4:-4, 4:-4], ref[4:-4, 4:-4], atol=1e-5)
+
+
+def test_jpeg_is_pillows_round_trip_of_the_rendered_crop():
+    from nucseg.data import jpeg_roundtrip
+
+    rgb, mask, _ = _image(seed=5)
+    src = [stack_sources(rgb, [mask], "cpu")]
+    plain, _ = render_batch([_plain(cy=40.5, cx=47.5)], src, 32, GEOMETRY, nearest=[True])
+    got, t = render_batch([_plain(cy=40.5, cx=47.5, jpeg=40), _plain(cy=40.5, cx=47.5)], src, 32, GEOMETRY, nearest=[True])
+    want = jpeg_roundtrip(plain[0].permute(1, 2, 0).numpy(), 40)
+    np.testing.assert_array_equal(got[0].permute(1, 2, 0).numpy(), want)
+    assert np.abs(want - plain[0].permute(1, 2, 0).numpy()).mean() > 2 / 255  # random pixels: heavy artefacts
+    np.testing.assert_array_equal(got[1].numpy(), plain[0].numpy())  # a crop without a JPEG draw is untouched
+    np.testing.assert_array_equal(t[0, 0].numpy(), t[1, 0].numpy())  # targets never compressed
+
+
+def test_colour_draws_have_the_numpy_paths_distribution():
+    aug = AugmentConfig(jpeg_p=0.3, jpeg_quality=(50, 52))
+    rng = np.random.default_rng(2)
+    draws = [draw_crop(rng, [(128, 128)], 64, aug) for _ in range(3000)]
+    log_a = np.log([d.stain_alpha for d in draws])
+    beta = np.array([d.stain_beta for d in draws])
+    assert (np.abs(log_a) <= np.array(aug.hed_scale) + 1e-12).all() and (np.abs(beta) <= np.array(aug.hed_shift) + 1e-12).all()
+    np.testing.assert_allclose(log_a.var(axis=0), np.array(aug.hed_scale) ** 2 / 3, rtol=0.1)
+    q = np.array([d.jpeg for d in draws])
+    assert abs((q > 0).mean() - 0.3) < 0.03 and set(q[q > 0].tolist()) == {50, 51, 52}
+    blurred = np.array([d.blur for d in draws])
+    assert abs((blurred > 0).mean() - aug.blur_p) < 0.03 and blurred.max() <= aug.blur_sigma
 
 
 def test_draws_are_seeded_and_in_range():
@@ -96,7 +142,7 @@ def test_full_augmentation_keeps_targets_aligned_with_the_image():
     mask = ((yy - 40) ** 2 + (xx - 50) ** 2 < 225) | ((yy - 90) ** 2 + (xx - 80) ** 2 < 300)
     rgb = np.where(mask[..., None], 60, 220).astype(np.uint8).repeat(3, axis=2)
     src = [stack_sources(rgb, [mask.astype(np.float32)], "cpu")]
-    aug = dataclasses.replace(AugmentConfig(), stain=0, brightness=0, contrast=0, blur_p=0)
+    aug = AugmentConfig(**NO_COLOUR)
     rng = np.random.default_rng(5)
     draws = [draw_crop(rng, [(128, 128)], 64, aug) for _ in range(8)]
     img, t = render_batch(draws, src, 64, aug, nearest=[True])

@@ -10,8 +10,17 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from nucseg.data import (
+    HED_SCALE,
+    HED_SHIFT,
+    LEGACY_FIELDS,
     AugmentConfig,
     augment_sample,
+    draw_jpeg,
+    draw_stain,
+    hed_to_rgb,
+    jpeg_roundtrip,
+    rgb_to_hed,
+    stain_jitter,
     grouped_kfold,
     instance_distance,
     leave_one_patient_out,
@@ -20,6 +29,8 @@ from nucseg.data import (
     mask_to_instances,
     read_rgb,
 )
+
+NO_STAIN_NO_JPEG = dict(hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0)
 
 
 def _make_folder(root: Path, spec: dict[str, list[str]], *, size: int = 32, mode: str = "RGBA") -> Path:
@@ -201,7 +212,7 @@ def test_augmentation_warps_image_and_targets_together():
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = k
     mask = (labels > 0).astype(np.float32)
     rgb = np.stack([mask * 255, mask * 0, 255 - mask * 255], -1).astype(np.uint8)
-    geo_only = AugmentConfig(stain=0, brightness=0, contrast=0, blur_p=0)
+    geo_only = AugmentConfig(stain=0, brightness=0, contrast=0, blur_p=0, **NO_STAIN_NO_JPEG)
     for seed in range(5):
         img, (m,) = augment_sample(np.random.default_rng(seed), rgb, [mask], 64, geo_only, nearest=[True])
         assert img.shape == (64, 64, 3) and img.dtype == np.float32 and m.shape == (64, 64)
@@ -245,3 +256,152 @@ def test_augment_config_merged_replaces_and_checks_fields():
             base.merged(bad)
     with pytest.raises(ValueError, match="must be a dict"):
         base.merged([("flip", False)])
+
+
+# --------------------------------------------------------------------------- colour augmentation
+
+
+def _he_like(size=48, seed=0) -> np.ndarray:
+    """An RGB image in [0, 1] made from smooth, positive H, E, D densities (where skimage's clamp does nothing)."""
+    from skimage.color import hed2rgb
+
+    rng = np.random.default_rng(seed)
+    hed = np.stack([ndi.gaussian_filter(rng.random((size, size)), 3) for _ in range(3)], -1)
+    hed = hed / hed.max(axis=(0, 1)) * np.array([0.06, 0.03, 0.01]) + np.array([0.005, 0.004, 0.002])
+    return hed2rgb(hed)
+
+
+def test_hed_conversion_is_the_identity_and_matches_skimage_where_it_does_not_clamp():
+    rgb = np.random.default_rng(0).random((20, 30, 3)) * 0.98 + 0.01  # negative densities included
+    np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(rgb)), rgb, atol=1e-12)
+    np.testing.assert_allclose(stain_jitter(rgb, np.ones(3), np.zeros(3)), rgb, atol=1e-6)  # float32 rounding
+    from skimage.color import rgb2hed
+
+    he = _he_like()
+    np.testing.assert_allclose(rgb_to_hed(he), rgb2hed(he), atol=1e-12)
+    assert (rgb_to_hed(rgb) < 0).any()  # skimage would have clamped these
+
+
+def test_stain_jitter_scales_and_shifts_each_density():
+    from skimage.color import hed2rgb, rgb2hed
+
+    he = _he_like(seed=1)
+    alpha, beta = np.array([1.8, 0.6, 1.2]), np.array([0.004, -0.002, 0.001])
+    out = stain_jitter(he, alpha, beta)
+    # Checked with scikit-image on both sides: the densities of the result are the scaled ones.
+    np.testing.assert_allclose(rgb2hed(out.astype(np.float64)), rgb2hed(he) * alpha + beta, atol=2e-5)
+    np.testing.assert_allclose(out, np.clip(hed2rgb(rgb2hed(he) * alpha + beta), 0, 1), atol=1e-6)
+    darker = stain_jitter(he, np.array([2.0, 1.0, 1.0]), np.zeros(3))
+    assert darker.mean() < he.mean() - 0.02  # more haematoxylin absorbs more light
+
+
+def test_stain_draws_follow_the_configured_ranges():
+    aug = AugmentConfig(hed_scale=(0.8, 0.4, 0.0), hed_shift=(0.01, 0.0, 0.005))
+    rng = np.random.default_rng(0)
+    draws = [draw_stain(rng, aug) for _ in range(4000)]
+    log_a = np.log([a for a, _ in draws])
+    b = np.array([b for _, b in draws])
+    for c, (s, sh) in enumerate(zip(aug.hed_scale, aug.hed_shift)):
+        assert np.abs(log_a[:, c]).max() <= s + 1e-12 and np.abs(b[:, c]).max() <= sh + 1e-12
+        if s:  # ln alpha uniform on [-s, s]: mean 0, variance s^2 / 3, both ends reached
+            assert abs(log_a[:, c].mean()) < 0.05 * s and log_a[:, c].var() == pytest.approx(s * s / 3, rel=0.1)
+            assert np.abs(log_a[:, c]).max() > 0.99 * s
+        if sh:
+            assert b[:, c].var() == pytest.approx(sh * sh / 3, rel=0.1)
+    np.testing.assert_array_equal(log_a[:, 2], 0)
+
+
+def test_legacy_stain_draws_as_before_and_none_draws_nothing():
+    aug = AugmentConfig(stain=0.15, **NO_STAIN_NO_JPEG)
+    alpha, beta = draw_stain(np.random.default_rng(4), aug)
+    ref = np.random.default_rng(4)  # the former _stain_jitter's two draws
+    np.testing.assert_allclose(alpha, 1 + ref.uniform(-0.15, 0.15, 3), rtol=1e-15)
+    np.testing.assert_allclose(beta, ref.uniform(-0.15, 0.15, 3) * 0.05, rtol=1e-15)
+    rng = np.random.default_rng(4)
+    alpha, beta = draw_stain(rng, AugmentConfig.none())
+    np.testing.assert_array_equal(alpha, 1)
+    np.testing.assert_array_equal(beta, 0)
+    assert rng.random() == np.random.default_rng(4).random()  # the stream was not touched
+
+
+def test_jpeg_roundtrip_changes_an_image_by_a_bounded_amount():
+    he = _he_like(64, seed=2).astype(np.float32)
+    diffs = {q: float(np.abs(jpeg_roundtrip(he, q) - he).mean()) for q in (30, 60, 100)}
+    assert diffs[30] > diffs[60] > diffs[100]
+    assert 1 / 255 < diffs[30] < 10 / 255  # visible blocks, same image
+    assert diffs[100] < 1 / 255  # quality 100 nearly does nothing (8-bit rounding, chroma subsampling)
+    out = jpeg_roundtrip(he, 50)
+    assert out.dtype == np.float32 and out.shape == he.shape
+    np.testing.assert_allclose(out * 255, np.round(out * 255), atol=1e-4)  # decoded 8-bit values
+    for bad in (0, 101, 50.0, True):
+        with pytest.raises(ValueError, match="quality must be an integer in"):
+            jpeg_roundtrip(he, bad)
+
+
+def test_jpeg_draws_follow_the_configured_probability_and_qualities():
+    aug = AugmentConfig(jpeg_p=0.25, jpeg_quality=(40, 44))
+    rng = np.random.default_rng(1)
+    q = np.array([draw_jpeg(rng, aug) for _ in range(4000)])
+    assert abs((q > 0).mean() - 0.25) < 0.03  # binomial sd 0.007
+    assert set(q[q > 0].tolist()) == {40, 41, 42, 43, 44}
+    rng = np.random.default_rng(1)
+    assert draw_jpeg(rng, AugmentConfig(jpeg_p=0)) == 0
+    assert rng.random() == np.random.default_rng(1).random()
+
+
+def test_augment_sample_applies_the_drawn_stain_and_jpeg():
+    rgb = (_he_like(40, seed=3) * 255).round().astype(np.uint8)
+    # A plain full-size crop draws nothing for its geometry, so the colour draws come first.
+    hed_only = AugmentConfig.none().merged({"hed_scale": HED_SCALE, "hed_shift": HED_SHIFT})
+    img, _ = augment_sample(np.random.default_rng(5), rgb, [], 40, hed_only)
+    want = stain_jitter(rgb / 255.0, *draw_stain(np.random.default_rng(5), hed_only))
+    np.testing.assert_allclose(img, want, atol=1e-5)
+    assert np.abs(img - rgb / 255.0).mean() > 0.005
+    jpeg_only = AugmentConfig.none().merged({"jpeg_p": 1.0, "jpeg_quality": [35, 35]})
+    img, _ = augment_sample(np.random.default_rng(5), rgb, [], 40, jpeg_only)
+    np.testing.assert_array_equal(img, jpeg_roundtrip(rgb / 255.0, 35))
+
+
+def test_augment_config_validates_new_fields_on_construction_and_merge():
+    for bad, match in [
+        ({"hed_scale": [0.1, 0.1]}, "hed_scale must be"),
+        ({"hed_scale": [0.1, -0.1, 0.1]}, "hed_scale must be"),
+        ({"hed_shift": [0.1, float("inf"), 0.1]}, "hed_shift must be"),
+        ({"hed_shift": 0.01}, "hed_shift must be"),
+        ({"jpeg_p": 1.5}, "jpeg_p is a probability"),
+        ({"jpeg_p": -0.1}, "jpeg_p must be a finite number"),
+        ({"jpeg_quality": [0, 50]}, "jpeg_quality must be"),
+        ({"jpeg_quality": [60, 50]}, "jpeg_quality must be"),
+        ({"jpeg_quality": [30, 101]}, "jpeg_quality must be"),
+        ({"jpeg_quality": [30.0, 90]}, "jpeg_quality must be"),
+        ({"stain": True}, "stain must be a finite number"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            AugmentConfig().merged(bad)
+        with pytest.raises(ValueError, match=match):
+            AugmentConfig(**bad)
+    ok = AugmentConfig().merged({"hed_scale": [1, 0, 0.5], "jpeg_quality": [30, 30]})
+    assert ok.hed_scale == (1.0, 0.0, 0.5) and ok.jpeg_quality == (30, 30)
+
+
+def test_defaults_are_the_measured_ranges_and_round_trip():
+    aug = AugmentConfig()
+    assert aug.hed_scale == HED_SCALE and aug.hed_shift == HED_SHIFT and aug.stain == 0 and aug.stain_on
+    assert 0 < aug.jpeg_p <= 1 and aug.blur_p > 0 and aug.blur_sigma > 0.3  # blur, JPEG and HED all on
+    assert AugmentConfig.from_dict(aug.to_dict()) == aug
+    assert not AugmentConfig.none().stain_on and AugmentConfig.none().jpeg_p == 0
+
+
+def test_old_augment_dict_loads_with_the_behaviour_it_was_trained_with():
+    import json
+    from importlib.resources import files
+
+    doc = json.loads((files("nucseg") / "models" / "weights" / "default.json").read_text())
+    old = doc["training"]["recipe"]["augment"]
+    assert "hed_scale" not in old and "jpeg_p" not in old  # written before issue 17
+    aug = AugmentConfig.from_dict(old)
+    assert aug.stain == 0.15 and aug.hed_scale == (0, 0, 0) and aug.hed_shift == (0, 0, 0) and aug.jpeg_p == 0
+    assert aug.contrast == old["contrast"] == 0.12 and aug.scale == (0.8, 1.25)
+    assert AugmentConfig.from_dict({}) == AugmentConfig(**LEGACY_FIELDS)
+    with pytest.raises(ValueError, match="unknown augment field 'hue'"):
+        AugmentConfig.from_dict({**old, "hue": 0.1})

@@ -41,7 +41,8 @@ TINY = dict(
     optimizer="adamw",
     lr=1e-2,
     warmup=5,
-    augment=AugmentConfig(rotate=False, elastic_alpha=0, stain=0, brightness=0, contrast=0, blur_p=0, scale=(1, 1)),
+    augment=AugmentConfig(rotate=False, elastic_alpha=0, stain=0, brightness=0, contrast=0, blur_p=0, scale=(1, 1),
+                          hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0),
 )
 
 
@@ -216,7 +217,8 @@ def test_training_on_cuda_matches_cpu_and_overfits(tmp_path):
 
 def test_device_augmentation_trains_and_resumes_exactly(tmp_path):
     im = _synthetic_image()
-    aug = dict(TINY, augment=AugmentConfig(elastic_alpha=2.0, elastic_sigma=8.0, stain=0.05, blur_p=0.2),
+    aug = dict(TINY, augment=AugmentConfig(elastic_alpha=2.0, elastic_sigma=8.0, stain=0.05, blur_p=0.2,
+                                           hed_scale=(0, 0, 0), hed_shift=(0, 0, 0), jpeg_p=0.2),
                augment_on="device")
     res = train(TrainConfig(iterations=60, checkpoint_every=1000, **aug), [im], tmp_path / "fit", tune=False)
     model = load_model(res.model_path, device="cpu")
@@ -285,3 +287,32 @@ def test_image_digest_depends_on_pixels_and_shape_only():
     assert image_digest(b) != image_digest(a)
     assert image_digest(a.reshape(6, 8, 3)) != image_digest(a)
     assert image_digest(np.asfortranarray(a)) == image_digest(a)
+
+
+def test_recipe_saved_before_the_hed_and_jpeg_fields_loads_as_it_trained():
+    from importlib.resources import files
+
+    doc = json.loads((files("nucseg") / "models" / "weights" / "default.json").read_text())
+    cfg = TrainConfig.from_dict(doc["training"]["recipe"])
+    assert cfg.augment.stain == 0.15 and cfg.augment.hed_scale == (0, 0, 0) and cfg.augment.jpeg_p == 0
+    assert cfg.to_dict()["augment"]["hed_scale"] == [0.0, 0.0, 0.0]  # JSON-ready, read back equal
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_checkpoint_without_the_new_augment_fields_resumes_only_under_its_own_augmentation(tmp_path):
+    im = _synthetic_image(64)
+    legacy = AugmentConfig(rotate=False, elastic_alpha=0, scale=(1, 1), stain=0.15, hed_scale=(0, 0, 0),
+                           hed_shift=(0, 0, 0), jpeg_p=0)
+    cfg = TrainConfig(iterations=4, checkpoint_every=2, **{**TINY, "crop": 32, "augment": legacy})
+    train(cfg, [im], tmp_path, tune=False, stop_after=2)
+    meta = tmp_path / "checkpoint.json"
+    doc = json.loads(meta.read_text())
+    for key in ("hed_scale", "hed_shift", "jpeg_p", "jpeg_quality"):  # as a checkpoint written before issue 17
+        del doc["config"]["augment"][key]
+    meta.write_text(json.dumps(doc))
+    new_defaults = TrainConfig(iterations=4, checkpoint_every=2,
+                               **{**TINY, "crop": 32, "augment": AugmentConfig(rotate=False, elastic_alpha=0, scale=(1, 1))})
+    with pytest.raises(ValueError, match=r"different recipe \(differing: augment\.hed_scale, augment\.hed_shift, "
+                                         r"augment\.jpeg_p, augment\.stain\)"):
+        train(new_defaults, [im], tmp_path, tune=False)
+    assert train(cfg, [im], tmp_path, tune=False).iterations == 4

@@ -1,8 +1,10 @@
 """Augmentation of whole training batches with torch, on the training device.
 
 The same transformations as :func:`nucseg.data.augment_sample` (flip, rotation by any
-angle, scale jitter, elastic deformation, H&E stain jitter, brightness/contrast, blur),
-drawn with numpy from a generator the caller seeds, then rendered with
+angle, scale jitter, elastic deformation, H&E stain jitter, brightness/contrast, blur, JPEG
+artefacts), drawn with numpy from a generator the caller seeds (the stain and JPEG draws with
+the very functions of the CPU path, :func:`~nucseg.data.draw_stain` and
+:func:`~nucseg.data.draw_jpeg`), then rendered with
 :func:`torch.nn.functional.grid_sample` for all crops and channels at once. On a GPU this
 removes the CPU augmentation that otherwise bounds training speed (23 ms per 256 px crop
 with scipy); on one CPU thread a batch of 4 crops takes 50 ms instead of 134 ms.
@@ -11,7 +13,10 @@ Differences from :func:`~nucseg.data.augment_sample`: the elastic field is white
 a grid 4x coarser, Gaussian-filtered with ``elastic_sigma / 4`` and upsampled bicubically,
 instead of filtered at full resolution (the same amplitude and smoothness, 16x less
 work); the random draws come in another order. So a recipe trains on the same distribution of
-crops, not on the same crops, as with ``augment_on="cpu"``.
+crops, not on the same crops, as with ``augment_on="cpu"``. JPEG artefacts are the one step
+not rendered on the device: the crops that drew one go through Pillow's encoder on the CPU
+(:func:`~nucseg.data.jpeg_roundtrip`, the same round trip as the CPU path) and back, about a
+millisecond per 256 px crop; no device JPEG encoder would give the same artefacts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import AugmentConfig, draw_centre, draw_pose
+from .data import AugmentConfig, draw_centre, draw_jpeg, draw_pose, draw_stain, jpeg_roundtrip
 
 __all__ = ["CropDraw", "draw_crop", "render_batch", "stack_sources"]
 
@@ -50,6 +55,8 @@ class CropDraw:
     contrast, brightness : float
     blur : float
         Gaussian blur sigma in pixels; 0 = none.
+    jpeg : int
+        JPEG quality of the compression round trip; 0 = none.
     """
 
     image: int
@@ -64,6 +71,7 @@ class CropDraw:
     contrast: float
     brightness: float
     blur: float
+    jpeg: int = 0
 
 
 def draw_crop(rng: np.random.Generator, shapes: Sequence[tuple[int, int]], size: int, aug: AugmentConfig) -> CropDraw:
@@ -85,12 +93,12 @@ def draw_crop(rng: np.random.Generator, shapes: Sequence[tuple[int, int]], size:
         field = rng.standard_normal((2, _coarse(size), _coarse(size))).astype(np.float32)
     else:
         field = np.zeros((2, 0, 0), np.float32)
-    alpha = 1 + rng.uniform(-aug.stain, aug.stain, 3) if aug.stain > 0 else np.ones(3)
-    beta = rng.uniform(-aug.stain, aug.stain, 3) * 0.05 if aug.stain > 0 else np.zeros(3)
+    alpha, beta = draw_stain(rng, aug)
     contrast = 1 + rng.uniform(-aug.contrast, aug.contrast) if aug.contrast > 0 else 1.0
     brightness = rng.uniform(-aug.brightness, aug.brightness) if aug.brightness > 0 else 0.0
     blur = rng.uniform(0.3, aug.blur_sigma) if aug.blur_p > 0 and rng.random() < aug.blur_p else 0.0
-    return CropDraw(image, scale, theta, flip, cy, cx, field, alpha, beta, float(contrast), float(brightness), float(blur))
+    return CropDraw(image, scale, theta, flip, cy, cx, field, alpha, beta, float(contrast), float(brightness), float(blur),
+                    draw_jpeg(rng, aug))
 
 
 _ELASTIC_STEP = 4  # the elastic noise is drawn and filtered on a grid this much coarser
@@ -130,15 +138,15 @@ _LOG_ADJUST = math.log(1e-6)  # skimage.color.separate_stains' constant
 
 
 def _stain_jitter(rgb: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """:func:`nucseg.data._stain_jitter` for a ``(B, 3, H, W)`` batch: rgb2hed, scale and shift, hed2rgb
-    (scikit-image's formulas and H&E-DAB matrices, Ruifrok & Johnston 2001)."""
+    """:func:`nucseg.data.stain_jitter` for a ``(B, 3, H, W)`` batch: densities (not clamped at 0),
+    scale and shift, back to RGB (scikit-image's formulas and H&E-DAB matrices, Ruifrok & Johnston 2001)."""
     from skimage.color import hed_from_rgb as hfr
     from skimage.color import rgb_from_hed as rfh
 
     hed_from_rgb = torch.as_tensor(hfr, dtype=rgb.dtype, device=rgb.device)
     rgb_from_hed = torch.as_tensor(rfh, dtype=rgb.dtype, device=rgb.device)
     od = torch.log(rgb.clamp(0, 1).clamp_min(1e-6)) / _LOG_ADJUST
-    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb).clamp_min(0)
+    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb)
     hed = hed * alpha[:, :, None, None] + beta[:, :, None, None]
     log_rgb = -(hed * -_LOG_ADJUST)
     out = torch.exp(torch.einsum("bchw,cd->bdhw", log_rgb, rgb_from_hed))
@@ -190,12 +198,20 @@ def render_batch(
         crops.append(crop)
     batch = torch.stack(crops)
     img, targets = batch[:, :3], batch[:, 3:]
-    if aug.stain > 0:
+    if aug.stain_on:
         alpha = torch.as_tensor(np.stack([d.stain_alpha for d in draws]), dtype=img.dtype, device=device)
         beta = torch.as_tensor(np.stack([d.stain_beta for d in draws]), dtype=img.dtype, device=device)
         img = _stain_jitter(img, alpha, beta)
     f = torch.tensor([d.contrast for d in draws], dtype=img.dtype, device=device)[:, None, None, None]
     b = torch.tensor([d.brightness for d in draws], dtype=img.dtype, device=device)[:, None, None, None]
     img = (img - 0.5) * f + 0.5 + b
-    img = torch.stack([_blur(im, d.blur) if d.blur > 0 else im for im, d in zip(img, draws)])
-    return img.clamp(0, 1), targets
+    img = torch.stack([_blur(im, d.blur) if d.blur > 0 else im for im, d in zip(img, draws)]).clamp(0, 1)
+    if any(d.jpeg for d in draws):
+        img = torch.stack([_jpeg(im, d.jpeg) if d.jpeg else im for im, d in zip(img, draws)])
+    return img, targets
+
+
+def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """:func:`nucseg.data.jpeg_roundtrip` of one ``(3, H, W)`` crop, through the CPU and back to its device."""
+    rgb = img.detach().permute(1, 2, 0).to("cpu", torch.float32).numpy()
+    return torch.from_numpy(jpeg_roundtrip(rgb, quality)).permute(2, 0, 1).to(img.device, img.dtype)

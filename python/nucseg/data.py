@@ -23,17 +23,26 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "AugmentConfig",
+    "HED_SCALE",
+    "HED_SHIFT",
+    "LEGACY_FIELDS",
     "TNBCImage",
     "augment_sample",
     "draw_centre",
+    "draw_jpeg",
     "draw_pose",
+    "draw_stain",
     "grouped_kfold",
+    "hed_to_rgb",
     "instance_distance",
+    "jpeg_roundtrip",
     "leave_one_patient_out",
     "load_tnbc",
     "loss_weights",
     "mask_to_instances",
     "read_rgb",
+    "rgb_to_hed",
+    "stain_jitter",
 ]
 
 _SLIDE_RE = re.compile(r"^Slide_(\w+)$")
@@ -363,9 +372,22 @@ def loss_weights(labels: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0, ba
 # --------------------------------------------------------------------------- augmentation
 
 
+#: H, E, D jitter defaults: the ranges measured on the training sources by
+#: scripts/stain_stats.py (docs/DATA.md, "Augmentation").
+HED_SCALE = (1.14, 0.92, 0.95)
+HED_SHIFT = (0.015, 0.011, 0.008)
+
+#: What a field missing from a saved recipe means (:meth:`AugmentConfig.from_dict`): the value
+#: that reproduces what training did before the field existed, not today's default.
+LEGACY_FIELDS: dict[str, object] = {"stain": 0.15, "hed_scale": (0.0, 0.0, 0.0), "hed_shift": (0.0, 0.0, 0.0), "jpeg_p": 0.0}
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentation of training crops.
+    """Random augmentation of training crops (checked on construction).
+
+    Colour transformations apply to the image only, in this order: stain jitter, brightness
+    and contrast, blur, JPEG artefacts.
 
     Attributes
     ----------
@@ -376,12 +398,31 @@ class AugmentConfig:
     elastic_alpha, elastic_sigma : float
         Elastic deformation amplitude (px) and smoothness (px); alpha 0 disables.
     blur_p, blur_sigma : float
-        Probability and maximum sigma of Gaussian blur.
+        Probability and maximum sigma (px) of Gaussian blur; sigma ~ U(0.3, blur_sigma).
+    hed_scale, hed_shift : tuple of float
+        HED jitter in optical-density space (Tellez et al. 2018): the haematoxylin, eosin
+        and DAB densities (:func:`rgb_to_hed`) become ``od * alpha + beta``
+        per channel, with ``ln alpha ~ U(-hed_scale, hed_scale)`` (a factor and its inverse
+        equally likely) and ``beta ~ U(-hed_shift, hed_shift)``. The defaults span the
+        measured differences between the training sources (:data:`HED_SCALE`,
+        :data:`HED_SHIFT`); zeros disable.
     stain : float
-        H&E stain jitter: each haematoxylin/eosin/DAB optical density is scaled by
-        ``1 + U(-stain, stain)`` and shifted by ``U(-stain, stain) * 0.05``.
+        The former stain jitter, kept for recipes saved before ``hed_scale`` (0.15 then):
+        every density scaled by ``1 + U(-stain, stain)`` and shifted by
+        ``0.05 * U(-stain, stain)``. With the HED jitter on too, the factors multiply and the
+        shifts add.
     brightness, contrast : float
         Brightness shift and contrast factor jitter amplitudes.
+    jpeg_p : float
+        Probability of a JPEG compression round trip (Pillow, 4:2:0 chroma subsampling).
+    jpeg_quality : tuple of int
+        Inclusive range of the JPEG quality drawn uniformly, ``1 <= lo <= hi <= 100``.
+
+    Notes
+    -----
+    Saved recipes are read back with :meth:`from_dict`, which gives a field they lack its
+    :data:`LEGACY_FIELDS` value: a model file written before the HED and JPEG fields
+    existed still describes what its training did.
     """
 
     flip: bool = True
@@ -391,46 +432,94 @@ class AugmentConfig:
     elastic_sigma: float = 12.0
     blur_p: float = 0.2
     blur_sigma: float = 1.2
-    stain: float = 0.15
+    stain: float = 0.0
     brightness: float = 0.06
-    contrast: float = 0.12
+    contrast: float = 0.25
+    hed_scale: tuple[float, float, float] = HED_SCALE
+    hed_shift: tuple[float, float, float] = HED_SHIFT
+    jpeg_p: float = 0.25
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _checked_field(f.name, getattr(self, f.name)))
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         """No augmentation at all (plain random crops)."""
-        return cls(False, False, (1.0, 1.0), 0.0, 12.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(flip=False, rotate=False, scale=(1.0, 1.0), elastic_alpha=0.0, blur_p=0.0, blur_sigma=0.0,
+                   stain=0.0, brightness=0.0, contrast=0.0, hed_scale=(0.0, 0.0, 0.0), hed_shift=(0.0, 0.0, 0.0),
+                   jpeg_p=0.0)
+
+    @property
+    def stain_on(self) -> bool:
+        """Whether any stain jitter (the former one or the HED one) is on."""
+        return self.stain > 0 or any(self.hed_scale) or any(self.hed_shift)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict (tuples as lists); :meth:`from_dict` reads it back."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugmentConfig":
+        """A saved augmentation recipe; fields it lacks take their :data:`LEGACY_FIELDS` value.
+
+        Raises ``ValueError`` naming the field for an unknown name or an invalid value.
+        """
+        _check_names(d)
+        return cls(**{**LEGACY_FIELDS, **d})
 
     def merged(self, changes: dict) -> "AugmentConfig":
         """A copy with the fields in ``changes`` replaced, checked.
 
         Raises ``ValueError`` naming the field for an unknown name, a wrong type, a
-        negative amount, a probability outside [0, 1] or a scale range that is not
-        ``0 < lo <= hi``.
+        negative amount, a probability outside [0, 1], a scale range that is not
+        ``0 < lo <= hi`` or a JPEG quality range that is not ``1 <= lo <= hi <= 100``.
         """
-        if not isinstance(changes, dict):
-            raise ValueError(f"augment changes must be a dict of field: value, got {type(changes).__name__}")
-        known = {f.name for f in fields(self)}
-        clean: dict = {}
-        for key, value in changes.items():
-            if key not in known:
-                raise ValueError(f"unknown augment field {key!r}; expected one of {sorted(known)}")
-            if key in ("flip", "rotate"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"augment {key} must be true or false, got {value!r}")
-            elif key == "scale":
-                ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-                if not ok or not 0 < value[0] <= value[1]:
-                    raise ValueError(f"augment scale must be [lo, hi] with 0 < lo <= hi, got {value!r}")
-                value = (float(value[0]), float(value[1]))
-            else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                    raise ValueError(f"augment {key} must be a finite number >= 0, got {value!r}")
-                if key == "blur_p" and value > 1:
-                    raise ValueError(f"augment blur_p is a probability in [0, 1], got {value!r}")
-                value = float(value)
-            clean[key] = value
-        return replace(self, **clean)
+        _check_names(changes)
+        return replace(self, **changes)
+
+
+def _check_names(changes: object) -> None:
+    if not isinstance(changes, dict):
+        raise ValueError(f"augment changes must be a dict of field: value, got {type(changes).__name__}")
+    known = {f.name for f in fields(AugmentConfig)}
+    for key in changes:
+        if key not in known:
+            raise ValueError(f"unknown augment field {key!r}; expected one of {sorted(known)}")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checked_field(key: str, value: object) -> object:
+    """``value`` of AugmentConfig field ``key`` in its canonical type, or ValueError naming the field."""
+    if key in ("flip", "rotate"):
+        if not isinstance(value, bool):
+            raise ValueError(f"augment {key} must be true or false, got {value!r}")
+        return value
+    if key == "scale":
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value))
+        if not ok or not 0 < value[0] <= value[1]:
+            raise ValueError(f"augment scale must be [lo, hi] with 0 < lo <= hi, got {value!r}")
+        return (float(value[0]), float(value[1]))
+    if key in ("hed_scale", "hed_shift"):
+        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_number(v) and v >= 0 for v in value)
+        if not ok:
+            raise ValueError(f"augment {key} must be [h, e, d]: three finite numbers >= 0, got {value!r}")
+        return tuple(float(v) for v in value)
+    if key == "jpeg_quality":
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        if not ok or not 1 <= value[0] <= value[1] <= 100:
+            raise ValueError(f"augment jpeg_quality must be [lo, hi] integers with 1 <= lo <= hi <= 100, got {value!r}")
+        return (int(value[0]), int(value[1]))
+    if not _is_number(value) or value < 0:
+        raise ValueError(f"augment {key} must be a finite number >= 0, got {value!r}")
+    if key in ("blur_p", "jpeg_p") and value > 1:
+        raise ValueError(f"augment {key} is a probability in [0, 1], got {value!r}")
+    return float(value)
 
 
 def draw_pose(rng: np.random.Generator, aug: AugmentConfig) -> tuple[float, float, bool]:
@@ -475,13 +564,91 @@ def _sampling_grid(
     return np.stack([ys + cy, xs + cx]).astype(np.float32)
 
 
-def _stain_jitter(rgb: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-    from skimage.color import hed2rgb, rgb2hed
+def draw_stain(rng: np.random.Generator, aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Scale ``alpha`` and shift ``beta`` ``(3,)`` of the H, E, D densities of one crop.
 
-    hed = rgb2hed(np.clip(rgb, 0, 1))
-    alpha = 1 + rng.uniform(-amount, amount, 3)
-    beta = rng.uniform(-amount, amount, 3) * 0.05
-    return np.clip(hed2rgb(hed * alpha + beta), 0, 1).astype(np.float32)
+    Draws nothing when ``aug.stain_on`` is False (then ``alpha = 1``, ``beta = 0``). The
+    former ``stain`` jitter is drawn first, as before, so an old recipe keeps its random stream.
+    """
+    alpha, beta = np.ones(3), np.zeros(3)
+    if aug.stain > 0:
+        alpha = 1 + rng.uniform(-aug.stain, aug.stain, 3)
+        beta = rng.uniform(-aug.stain, aug.stain, 3) * 0.05
+    if any(aug.hed_scale) or any(aug.hed_shift):
+        alpha = alpha * np.exp(rng.uniform(-1, 1, 3) * np.asarray(aug.hed_scale))
+        beta = beta + rng.uniform(-1, 1, 3) * np.asarray(aug.hed_shift)
+    return alpha, beta
+
+
+def draw_jpeg(rng: np.random.Generator, aug: AugmentConfig) -> int:
+    """JPEG quality of one crop's compression round trip, or 0 for none."""
+    if aug.jpeg_p > 0 and rng.random() < aug.jpeg_p:
+        lo, hi = aug.jpeg_quality
+        return int(rng.integers(lo, hi + 1))
+    return 0
+
+
+# scikit-image's separate_stains/combine_stains scale: densities are ln(absorbance) / ln(1e-6).
+_LOG_ADJUST = math.log(1e-6)
+
+
+def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and DAB densities of an RGB image in [0, 1], not clamped at 0.
+
+    :func:`skimage.color.rgb2hed` (Ruifrok & Johnston matrix, its units) without its final
+    ``max(., 0)``: with it, a pixel with a negative density (much of a pale slide's eosin)
+    does not come back from :func:`hed_to_rgb`; without it the pair is the identity.
+    """
+    from skimage.color import hed_from_rgb
+
+    od = np.log(np.maximum(rgb, 1e-6)) / _LOG_ADJUST
+    return od @ hed_from_rgb
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hed` (:func:`skimage.color.hed2rgb`), clipped to [0, 1]."""
+    from skimage.color import rgb_from_hed
+
+    return np.clip(np.exp((hed @ rgb_from_hed) * _LOG_ADJUST), 0, 1)
+
+
+def stain_jitter(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Scale and shift the H, E, D optical densities of an RGB image in [0, 1].
+
+    ``hed_to_rgb(rgb_to_hed(rgb) * alpha + beta)``: ``float32`` ``(H, W, 3)``. With
+    ``alpha = 1, beta = 0`` the identity (up to rounding, and pixels at 0 read as 1e-6).
+    """
+    hed = rgb_to_hed(np.clip(np.asarray(rgb, np.float64), 0, 1))
+    return hed_to_rgb(hed * np.asarray(alpha) + np.asarray(beta)).astype(np.float32)
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """Compress an RGB image in [0, 1] as JPEG with Pillow and decode it.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` float image in [0, 1] (rounded to 8 bits first, as a scanner stores it).
+    quality : int
+        JPEG quality, 1-100 (Pillow's default 4:2:0 chroma subsampling).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` ``(H, W, 3)`` in [0, 1], on the 1/255 grid.
+    """
+    import io
+
+    from PIL import Image
+
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an integer in [1, 100], got {quality!r}")
+    u8 = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def augment_sample(
@@ -496,7 +663,7 @@ def augment_sample(
     """Draw one augmented ``size x size`` crop of an image and its target maps.
 
     Geometry (flip, rotation, scale, elastic) is one resampling grid applied to
-    the image and every target; colour (stain, brightness, contrast, blur) is
+    the image and every target; colour (stain, brightness, contrast, blur, JPEG) is
     applied to the image only.
 
     Parameters
@@ -531,8 +698,8 @@ def augment_sample(
         ndi.map_coordinates(np.asarray(t, np.float32), grid, order=0 if nn else 1, mode="mirror")
         for t, nn in zip(targets, nearest)
     ]
-    if aug.stain > 0:
-        img = _stain_jitter(img, rng, aug.stain)
+    if aug.stain_on:
+        img = stain_jitter(img, *draw_stain(rng, aug))
     if aug.contrast > 0 or aug.brightness > 0:
         f = 1 + rng.uniform(-aug.contrast, aug.contrast)
         b = rng.uniform(-aug.brightness, aug.brightness)
@@ -540,4 +707,8 @@ def augment_sample(
     if aug.blur_p > 0 and rng.random() < aug.blur_p:
         sig = rng.uniform(0.3, aug.blur_sigma)
         img = ndi.gaussian_filter(img, (sig, sig, 0))
-    return np.clip(img, 0, 1).astype(np.float32), warped
+    img = np.clip(img, 0, 1).astype(np.float32)
+    quality = draw_jpeg(rng, aug)
+    if quality:
+        img = jpeg_roundtrip(img, quality)
+    return img, warped

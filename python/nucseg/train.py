@@ -135,17 +135,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
         d = dataclasses.asdict(self)
-        d["augment"]["scale"] = list(self.augment.scale)
+        d["augment"] = self.augment.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        An augmentation field missing from ``d`` (a recipe saved before it existed) takes the
+        value that reproduces that recipe (:meth:`nucseg.data.AugmentConfig.from_dict`).
+        """
         d = dict(d)
-        aug = dict(d.pop("augment", {}))
-        if "scale" in aug:
-            aug["scale"] = tuple(aug["scale"])
-        return cls(**d, augment=AugmentConfig(**aug))
+        augment = AugmentConfig.from_dict(dict(d.pop("augment", {})))
+        return cls(**d, augment=augment)
 
 
 @dataclass(frozen=True)
@@ -447,8 +449,10 @@ def train(
     if resume and (out / "checkpoint.json").is_file():
         prev = json.loads((out / "checkpoint.json").read_text())
         # Through from_dict, so a recipe saved before a field existed compares with its default.
-        if TrainConfig.from_dict(prev.get("config", {})).to_dict() != cfg.to_dict():
-            raise ValueError(f"{out} holds a checkpoint of a different recipe; use another folder or resume=False")
+        changed = _changed_fields(TrainConfig.from_dict(prev.get("config", {})).to_dict(), cfg.to_dict())
+        if changed:
+            raise ValueError(f"{out} holds a checkpoint of a different recipe (differing: {', '.join(changed)}); "
+                             "use another folder or resume=False")
         doc = load_checkpoint(out, net, opt)
         step, elapsed, losses = doc["step"], doc["elapsed"], doc["losses"]
         log.info("resumed %s at step %d", out, step)
@@ -618,6 +622,18 @@ def training_record(path: str | os.PathLike) -> TrainingRecord:
         None if patients is None else sorted(str(p) for p in patients),
         None if digests is None else frozenset(str(d) for d in digests),
     )
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two recipe dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key == "augment":
+            out += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
 
 
 def _state(cfg: TrainConfig, step: int, elapsed: float, losses: list[float]) -> dict[str, Any]:
