@@ -194,9 +194,9 @@ def test_cli_train_loader_workers_default(monkeypatch):
 
     assert _workers(3, "cpu") == 3 and _workers(0, "cuda") == 0  # as asked
     assert _workers(None, "cpu") == 0
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("nucseg.cli.train.usable_cpus", lambda: 16)  # the CPUs this process may use
     assert _workers(None, "cuda") == 8 and _workers(None, "cuda:1") == 8
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("nucseg.cli.train.usable_cpus", lambda: 2)
     assert _workers(None, "cuda") == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _workers(None, None) == 1  # auto picks the GPU
