@@ -23,6 +23,17 @@
 
 namespace nucseg {
 
+// Number of trailing zero bits (bits != 0): the index of the lowest set bit.
+inline unsigned trailing_zeros(std::uint64_t bits) {
+#if defined(_MSC_VER)
+    unsigned long index;
+    _BitScanForward64(&index, bits);
+    return static_cast<unsigned>(index);
+#else
+    return static_cast<unsigned>(__builtin_ctzll(bits));
+#endif
+}
+
 // Hierarchical (bucket) queue for 8-bit maps (Meyer 1991): one FIFO segment per grey
 // level, sized from the component's histogram because every pixel is pushed exactly
 // once. O(1) push and pop; 4 bytes per pixel of the component. (BucketQueue below
@@ -142,7 +153,7 @@ public:
         std::uint32_t total = 0;
         for (std::size_t w = 0; w < occupied_.size(); ++w) {
             for (std::uint64_t bits = occupied_[w]; bits != 0; bits &= bits - 1) {
-                const std::size_t s = 64 * w + lowest_bit(bits);
+                const std::size_t s = 64 * w + trailing_zeros(bits);
                 const std::uint32_t count = rank_[s];
                 rank_[s] = static_cast<std::uint32_t>(head_.size());
                 head_.push_back(total);
@@ -169,16 +180,6 @@ public:
 
 private:
     std::size_t slot(T value) const { return static_cast<std::size_t>((KeyOf<T>::of(value) - lo_) >> shift_); }
-
-    static unsigned lowest_bit(std::uint64_t bits) {
-#if defined(_MSC_VER)
-        unsigned long i;
-        _BitScanForward64(&i, bits);
-        return static_cast<unsigned>(i);
-#else
-        return static_cast<unsigned>(__builtin_ctzll(bits));
-#endif
-    }
 
     std::vector<std::uint32_t> items_, head_, tail_, rank_;
     std::vector<std::uint64_t> occupied_;

@@ -37,9 +37,6 @@
 #define NUCSEG_SSE2 1
 #include <emmintrin.h>
 #endif
-#if defined(_MSC_VER)
-#include <intrin.h>
-#endif
 
 namespace nucseg {
 
@@ -410,16 +407,6 @@ inline std::uint32_t nonzero_mask(const std::int32_t* out, int count) {
     return m;
 }
 
-// Number of trailing zero bits (bits != 0).
-inline int trailing_zeros(std::uint32_t bits) {
-#if defined(_MSC_VER)
-    unsigned long index;
-    _BitScanForward(&index, bits);
-    return static_cast<int>(index);
-#else
-    return __builtin_ctz(bits);
-#endif
-}
 
 // Appends the runs of one classified row (`out`, pixel `base` first) to `runs`,
 // 32 pixels at a time: a bit mask of the foreground, read run by run.
