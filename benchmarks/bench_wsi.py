@@ -24,7 +24,7 @@ when onnxruntime is missing), ONNX Runtime with the same thread count as torch.
 
 The slide path without the network (``test_slide_path``): a synthetic slide of
 ``NUCSEG_BENCH_PATH_SIDE`` px (default 4096) at 0.25 um/px, tiles of
-``NUCSEG_BENCH_PATH_TILE`` px (default 1024, the CLI's), segmented with a
+``NUCSEG_BENCH_PATH_TILE`` px (default 2048, the CLI's), segmented with a
 :class:`~nucseg.wsi.precomputed.PrecomputedPredictor` that replays the hematoxylin map
 computed beforehand: the run pays read, decode, halo, watershed, ownership,
 morphometrics, table rows and compressed zarr writes, and a lookup for the network.
@@ -205,7 +205,7 @@ def _child(slide: str, out: str, model: str, device: str, threads: int, backend:
 
 
 PATH_SIDE = int(os.environ.get("NUCSEG_BENCH_PATH_SIDE", "4096"))
-PATH_TILE = int(os.environ.get("NUCSEG_BENCH_PATH_TILE", "1024"))
+PATH_TILE = int(os.environ.get("NUCSEG_BENCH_PATH_TILE", "2048"))
 PATH_ROUNDS = int(os.environ.get("NUCSEG_BENCH_PATH_ROUNDS", "3"))
 BASELINE = os.environ.get("NUCSEG_BENCH_BASELINE", "")
 _STAGES = ("read", "infer", "post", "write")
