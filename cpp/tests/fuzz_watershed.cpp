@@ -99,7 +99,8 @@ int resample_case(std::mt19937& rng) {
     const bool outside = rng() % 8 == 0;
     std::vector<std::uint8_t> src(static_cast<std::size_t>(h * w * c));
     for (auto& v : src) v = static_cast<std::uint8_t>(rng());
-    const float odd[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -1e30f, 1e30f};
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    const float odd[] = {nan, inf, -1e30f, 1e30f};
     auto taps = [&](std::ptrdiff_t n, std::ptrdiff_t k, std::ptrdiff_t n_src, std::vector<std::int64_t>& index,
                     std::vector<float>& weight) {
         index.resize(static_cast<std::size_t>(n * k));
