@@ -21,7 +21,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     write = terminalreporter.write_line
     write("")
     if rows:
-        write("watershed_dynamics throughput (Mpix/s, best of rounds; ratio = nucseg / method)")
+        write("throughput (Mpix/s, best of rounds; ratio = nucseg / method)")
     for (size, dtype), methods in sorted(rows.items()):
         ours = methods.get("nucseg")
         for method, mpix in sorted(methods.items(), key=lambda kv: -kv[1]):

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "nucseg/resample.hpp"
 #include "nucseg/watershed.hpp"
 
 namespace {
@@ -89,6 +90,41 @@ int preconditions(std::mt19937& rng) {
 
 }  // namespace
 
+// One resampling call with random taps, some outside the source (must throw before any
+// read) and weights that may be huge, infinite or NaN (the uint8 conversion must stay
+// defined: UBSan's float-cast-overflow would report it). Returns 1 when refused.
+int resample_case(std::mt19937& rng) {
+    const std::ptrdiff_t h = 1 + rng() % 40, w = 1 + rng() % 40, c = 1 + rng() % 5;
+    const std::ptrdiff_t n_rows = rng() % 30, n_cols = rng() % 30, ky = 1 + rng() % 8, kx = 1 + rng() % 8;
+    const bool outside = rng() % 8 == 0;
+    std::vector<std::uint8_t> src(static_cast<std::size_t>(h * w * c));
+    for (auto& v : src) v = static_cast<std::uint8_t>(rng());
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    const float odd[] = {nan, inf, -1e30f, 1e30f};
+    auto taps = [&](std::ptrdiff_t n, std::ptrdiff_t k, std::ptrdiff_t n_src, std::vector<std::int64_t>& index,
+                    std::vector<float>& weight) {
+        index.resize(static_cast<std::size_t>(n * k));
+        weight.resize(index.size());
+        for (std::size_t i = 0; i < index.size(); ++i) {
+            index[i] = static_cast<std::int64_t>(rng() % static_cast<unsigned>(n_src));
+            weight[i] = rng() % 50 == 0 ? odd[rng() % 4] : static_cast<float>(rng() % 2001) / 1000.0f - 0.5f;
+        }
+        if (outside && !index.empty()) index[rng() % index.size()] = rng() % 2 ? -1 : n_src;
+        return nucseg::Taps{index.data(), weight.data(), n, k};
+    };
+    std::vector<std::int64_t> iy, ix;
+    std::vector<float> wy, wx;
+    const nucseg::Taps rows = taps(n_rows, ky, h, iy, wy), cols = taps(n_cols, kx, w, ix, wx);
+    std::vector<std::uint8_t> out(static_cast<std::size_t>(n_rows * n_cols * c));
+    try {
+        nucseg::resample_separable(src.data(), h, w, c, rows, cols, out.data());
+    } catch (const std::invalid_argument&) {
+        if (!outside) std::abort();  // in-range taps are never refused
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char** argv) {
     const long cases = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 20000;
     std::mt19937 rng(12345);
@@ -116,7 +152,10 @@ int main(int argc, char** argv) {
         refusals += preconditions<std::uint8_t>(rng) + preconditions<std::uint16_t>(rng);
         refusals += preconditions<float>(rng) + preconditions<double>(rng);
     }
-    std::printf("fuzz_watershed: %ld cases, %zu objects, %d precondition cases, no sanitizer report\n", cases, objects,
-                refusals);
+    int resample_refusals = 0;
+    for (long i = 0; i < cases / 10 + 1; ++i) resample_refusals += resample_case(rng);
+    std::printf("fuzz_watershed: %ld cases, %zu objects, %d precondition cases, %ld resampling cases (%d refused), "
+                "no sanitizer report\n",
+                cases, objects, refusals, cases / 10 + 1, resample_refusals);
     return 0;
 }

@@ -15,3 +15,11 @@ def _interrupt_polls() -> int: ...
 def perimeter_and_convex_area(
     labels: npt.NDArray[np.int32], n: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+
+def resample_separable(
+    src: npt.NDArray[np.uint8],
+    row_index: npt.NDArray[np.int64 | np.int32],
+    row_weight: npt.NDArray[np.float32],
+    col_index: npt.NDArray[np.int64 | np.int32],
+    col_weight: npt.NDArray[np.float32],
+) -> npt.NDArray[np.uint8]: ...

@@ -86,16 +86,20 @@ def test_resample_taps_weights_and_linear_exactness() -> None:
     np.testing.assert_allclose(out, centre * 3.0 + 1.0, rtol=1e-5)
 
 
-def test_read_region_is_bitwise_tile_invariant(tmp_path: Path, demo_image: np.ndarray) -> None:
+@pytest.mark.parametrize(("mpp", "size"), [(0.5, (600, 800)), (0.4, (480, 640)), (0.2, (240, 320))])
+def test_read_region_is_bitwise_tile_invariant(
+    tmp_path: Path, demo_image: np.ndarray, mpp: float, size: tuple[int, int]
+) -> None:
     from nucseg.wsi.demo import write_pyramid_tiff
 
-    path = write_pyramid_tiff(tmp_path / "s.tif", demo_image[:300, :400], mpp=0.5, levels=1)
+    path = write_pyramid_tiff(tmp_path / "s.tif", demo_image[:300, :400], mpp=mpp, levels=1)
     with open_slide(path) as s:
         g = plan_geometry([(400, 300)], s.mpp, 0.25, tile=128, halo=16, context=4)
-        assert g.size == (600, 800)
-        big = read_region(s, g, (0, 600, 0, 800))
-        part = read_region(s, g, (123, 311, 250, 517))
-        np.testing.assert_array_equal(part, big[123:311, 250:517])
+        assert g.size == size  # upsampled 2x and 1.6x, downsampled 0.8x
+        h, w = size
+        big = read_region(s, g, (0, h, 0, w))
+        part = read_region(s, g, (123, h - 37, 150, w - 51))
+        np.testing.assert_array_equal(part, big[123 : h - 37, 150 : w - 51])
         # Outside the image the region is the image mirrored (numpy "reflect").
         edge = read_region(s, g, (-16, 100, -16, 100))
         np.testing.assert_array_equal(edge, np.pad(big, ((16, 0), (16, 0), (0, 0)), mode="reflect")[:116, :116])

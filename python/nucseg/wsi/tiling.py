@@ -53,7 +53,9 @@ Resampling
 Separable linear interpolation (a triangle kernel widened to ``1/scale`` source pixels
 when downsampling, for anti-aliasing). The taps and weights of an output pixel depend
 only on its global position, and borders clamp at the *slide* edge, so a pixel gets the
-same value bit for bit whichever tile computes it.
+same value bit for bit whichever tile computes it: the compiled kernel
+(``cpp/include/nucseg/resample.hpp``) accumulates each value tap by tap in float32 in a
+fixed order, rows first, then rounds half to even.
 """
 
 from __future__ import annotations
@@ -312,19 +314,6 @@ def resample_taps(start: int, stop: int, scale: float, n_src: int) -> tuple[np.n
     return np.clip(index, 0, n_src - 1), weight.astype(np.float32)
 
 
-def _apply_taps(src: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    # Accumulate tap by tap in a fixed order: each output value is computed by the same
-    # operations whichever region it is part of (bitwise tile invariance).
-    shape = [1] * src.ndim
-    shape[axis] = index.shape[0]
-    out = None
-    for t in range(index.shape[1]):
-        term = np.take(src, index[:, t], axis=axis) * weight[:, t].reshape(shape)
-        out = term if out is None else out + term
-    assert out is not None
-    return out
-
-
 def read_region(reader: object, geom: Geometry, box: Box) -> np.ndarray:
     """Read ``box`` of the processing image from the slide as RGB uint8.
 
@@ -356,15 +345,15 @@ def _read_inside(reader: object, geom: Geometry, box: Box) -> np.ndarray:
     y0, y1, x0, x1 = box
     if not geom.resampled:
         return reader.read(geom.level, x0, y0, x1 - x0, y1 - y0)  # type: ignore[attr-defined]
+    from nucseg._core import resample_separable
+
     h, w = geom.level_size
     iy, wy = resample_taps(y0, y1, geom.scale[0], h)
     ix, wx = resample_taps(x0, x1, geom.scale[1], w)
     sy0, sy1 = int(iy.min()), int(iy.max()) + 1
     sx0, sx1 = int(ix.min()), int(ix.max()) + 1
-    src = reader.read(geom.level, sx0, sy0, sx1 - sx0, sy1 - sy0).astype(np.float32)  # type: ignore[attr-defined]
-    rows = _apply_taps(src, iy - sy0, wy, axis=0)
-    out = _apply_taps(rows, ix - sx0, wx, axis=1)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    src = reader.read(geom.level, sx0, sy0, sx1 - sx0, sy1 - sy0)  # type: ignore[attr-defined]
+    return resample_separable(np.ascontiguousarray(src), iy - sy0, wy, ix - sx0, wx)
 
 
 # -- ids -----------------------------------------------------------------------------
