@@ -416,3 +416,40 @@ def test_level_selection_on_an_80x_pyramid(tmp_path: Path, demo_image: np.ndarra
     from wsi_helpers import matched_fraction
 
     assert matched_fraction(whole, _labels(tmp_path / "b.zarr"), iou=0.5) > 0.9
+
+
+def _local_map(batch: np.ndarray) -> np.ndarray:
+    """A stand-in network of context 3 px: a 7x7 box mean of the red channel (edges mirrored)."""
+    from scipy import ndimage
+
+    return np.stack([ndimage.uniform_filter(b[..., 0].astype(np.float32), 7, mode="mirror") for b in batch])
+
+
+@pytest.mark.parametrize(("h", "w", "window"), [(300, 260, 128), (300, 260, 96), (97, 400, 64), (50, 60, 64)])
+def test_predict_in_windows_equals_one_piece_and_bounds_the_input(h, w, window):
+    """A halo retry's map in windows: the same as one piece wherever each window kept its
+    context (here everywhere: the stand-in's context is 3 px, 8 are kept), and no window
+    larger than the tiles' read box, so the network's memory is that of an ordinary tile."""
+    from nucseg.wsi.pipeline import predict_in_windows
+
+    rgb = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    seen = []
+
+    def predict(batch):
+        seen.append(batch.shape[1:3])
+        return _local_map(batch)
+
+    got = predict_in_windows(predict, rgb, window=window, context=8, stride=8)
+    np.testing.assert_array_equal(got, _local_map(rgb[None])[0])
+    assert all(a <= window and b <= window for a, b in seen)
+    if h <= window and w <= window:
+        assert seen == [(h, w)]  # small enough: one call, as before
+    else:
+        assert len(seen) <= (-(-h // (window - 16)) * -(-w // (window - 16)))  # the fewest windows
+
+
+def test_predict_in_windows_refuses_a_window_without_room():
+    from nucseg.wsi.pipeline import predict_in_windows
+
+    with pytest.raises(ValueError, match="no room"):
+        predict_in_windows(_local_map, np.zeros((100, 100, 3), np.uint8), window=20, context=8, stride=8)

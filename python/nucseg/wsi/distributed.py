@@ -74,7 +74,7 @@ except ImportError:  # optional: the batch helpers work without it, run_distribu
 from .._cpu import usable_cpus
 from .location import Location, probe_write
 from .options import RunOptions, check_int, pick_options
-from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams
+from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams, predict_in_windows
 from .store import (  # apply_pending_spill: also importable from here, as documented before
     SPILL_DIR,
     apply_pending_spill,  # noqa: F401
@@ -627,8 +627,9 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
         return prob
 
     def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
-        rgb = read(t)
-        return rgb, infer(rgb[None])[0]
+        rgb = read(t)  # a larger halo: predicted in windows no larger than a tile's read box (memory)
+        window = geom.tile + 2 * geom.halo
+        return rgb, predict_in_windows(infer, rgb, window=window, context=geom.context, stride=job.params.stride)
 
     try:
         for batch in _batches([opened.tiles[i] for i in tiles], job.batch_size):
