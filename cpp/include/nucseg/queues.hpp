@@ -101,8 +101,8 @@ struct KeyOf {
     }
 };
 
-// ByteQueue's bucket queue for quantised 16-bit and float maps (float16 inference cast to float32,
-// probabilities rounded to 1/1024). One FIFO segment per distinct value of the
+// ByteQueue's bucket queue for quantised 16-bit and float maps (float16 inference cast
+// to float32, probabilities rounded to 1/1024). One FIFO segment per distinct value of the
 // component, sized from its histogram because every pixel is pushed exactly once.
 // A value's slot is (key - lo) >> shift, where `shift` is the number of low bits that
 // all the component's keys share, so distinct keys get distinct slots and ties leave in
@@ -114,8 +114,10 @@ struct KeyOf {
 // reset() refuses (returns false) a component whose slots would outnumber 4x its
 // pixels and kMinSlots: continuous float maps, which SortedQueue takes. (For quantised
 // float maps it replaced a bucket queue on the ranks of distinct keys found by hashing,
-// after a radix sort: 2.1x slower than uint8 on a 2048^2 map rounded to 1/1024; before
-// that, per-pixel push stamps costing 4 bytes per image pixel.)
+// after a radix sort: 2.0x the uint8 time on a 2048^2 map rounded to 1/1024, now
+// 1.2-1.3x; before that, per-pixel push stamps costing 4 bytes per image pixel. The rest
+// of the gap: 4-8x more distinct values per component than uint8's, so pushes scatter
+// over more segments: 1.33x the instructions of a uint8 map, callgrind.)
 template <class T>
 class BucketQueue {
     using Key = typename KeyOf<T>::Key;
@@ -198,10 +200,10 @@ private:
 // recorded in one of two ways:
 //   - few tied keys (most float components have none): each tied key owns a FIFO
 //     segment and a push finds it by binary search among the tied keys;
-//   - many (large components, rarely: quantised maps go to BucketQueue unless their
-//     keys spread over many binades): a bucket queue on the ranks of the distinct keys, like BucketQueue's on grey
-//     levels. Each distinct key owns the FIFO segment where the sort put its pixels, a
-//     small hash table maps a key to its rank, and pops walk the ranks in order.
+//   - many (rare: quantised maps go to BucketQueue unless their keys spread over many
+//     binades): a bucket queue on the ranks of the distinct keys. Each distinct key
+//     owns the FIFO segment where the sort put its pixels, a small hash table maps a
+//     key to its rank, and pops walk the ranks in order.
 // Without any tied key the sweep skips push() altogether and walks order().
 // Extra memory: about 20 bytes per pixel of the largest component, plus 16 per distinct
 // key of it in the bucket mode. (It replaced a bucket-plus-heap queue: 2048^2 float32
