@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from nucseg._core import resample_separable
+from nucseg._reference import resample_reference
 from nucseg.wsi.tiling import resample_taps
 
 SCALE = 2.0
@@ -29,20 +30,9 @@ ORIGIN = 3 * 2048 - 144  # an interior tile: no clamping at the slide border
 LEVEL_SIDE = 20_000
 
 
-def _apply_taps(src: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    """The former ``tiling._apply_taps``: ``out = term0; out = out + term1; ...`` in float32."""
-    shape = [1] * src.ndim
-    shape[axis] = index.shape[0]
-    out = np.take(src, index[:, 0], axis=axis) * weight[:, 0].reshape(shape)
-    for t in range(1, index.shape[1]):
-        out = out + np.take(src, index[:, t], axis=axis) * weight[:, t].reshape(shape)
-    return out
-
-
 def numpy_path(src: np.ndarray, iy: np.ndarray, wy: np.ndarray, ix: np.ndarray, wx: np.ndarray) -> np.ndarray:
     """The pure-NumPy resampling ``read_region`` used before the kernel (the baseline)."""
-    rows = _apply_taps(src.astype(np.float32), iy, wy, axis=0)
-    return np.clip(np.rint(_apply_taps(rows, ix, wx, axis=1)), 0, 255).astype(np.uint8)
+    return resample_reference(src, iy, wy, ix, wx)
 
 
 def _box(seed: int) -> tuple[np.ndarray, ...]:

@@ -8,51 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nucseg._core import resample_separable
+from nucseg._reference import resample_reference as reference
 from nucseg.wsi.tiling import resample_taps
-
-
-def _apply_taps(src: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    """One pass of the reference: ``out = term0; out = out + term1; ...`` in float32.
-
-    Parameters
-    ----------
-    src : ndarray of float32
-        The image (rows, columns, channels).
-    index, weight : ndarray, shape (n, k)
-        Source index and weight of each tap of each output pixel along ``axis``.
-    axis : int
-        0 for the vertical pass, 1 for the horizontal one.
-
-    Returns
-    -------
-    ndarray of float32
-    """
-    shape = [1] * src.ndim
-    shape[axis] = index.shape[0]
-    out = np.take(src, index[:, 0], axis=axis) * weight[:, 0].reshape(shape)
-    for t in range(1, index.shape[1]):
-        out = out + np.take(src, index[:, t], axis=axis) * weight[:, t].reshape(shape)
-    return out
-
-
-def reference(src: np.ndarray, iy: np.ndarray, wy: np.ndarray, ix: np.ndarray, wx: np.ndarray) -> np.ndarray:
-    """The NumPy resampling the kernel must reproduce bit for bit: rows, columns, rint, clip.
-
-    Parameters
-    ----------
-    src : ndarray of uint8, shape (h, w, c)
-    iy, wy : ndarray, shape (n_rows, k)
-        Row taps.
-    ix, wx : ndarray, shape (n_cols, k')
-        Column taps.
-
-    Returns
-    -------
-    ndarray of uint8, shape (n_rows, n_cols, c)
-    """
-    rows = _apply_taps(src.astype(np.float32), iy, wy, axis=0)
-    out = _apply_taps(rows, ix, wx, axis=1)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _region(rng: np.random.Generator, scale: float, n_src: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
