@@ -73,3 +73,15 @@ def test_options_object_and_keywords_give_the_same_store(tmp_path: Path, demo_im
         segment_slide(path, tmp_path / "c.zarr", model="hematoxylin", tile=256, options=RunOptions(**kw))
     with pytest.raises(TypeError, match="options must be a RunOptions"):
         segment_slide(path, tmp_path / "c.zarr", model="hematoxylin", options=kw)  # type: ignore[arg-type]
+
+
+def test_cli_defaults_are_the_run_options_defaults():
+    """nucseg-wsi's flags, left alone, give RunOptions' defaults (tile, batch, reader...): the
+    CLI documents the library's defaults, not other ones. Two spellings differ: the device
+    ("auto" on the CLI, None in Python: the same choice) and the backend (the CLI picks ONNX
+    Runtime when installed, the library stays on torch unless asked)."""
+    from nucseg.cli.wsi import _options, build_parser
+
+    got = _options(build_parser().parse_args(["slide.svs", "out.zarr"]))
+    assert (got.backend, got.device) == ("auto", "auto")
+    assert dataclasses.replace(got, backend="torch", device=None) == RunOptions()
