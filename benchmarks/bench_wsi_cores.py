@@ -31,16 +31,14 @@ from pathlib import Path
 import pytest
 from _rss import peak_rss_bytes  # benchmarks/ is on sys.path, as a script and under pytest
 
+from nucseg._cpu import usable_cpus
+
 BACKENDS = [b for b in os.environ.get("NUCSEG_BENCH_CORES_BACKENDS", "torch,onnx").split(",") if b]
 TILE = int(os.environ.get("NUCSEG_BENCH_CORES_TILE", "2048"))  # the CLI's default
 BATCH = int(os.environ.get("NUCSEG_BENCH_CORES_BATCH", "1"))  # the CLI's default
 _DATA = Path(os.environ.get("NUCSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 REAL = _DATA / "wsi" / "CMU-1-Small-Region.svs"
 _RESULTS: dict[tuple[str, int], dict] = {}
-
-
-def _cores_available() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +55,8 @@ def slide(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cores", [1, 2])
 def test_cores(benchmark, slide, tmp_path, cores: int, backend: str) -> None:
-    if cores > _cores_available():
-        pytest.skip(f"needs {cores} cores, this process may use {_cores_available()}")
+    if cores > usable_cpus():
+        pytest.skip(f"needs {cores} cores, this process may use {usable_cpus()}")
     if backend == "onnx":
         pytest.importorskip("onnxruntime", reason="backend onnx needs pip install 'nucseg[onnx]'")
     result: dict = {}
@@ -92,7 +90,6 @@ def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size
 
     import torch
 
-    from nucseg._cpu import usable_cpus
     from nucseg.wsi import segment_slide
     from nucseg.wsi.demo import write_demo_slide
 
