@@ -64,6 +64,8 @@ from pathlib import Path
 import pytest
 from _rss import peak_rss_bytes  # benchmarks/ is on sys.path, as a script and under pytest
 
+from nucseg._cpu import usable_cpus
+
 SIDE = int(os.environ.get("NUCSEG_BENCH_WSI_SIDE", "2048"))
 THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
 TILE = int(os.environ.get("NUCSEG_BENCH_WSI_TILE", "512"))
@@ -142,7 +144,7 @@ def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, ba
         print(f"peak RSS 4x / 1x = {large / small:.3f}")
         # The runner keeps up to 2 tiles per post-processing thread in flight (pipeline.py):
         # memory is bounded by that, so the comparison needs a 1x slide with more tiles.
-        in_flight = 2 * (os.cpu_count() or 1)
+        in_flight = 2 * usable_cpus()  # the runner's default post threads
         if _TILES[(model, key, "1x")] <= in_flight:
             print(f"(RSS not compared: the 1x slide has {_TILES[(model, key, '1x')]} tissue tiles, not more than "
                   f"the {in_flight} in flight; raise NUCSEG_BENCH_WSI_SIDE or lower NUCSEG_BENCH_WSI_TILE)")
@@ -169,7 +171,7 @@ def _child(slide: str, out: str, model: str, device: str, threads: int, backend:
         backend=backend if model != "hematoxylin" else "torch",
         tile=TILE,
         batch_size=2,
-        threads=os.cpu_count() or 1,
+        threads=usable_cpus(),
     )
     after = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds of the run, all threads: unlike the wall time, hardly changed by other jobs on the machine.
@@ -302,7 +304,7 @@ def _path_child(slide: str, folder: str, out: str, warm: str, warm_folder: str, 
     from nucseg.wsi import segment_slide
     from nucseg.wsi.precomputed import PrecomputedPredictor
 
-    threads = os.cpu_count() or 1
+    threads = usable_cpus()
     segment_slide(warm, out + ".warm", model=PrecomputedPredictor(warm_folder), tile=256, threads=threads)
     pred = PrecomputedPredictor(folder)
     c0 = _cpu_seconds()
