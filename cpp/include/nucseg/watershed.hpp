@@ -368,7 +368,8 @@ bool classify_row(const T* up, const T* row, const T* down, std::ptrdiff_t width
     if constexpr (std::is_same<T, float>::value)
         x = classify_row_f32<kDiagonal>(up, row, down, width, in_f.cut, out, finite);
 #endif
-    const std::ptrdiff_t unchecked = x;  // columns 1..x-1 were checked finite by the vector loop
+    // Columns 1..x-1 were checked finite by the vector loop (unused for integer maps).
+    [[maybe_unused]] const std::ptrdiff_t unchecked = x;
     for (; x < width - 1; ++x) {
         const T t = row[x];
         T h = mx(mx(up[x], down[x]), mx(row[x - 1], row[x + 1]));
