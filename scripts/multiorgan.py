@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 from nucseg.data import TNBCImage, load_tnbc
-from nucseg.datasets import load_source
+from nucseg.datasets import load_source, rescale_pair
 
 # Sources with full instance annotations. monuseg2018_train_binary is left out: its
 # touching nuclei are merged (binary masks), which would teach the network to merge.
@@ -38,12 +38,19 @@ TRAIN_SOURCES = ("tnbc", "monuseg2018_train_xml", "cpm15")
 TUNE_PER_SOURCE = 6
 TUNE_LAMS = (0.05, 0.1, 0.2, 0.3)
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5)
+TNBC_MPP = 0.25  # scanned at 40x (docs/DATA.md); the PNGs store no resolution
 
 
 def load_training_source(name: str, cache: Path, tnbc: Path, mpp: float) -> list[TNBCImage]:
     """One source's images as TNBCImage (patient ids prefixed by the source), at ``mpp``."""
     if name == "tnbc":
-        return [dataclasses.replace(im, patient=f"tnbc/{im.patient}", name=f"tnbc/{im.name}") for im in load_tnbc(tnbc)]
+        out = []
+        for im in load_tnbc(tnbc):
+            rgb, labels = im.rgb, im.labels
+            if abs(mpp / TNBC_MPP - 1) > 0.01:
+                rgb, labels = rescale_pair(rgb, labels, TNBC_MPP, mpp)
+            out.append(TNBCImage(f"tnbc/{im.patient}", f"tnbc/{im.name}", rgb, labels > 0, labels))
+        return out
     return [
         TNBCImage(f"{name}/{im.patient}", f"{name}/{im.name}", im.rgb, im.labels > 0, im.labels)
         for im in load_source(cache, name, target_mpp=mpp)
@@ -69,6 +76,9 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model) or a model file; none = from scratch")
     ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mpp", type=float, default=0.25,
+                    help="the model's resolution in um/px (0.5: 4x fewer pixels); every source is rescaled to it, "
+                         "and the loss weights' sigma and the tuned min_area keep their size in um")
     ap.add_argument("--iterations", type=int, default=100_000)
     ap.add_argument("--augment", type=json.loads, default={},
                     help="JSON object of nucseg.data.AugmentConfig fields merged into the defaults")
@@ -83,7 +93,9 @@ def main() -> None:
     if args.init == "default" and args.hold_out == "tnbc":
         raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC out")
     sources = [s for s in TRAIN_SOURCES if s != args.hold_out]
-    per_source = {s: load_training_source(s, args.cache, args.tnbc, 0.25) for s in sources}
+    if not args.mpp > 0:
+        raise SystemExit(f"--mpp must be a positive resolution in um/px, got {args.mpp}")
+    per_source = {s: load_training_source(s, args.cache, args.tnbc, args.mpp) for s in sources}
     images = balanced(per_source)
     init = None
     if args.init == "default":
@@ -93,8 +105,10 @@ def main() -> None:
     elif args.init:
         init = args.init
     lr = args.lr if args.lr is not None else (5e-4 if init else None)
+    # Sizes in pixels that stand for sizes in um scale with the resolution (preset: 0.25 um/px).
+    zoom = 0.25 / args.mpp
     overrides = {"iterations": args.iterations, "time_budget_min": args.minutes, "init_weights": init,
-                 "augment": args.augment}
+                 "augment": args.augment, "mpp": args.mpp, "sigma": preset("default").sigma * zoom}
     if lr is not None:
         overrides["lr"] = lr
     cfg = preset("default", **overrides)
@@ -110,7 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(res.model_path)
     lam, thr, area, score = tune_postprocess(
-        model, tune_set, lams=TUNE_LAMS, thresholds=TUNE_THRESHOLDS, min_areas=DEFAULT_MIN_AREAS
+        model, tune_set, lams=TUNE_LAMS, thresholds=TUNE_THRESHOLDS, min_areas=tuple(int(round(a * zoom**2)) for a in DEFAULT_MIN_AREAS)
     )
     doc = json.loads(res.model_path.with_suffix(".json").read_text())
     extra = dict(doc.get("training", {}))

@@ -123,16 +123,14 @@ def test_cli_lodo_needs_the_cache(capsys) -> None:
     assert "--cache" in capsys.readouterr().err
 
 
-def test_run_coarser_runs_the_model_on_the_shrunk_image_and_returns_full_size_labels() -> None:
-    # A stand-in model whose "network" is the image's red channel: the labels must come from
-    # the half-size image (the model saw 1/4 of the pixels), at the image's own shape.
+def _red_channel_model(mpp: float, min_area: int, seen: list):
+    # A stand-in model whose "network" is the image's red channel.
     from nucseg import PostprocessRecipe
-    from nucseg.generalization import run_coarser
 
     class Config:
-        recipe = PostprocessRecipe(lam=0.1, threshold=0.5, min_area=40)
+        recipe = PostprocessRecipe(lam=0.1, threshold=0.5, min_area=min_area)
 
-    seen = []
+    Config.mpp = mpp
 
     class Model:
         config = Config()
@@ -141,13 +139,43 @@ def test_run_coarser_runs_the_model_on_the_shrunk_image_and_returns_full_size_la
             seen.append(rgb.shape)
             return rgb[..., 0].astype(np.float32) / 255
 
+    return Model()
+
+
+def _two_squares() -> np.ndarray:
     rgb = np.zeros((64, 66, 3), np.uint8)
-    rgb[8:24, 8:24] = 255   # 256 px: kept (64 px at half size, min_area 40 / 4 = 10)
-    rgb[40:44, 40:44] = 255  # 16 px: 4 px at half size, under 10: dropped
-    labels = run_coarser(Model(), 2.0)(rgb)
+    rgb[8:24, 8:24] = 255   # 256 px: 64 px at half size
+    rgb[40:44, 40:44] = 255  # 16 px: 4 px at half size
+    return rgb
+
+
+def test_segment_at_a_coarser_resolution_shrinks_the_image_and_min_area() -> None:
+    # A 0.25 um/px model run at 0.5 um/px: the labels come from the half-size image (the model
+    # saw 1/4 of the pixels), at the image's own shape; min_area 40 keeps its um^2 (10 px there).
+    from nucseg.generalization import segment_at
+
+    seen: list = []
+    labels = segment_at(_red_channel_model(0.25, 40, seen), 0.25, 0.5)(_two_squares())
     assert seen == [(32, 33, 3)]
     assert labels.shape == (64, 66) and labels.dtype == np.int32
     assert labels.max() == 1
-    assert labels[12, 12] == 1 and labels[41, 41] == 0
+    assert labels[12, 12] == 1 and labels[41, 41] == 0  # 4 px < 10: dropped
     # the kept square comes back at about its full-resolution area
     assert abs(int((labels == 1).sum()) - 256) <= 64
+
+
+def test_segment_at_runs_a_model_at_its_own_resolution() -> None:
+    # A model trained at 0.5 um/px scored on 0.25 um/px images: it sees the half-size image and
+    # its min_area (in its own pixels, 10) is not scaled again, so the same squares come out as
+    # for the 0.25 um/px model run coarser; on images at its own resolution nothing is resampled.
+    from nucseg.generalization import segment_at
+
+    seen: list = []
+    model = _red_channel_model(0.5, 10, seen)
+    labels = segment_at(model, 0.25)(_two_squares())
+    assert seen == [(32, 33, 3)]
+    assert labels.shape == (64, 66) and labels.max() == 1 and labels[41, 41] == 0
+    seen.clear()
+    same = segment_at(model, 0.5)(_two_squares())
+    assert seen == [(64, 66, 3)]
+    assert same.max() == 2 and same[41, 41] > 0  # 16 px >= 10 px at its own resolution: kept

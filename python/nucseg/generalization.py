@@ -33,9 +33,9 @@ __all__ = [
     "format_lodo_table",
     "load_eval_images",
     "lodo_models",
-    "run_coarser",
     "run_protocol",
     "score",
+    "segment_at",
     "summarise_sources",
     "write_lodo",
 ]
@@ -160,21 +160,31 @@ def format_lodo_table(summary: dict[tuple[str, str], dict[str, float]], notes: d
     return "\n".join(lines).rstrip() + "\n"
 
 
-def run_coarser(model: Any, factor: float) -> Callable[[np.ndarray], np.ndarray]:
-    """A segment function that runs ``model`` on the image shrunk ``factor`` times.
+def segment_at(model: Any, image_mpp: float, run_mpp: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A segment function for images at ``image_mpp`` that runs ``model`` at ``run_mpp`` um/px.
 
-    This is the model at a coarser resolution than it was trained for (``factor=2`` at
-    0.25 um/px: the network sees 0.5 um/px, 4x fewer pixels). ``min_area`` shrinks by
-    ``factor**2`` (the same area in um^2); the labels come back on the image's own pixels
-    by nearest neighbour, so they score against the full-resolution ground truth.
+    ``run_mpp`` defaults to the model's own resolution (``model.config.mpp``), so a model
+    trained at 0.5 um/px is scored on 0.25 um/px ground truth as a slide run would use it.
+    A ``run_mpp`` other than the model's is the model off its training resolution (the
+    throughput issue's question: a 0.25 um/px model run at 0.5 um/px sees 4x fewer pixels);
+    ``min_area`` then keeps its area in um^2. The image is resampled bilinearly (anti-aliased
+    when shrinking) and the labels come back on the image's own pixels by nearest neighbour,
+    so they score against the full-resolution ground truth.
     """
     from skimage.transform import resize
 
-    recipe = model.config.recipe.replace(min_area=int(round(model.config.recipe.min_area / factor**2)))
+    if not image_mpp > 0 or (run_mpp is not None and not run_mpp > 0):
+        raise ValueError(f"image_mpp and run_mpp must be positive um/px, got {image_mpp} and {run_mpp}")
+    model_mpp = model.config.mpp
+    run_mpp = model_mpp if run_mpp is None else run_mpp
+    recipe = model.config.recipe.replace(min_area=int(round(model.config.recipe.min_area * (model_mpp / run_mpp) ** 2)))
+    factor = run_mpp / image_mpp
 
     def segment(rgb: np.ndarray) -> np.ndarray:
+        if abs(factor - 1) <= 0.01:
+            return recipe.labels(model.predict(rgb))
         h, w = rgb.shape[:2]
-        small = resize(rgb, (max(1, round(h / factor)), max(1, round(w / factor))), order=1, anti_aliasing=True,
+        small = resize(rgb, (max(1, round(h / factor)), max(1, round(w / factor))), order=1, anti_aliasing=factor > 1,
                        preserve_range=True)
         labels = recipe.labels(model.predict(np.clip(np.rint(small), 0, 255).astype(np.uint8)))
         return resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
@@ -215,8 +225,9 @@ def run_protocol(
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], str]]:
     """Score the baseline, the bundled TNBC-only model and the leave-one-out models on ``sources``.
 
-    With ``coarse``, the bundled model also runs at twice its pixel size (:func:`run_coarser`:
-    0.5 um/px), the resolution question of the throughput issue.
+    Every source is scored at the bundled model's resolution (0.25 um/px); each model runs at
+    its own (:func:`segment_at`). With ``coarse``, the bundled model also runs at twice its pixel
+    size (0.5 um/px), the resolution question of the throughput issue.
     Returns the image rows and the cell notes for :func:`format_lodo_table`.
     Sources whose leave-one-out model is missing get no multi-organ cell (logged, not fatal).
     """
@@ -237,7 +248,8 @@ def run_protocol(
             rows += score(images, lambda rgb: segment_baseline(rgb, mpp=default.config.mpp), "Baseline (no learning)")
         rows += score(images, lambda rgb: default.postprocess(default.predict(rgb)), "TNBC-only (bundled)")
         if coarse:
-            rows += score(images, run_coarser(default, 2.0), "TNBC-only (bundled) at 0.5 um/px")
+            rows += score(images, segment_at(default, default.config.mpp, 2 * default.config.mpp),
+                          "TNBC-only (bundled) at 0.5 um/px")
         if s == "tnbc":
             notes[("TNBC-only (bundled)", s)] = "seen"
             notes[("TNBC-only (bundled) at 0.5 um/px", s)] = "seen"
@@ -248,6 +260,9 @@ def run_protocol(
                 log.warning("%s", e)
                 continue
             model = load_model(path, device=device)
-            rows += score(images, lambda rgb, m=model: m.postprocess(m.predict(rgb)), "Multi-organ (source held out)")
+            method = "Multi-organ (source held out)"
+            if abs(model.config.mpp / default.config.mpp - 1) > 0.01:
+                method += f" at {model.config.mpp:g} um/px"
+            rows += score(images, segment_at(model, default.config.mpp), method)
     return rows, notes
 
