@@ -15,8 +15,10 @@ the share of busy time per stage (read, infer, post, write; summed over threads)
 and the peak RSS. The RSS of the 4x slide must stay within 10 % of the 1x slide's:
 memory is bounded by tiles and queues, not by the slide.
 
-Models: the classical hematoxylin predictor (always) and the bundled network (when
-its weights exist; ``NUCSEG_BENCH_WSI_MODEL=0`` skips it). Torch uses
+Models: the classical hematoxylin predictor (always), the bundled network (when
+its weights exist; ``NUCSEG_BENCH_WSI_MODEL=0`` skips it) and the model files named in
+``NUCSEG_BENCH_WSI_MODELS`` (``os.pathsep``-separated; e.g. a model trained at 0.5 um/px,
+which reads the slide's 2x level: ``mpp`` in ``extra_info`` is the processing resolution). Torch uses
 ``NUCSEG_BENCH_THREADS`` threads (default 1). With a CUDA device the bundled model
 also runs there (``--device cuda``). On the CPU the bundled model runs with each backend
 of ``NUCSEG_BENCH_WSI_BACKENDS`` (comma-separated, default ``torch,onnx``; onnx is skipped
@@ -71,6 +73,8 @@ THREADS = int(os.environ.get("NUCSEG_BENCH_THREADS", "1"))
 TILE = int(os.environ.get("NUCSEG_BENCH_WSI_TILE", "512"))
 RUN_MODEL = os.environ.get("NUCSEG_BENCH_WSI_MODEL", "1") != "0"
 BACKENDS = [b for b in os.environ.get("NUCSEG_BENCH_WSI_BACKENDS", "torch,onnx").split(",") if b]
+# Model files run beside the bundled one (os.pathsep-separated), e.g. one trained at 0.5 um/px.
+MODELS = [m for m in os.environ.get("NUCSEG_BENCH_WSI_MODELS", "").split(os.pathsep) if m]
 _RSS: dict[tuple[str, str, str], float] = {}
 _TILES: dict[tuple[str, str, str], int] = {}
 
@@ -95,6 +99,10 @@ def _cases() -> list[tuple[str, str, str]]:
     if RUN_MODEL and _weights().is_file():
         cases += [("default", "cpu", b) for b in BACKENDS]
         cases += [("default", d, "torch") for d in _devices() if d != "cpu"]
+    for path in MODELS:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"NUCSEG_BENCH_WSI_MODELS: {path} is not a file")
+        cases += [(path, "cpu", b) for b in BACKENDS]
     return cases
 
 
@@ -127,7 +135,7 @@ def test_wsi_end_to_end(benchmark, slides, tmp_path, model: str, device: str, ba
     result: dict = {}
 
     def run() -> None:
-        out = tmp_path / f"{model}-{device}-{backend}-{size}-{len(result)}.zarr"
+        out = tmp_path / f"{Path(model).stem}-{device}-{backend}-{size}-{len(result)}.zarr"
         result.update(_run_child(slides[size], out, model, device, backend))
 
     benchmark.group = f"wsi {model} {device} {backend}"

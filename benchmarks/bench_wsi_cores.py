@@ -17,7 +17,10 @@ average, and at the end the ratios 2 cores / 1 core and ONNX / torch from this r
 Each child first segments a small synthetic slide, so imports and first calls are paid
 before the measured run. ``NUCSEG_BENCH_CORES_BACKENDS`` (default ``torch,onnx``)
 chooses the backends, ``NUCSEG_BENCH_CORES_TILE`` the tile and ``NUCSEG_BENCH_CORES_BATCH``
-the batch size (defaults 2048 and 1, the CLI's).
+the batch size (defaults 2048 and 1, the CLI's). ``NUCSEG_BENCH_CORES_MODELS``
+(``os.pathsep``-separated model files) adds models beside the bundled one, e.g. one
+trained at 0.5 um/px, which reads the real slide at its own 0.499 um/px (no resampling):
+``processing_mpp`` in the results is the resolution each ran at.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ TILE = int(os.environ.get("NUCSEG_BENCH_CORES_TILE", "2048"))  # the CLI's defau
 BATCH = int(os.environ.get("NUCSEG_BENCH_CORES_BATCH", "1"))  # the CLI's default
 _DATA = Path(os.environ.get("NUCSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 REAL = _DATA / "wsi" / "CMU-1-Small-Region.svs"
-_RESULTS: dict[tuple[str, int], dict] = {}
+MODELS = ["default", *(m for m in os.environ.get("NUCSEG_BENCH_CORES_MODELS", "").split(os.pathsep) if m)]
+_RESULTS: dict[tuple[str, str, int], dict] = {}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,10 @@ def slide(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cores", [1, 2])
-def test_cores(benchmark, slide, tmp_path, cores: int, backend: str) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_cores(benchmark, slide, tmp_path, model: str, cores: int, backend: str) -> None:
+    if model != "default" and not Path(model).is_file():
+        raise FileNotFoundError(f"NUCSEG_BENCH_CORES_MODELS: {model} is not a file")
     if cores > usable_cpus():
         pytest.skip(f"needs {cores} cores, this process may use {usable_cpus()}")
     if backend == "onnx":
@@ -62,7 +69,8 @@ def test_cores(benchmark, slide, tmp_path, cores: int, backend: str) -> None:
     result: dict = {}
 
     def run() -> None:
-        cmd = [sys.executable, __file__, str(slide), str(tmp_path / "out.zarr"), str(cores), backend, str(TILE), str(BATCH)]
+        cmd = [sys.executable, __file__, str(slide), str(tmp_path / "out.zarr"), str(cores), backend, str(TILE), str(BATCH),
+               model]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(res.stderr[-2000:])
@@ -72,17 +80,21 @@ def test_cores(benchmark, slide, tmp_path, cores: int, backend: str) -> None:
     benchmark.pedantic(run, rounds=1, iterations=1)
     assert result["nuclei"] > 0 and result["threads"]["post"] == cores
     benchmark.extra_info.update(result)
-    _RESULTS[(backend, cores)] = result
-    print(f"\n{backend} {cores} core(s): " + json.dumps(result))
-    one, two = _RESULTS.get((backend, 1)), _RESULTS.get((backend, 2))
+    _RESULTS[(model, backend, cores)] = result
+    name = Path(model).name
+    print(f"\n{name} {backend} {cores} core(s): " + json.dumps(result))
+    one, two = _RESULTS.get((model, backend, 1)), _RESULTS.get((model, backend, 2))
     if one and two:  # both core counts measured for this backend
-        print(f"{backend}: 2 cores / 1 core = {two['tissue_mm2_per_min'] / one['tissue_mm2_per_min']:.2f}x")
-    if backend != "torch" and ("torch", cores) in _RESULTS:
-        ratio = result["tissue_mm2_per_min"] / _RESULTS[("torch", cores)]["tissue_mm2_per_min"]
-        print(f"{backend} / torch on {cores} core(s) = {ratio:.2f}x")
+        print(f"{name} {backend}: 2 cores / 1 core = {two['tissue_mm2_per_min'] / one['tissue_mm2_per_min']:.2f}x")
+    if backend != "torch" and (model, "torch", cores) in _RESULTS:
+        ratio = result["tissue_mm2_per_min"] / _RESULTS[(model, "torch", cores)]["tissue_mm2_per_min"]
+        print(f"{name} {backend} / torch on {cores} core(s) = {ratio:.2f}x")
+    if model != "default" and ("default", backend, cores) in _RESULTS:
+        ratio = result["tissue_mm2_per_min"] / _RESULTS[("default", backend, cores)]["tissue_mm2_per_min"]
+        print(f"{name} / bundled, {backend} on {cores} core(s) = {ratio:.2f}x")
 
 
-def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size: int) -> None:
+def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size: int, model: str = "default") -> None:
     """Pin this process to ``cores`` CPUs, then run the slide and print one JSON line."""
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     import resource
@@ -93,18 +105,21 @@ def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size
     from nucseg.wsi import segment_slide
     from nucseg.wsi.demo import write_demo_slide
 
+    chosen = None if model == "default" else model
     with tempfile.TemporaryDirectory() as warm:  # imports, model load, first calls
         small = Path(warm) / "warm.tiff"
         write_demo_slide(small, (512, 512), levels=1)
-        segment_slide(small, Path(warm) / "warm.zarr", backend=backend, device="cpu", progress=False)
+        segment_slide(small, Path(warm) / "warm.zarr", model=chosen, backend=backend, device="cpu", progress=False)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    s = segment_slide(slide, out, backend=backend, device="cpu", tile=tile, batch_size=batch_size, progress=False)
+    s = segment_slide(slide, out, model=chosen, backend=backend, device="cpu", tile=tile, batch_size=batch_size,
+                      progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     t = s.timings
     busy = sum(t[k] for k in ("read", "infer", "post", "write"))
     px = s.size[0] * s.size[1]
     print(json.dumps({
+        "model": Path(model).name,
         "backend": backend,
         "cores": cores,
         "threads": {"torch": torch.get_num_threads(), "post": usable_cpus()},
@@ -127,4 +142,4 @@ def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
