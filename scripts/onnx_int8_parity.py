@@ -92,7 +92,7 @@ def main(method: str = "MinMax") -> None:
     fp32 = nucseg.load_model(device="cpu", backend="onnx", threads=1)
     with tempfile.TemporaryDirectory() as tmp:
         q8_path = Path(tmp) / "int8.onnx"
-        _quantise(fp32._onnx.path, q8_path, _calibration(paths), method)
+        _quantise(fp32._engine.path, q8_path, _calibration(paths), method)
         # The float32 model with the int8 session as its engine: NucleusModel.predict's one
         # loop (padding, batching, TTA) around OnnxNetwork.run.
         engine = backends.OnnxNetwork.__new__(backends.OnnxNetwork)
@@ -101,7 +101,7 @@ def main(method: str = "MinMax") -> None:
             str(q8_path), backends._session_options(ort, 1, False), providers=["CPUExecutionProvider"]
         )
         int8 = copy.copy(fp32)
-        int8._onnx = engine
+        int8._engine = engine
         dmax, counts = 0.0, np.zeros(3)
         for p in paths:
             rgb = read_rgb(p)

@@ -1,4 +1,4 @@
-"""Inference backends: PyTorch, or the same network exported to ONNX and run by ONNX Runtime.
+"""Inference backends: PyTorch, or the same network exported to ONNX and run by ONNX Runtime or OpenVINO.
 
 On a CPU, ONNX Runtime runs the small U-Net of the bundled model faster than eager
 PyTorch (its graph optimiser fuses batch norm and ReLU into the convolutions). The
@@ -13,7 +13,13 @@ The ONNX file is exported once per model and cached in the user's cache folder
 the weights' checksum, the configuration and the exporter; it is written atomically,
 so a crash never leaves a truncated file behind. ONNX files are protobuf, not pickle.
 
-Install the optional dependencies with ``pip install 'nucseg[onnx]'``.
+OpenVINO (``backend="openvino"``) compiles the same ONNX file for the CPU: in float32 it
+matches torch like ONNX Runtime does; with ``precision="bfloat16"`` it runs the network in
+bfloat16 on CPUs that have it (AMX, AVX512-BF16), several times faster, within the same
+object-level parity bar (tests/test_backends.py).
+
+Install the optional dependencies with ``pip install 'nucseg[onnx]'`` or
+``pip install 'nucseg[openvino]'``.
 
 Examples
 --------
@@ -31,7 +37,9 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,24 +54,28 @@ if TYPE_CHECKING:  # torch is imported where it is used: resolve_backend needs n
 __all__ = [
     "BACKENDS",
     "OnnxNetwork",
+    "OpenVinoNetwork",
     "cache_dir",
     "check_backend",
     "export_onnx",
     "model_key",
     "onnx_available",
+    "openvino_available",
     "require_onnxruntime",
+    "require_openvino",
     "resolve_backend",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Values of ``backend`` (:func:`nucseg.load_model`, ``nucseg-wsi --backend``).
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 #: ONNX opset of the export; part of the cache key, as is the layout version below.
 OPSET = 17
 _LAYOUT = "nhwc-uint8-combined-v1"  # bump when the exported graph's contract changes
 _INSTALL_HINT = "pip install 'nucseg[onnx]' (onnxruntime and onnx)"
+_OPENVINO_HINT = "pip install 'nucseg[openvino]' (openvino and onnx)"
 
 
 def check_backend(backend: str) -> str:
@@ -85,6 +97,21 @@ def onnx_available() -> bool:
     return all(_installed(name) for name in ("onnxruntime", "onnx"))
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO and onnx (for the export) are installed (checked without importing them)."""
+    return all(_installed(name) for name in ("openvino", "onnx"))
+
+
+def require_openvino() -> Any:
+    """Import and return :mod:`openvino`, or raise an ImportError naming the extra to install."""
+    missing = [name for name in ("openvino", "onnx") if not _installed(name)]
+    if missing:
+        raise ImportError(f"backend 'openvino' needs {' and '.join(missing)}: {_OPENVINO_HINT}")
+    import openvino
+
+    return openvino
+
+
 def require_onnxruntime() -> Any:
     """Import and return :mod:`onnxruntime`, or raise an ImportError naming the extra to install."""
     missing = [name for name in ("onnxruntime", "onnx") if not _installed(name)]
@@ -96,17 +123,18 @@ def require_onnxruntime() -> Any:
 
 
 def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> str:
-    """The backend that runs: ``"torch"`` or ``"onnx"``.
+    """The backend that runs: ``"torch"``, ``"onnx"`` or ``"openvino"``.
 
     Parameters
     ----------
-    backend : {"auto", "torch", "onnx"}
-        ``"auto"`` is ONNX Runtime on the CPU when it is installed and the arithmetic
-        is float32, PyTorch otherwise.
+    backend : {"auto", "torch", "onnx", "openvino"}
+        ``"auto"`` on the CPU is OpenVINO when it is installed, else ONNX Runtime when it
+        is installed and the arithmetic is float32, else PyTorch; on CUDA, PyTorch.
     device_type : str
         ``"cpu"`` or ``"cuda"``.
     precision : {"auto", "float32", "bfloat16"}
-        The ONNX backend computes in float32 only.
+        The ONNX Runtime backend computes in float32 only; OpenVINO in float32
+        (``"auto"``, ``"float32"``) or bfloat16.
 
     Returns
     -------
@@ -115,20 +143,28 @@ def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> 
     Raises
     ------
     ValueError
-        ``backend="onnx"`` with a CUDA device or bfloat16.
+        ``backend="onnx"`` or ``"openvino"`` with a CUDA device; ``"onnx"`` with bfloat16.
     ImportError
-        ``backend="onnx"`` without onnxruntime (the message names the extra).
+        The chosen backend is not installed (the message names the extra).
     """
     check_backend(backend)
     float32 = precision in ("auto", "float32")
     if backend == "auto":
-        return "onnx" if device_type == "cpu" and float32 and onnx_available() else "torch"
-    if backend == "onnx":
         if device_type != "cpu":
-            raise ValueError(f"backend 'onnx' runs on the CPU only, got device {device_type!r}; use backend 'torch'")
+            return "torch"
+        if openvino_available():
+            return "openvino"
+        return "onnx" if float32 and onnx_available() else "torch"
+    if backend in ("onnx", "openvino") and device_type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU only, got device {device_type!r}; use backend 'torch'")
+    if backend == "onnx":
         if not float32:
-            raise ValueError(f"backend 'onnx' computes in float32, got precision {precision!r}; use backend 'torch'")
+            raise ValueError(
+                f"backend 'onnx' computes in float32, got precision {precision!r}; use backend 'openvino' or 'torch'"
+            )
         require_onnxruntime()
+    if backend == "openvino":
+        require_openvino()
     return backend
 
 
@@ -313,21 +349,13 @@ class OnnxNetwork:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.config = config
         self.threads = int(threads)
-        self.path: Path | None = None
         # Kept (the network is shared with the NucleusModel) so that a pickled copy, e.g. a model sent
         # to Dask workers, rebuilds its session there: sessions themselves cannot be pickled.
         self._init_args = (net, config, sha256, {"threads": self.threads, "spin": spin, "cache": cache})
-        data = None
-        if cache:
-            self.path = cache_dir() / f"{_file_safe(config.name)}-{model_key(config, sha256, net)}.onnx"
-            data = _read_or_none(self.path)
         opts = _session_options(ort, self.threads, spin)
-        session = _session_or_none(ort, data, opts) if data is not None else None
-        if session is None:  # not cached yet, or an unreadable file: export (again)
-            data = export_onnx(net, config)
-            self.path = _store(self.path, data)
-            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        self.session = session
+        self.session, self.path = _built_from_export(
+            net, config, sha256, cache, lambda data: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"init_args": self._init_args}
@@ -345,6 +373,110 @@ class OnnxNetwork:
         return out
 
 
+class OpenVinoNetwork:
+    """A model's network compiled by OpenVINO for the CPU (from the same cached ONNX export).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network to export (when the cache has no file for it yet).
+    config : ModelConfig
+    sha256 : str
+        Checksum of the weights (cache key; the parameters are hashed when empty).
+    threads : int
+        OpenVINO inference threads (>= 1). Threads are not pinned to cores, so the
+        slide runner's post-processing threads share the cores freely.
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the network. ``"bfloat16"`` uses the CPU's bfloat16 instructions
+        (AMX or AVX512-BF16); on a CPU without them OpenVINO computes in float32, with a
+        warning (``precision`` then says ``"float32"``).
+    cache : bool
+        Read and write the exported file in :func:`cache_dir` (as :class:`OnnxNetwork`).
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        The cached ONNX file in use, None when it came from memory only.
+    threads : int
+    precision : str
+        The arithmetic actually used.
+    """
+
+    def __init__(
+        self, net: nn.Module, config: ModelConfig, sha256: str, *, threads: int, precision: str = "float32", cache: bool = True
+    ) -> None:
+        ov = require_openvino()
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16' for OpenVINO, got {precision!r}")
+        self.config = config
+        self.threads = int(threads)
+        # As OnnxNetwork: a pickled copy (a model sent to Dask workers) compiles again there.
+        self._init_args = (net, config, sha256, {"threads": self.threads, "precision": precision, "cache": cache})
+        core = ov.Core()
+        hint = "f32"
+        if precision == "bfloat16":
+            if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                hint = "bf16"
+            else:
+                logger.warning("this CPU has no bfloat16 instructions: OpenVINO computes in float32")
+        self.precision = "bfloat16" if hint == "bf16" else "float32"
+        props = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            # Explicit: OpenVINO's default on CPUs with AMX is bfloat16, which must be asked for here.
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.compiled, self.path = _built_from_export(
+            net, config, sha256, cache, lambda data: core.compile_model(core.read_model(data), "CPU", props)
+        )
+        self._local = threading.local()  # an infer request is not thread-safe: one per calling thread
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"init_args": self._init_args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        net, config, sha256, kwargs = state["init_args"]
+        self.__init__(net, config, sha256, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenVinoNetwork(name={self.config.name!r}, threads={self.threads}, precision={self.precision!r}, "
+            f"path={str(self.path)!r})"
+        )
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Combined map of a ``uint8 (B, H, W, 3)`` batch whose H and W are multiples of the stride."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(batch)}, share_outputs=False)  # a copy: the request reuses its buffer
+        return out[self.compiled.output(0)]
+
+
+def _built_from_export(
+    net: nn.Module, config: ModelConfig, sha256: str, cache: bool, build: Callable[[bytes], Any]
+) -> tuple[Any, Path | None]:
+    """``build`` applied to the model's ONNX export, and the cached file used (None: from memory).
+
+    The export is read from :func:`cache_dir` when there; when it is missing or does not
+    build (a truncated or foreign file), the network is exported (again) and cached.
+    """
+    path = cache_dir() / f"{_file_safe(config.name)}-{model_key(config, sha256, net)}.onnx" if cache else None
+    data = _read_or_none(path) if path is not None else None
+    if data is not None:
+        try:
+            return build(data), path
+        except Exception as exc:  # noqa: BLE001 - each runtime raises its own types (InvalidProtobuf, Fail...)
+            logger.warning("cached ONNX model does not load (%s); exporting it again", exc)
+    data = export_onnx(net, config)
+    path = _store(path, data)
+    return build(data), path
+
+
 def _file_safe(name: str) -> str:
     """``name`` reduced to characters safe in a file name (a model name is free text)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40].strip("._") or "model"
@@ -354,15 +486,6 @@ def _read_or_none(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError:
-        return None
-
-
-def _session_or_none(ort: Any, data: bytes, opts: Any) -> Any:
-    """A session from cached bytes, or None when they do not load (then they are exported again)."""
-    try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail...)
-        logger.warning("cached ONNX model does not load (%s); exporting it again", exc)
         return None
 
 

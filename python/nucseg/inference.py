@@ -160,11 +160,13 @@ class NucleusModel:
     precision : {"auto", "float32", "bfloat16"}
         Arithmetic of the network: ``"auto"`` is float16 autocast on CUDA and
         float32 on the CPU; ``"bfloat16"`` autocasts on either (on CPUs with AMX
-        or AVX512-BF16 it is about 2.5x faster than float32; elsewhere slower).
-    backend : {"torch", "onnx"}
+        or AVX512-BF16 it is about 2.5x faster than float32; elsewhere slower), or
+        compiles the network in bfloat16 with the OpenVINO backend.
+    backend : {"torch", "onnx", "openvino"}
         What runs the network (resolved from the ``backend`` argument, see
         :func:`nucseg.backends.resolve_backend`): ``"onnx"`` is ONNX Runtime on the
-        CPU, float32, with ``threads`` intra-op threads (default
+        CPU, float32; ``"openvino"`` is OpenVINO on the CPU, float32, or bfloat16 with
+        ``precision="bfloat16"``; both with ``threads`` threads (default
         ``torch.get_num_threads()``).
     """
 
@@ -189,11 +191,19 @@ class NucleusModel:
         # fastest in NHWC (measured on the CPU: `predict` 1.8x faster for the default model at 1024 px).
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
         self.backend = resolve_backend(backend, self.device.type, self.precision)
-        self._onnx = None
+        # The engine that maps a padded uint8 batch to its map: None for torch itself.
+        self._engine: Any = None
         if self.backend == "onnx":
             from .backends import OnnxNetwork
 
-            self._onnx = OnnxNetwork(self.net, config, sha256, threads=threads or torch.get_num_threads())
+            self._engine = OnnxNetwork(self.net, config, sha256, threads=threads or torch.get_num_threads())
+        elif self.backend == "openvino":
+            from .backends import OpenVinoNetwork
+
+            self._engine = OpenVinoNetwork(
+                self.net, config, sha256, threads=threads or torch.get_num_threads(),
+                precision="bfloat16" if self.precision == "bfloat16" else "float32",
+            )
 
     def __repr__(self) -> str:
         return (
@@ -225,9 +235,9 @@ class NucleusModel:
         arr = _check_rgb(rgb, "rgb", allow_batch=True)
         single = arr.ndim == 3
         batch = arr[None] if single else arr
-        # One loop for both engines: padding, batching and TTA here; the engine (torch, or
-        # ONNX Runtime through nucseg.backends) only maps a padded uint8 batch to its map.
-        run = self._onnx.run if self._onnx is not None else self._run_torch
+        # One loop for every engine: padding, batching and TTA here; the engine (torch, or
+        # ONNX Runtime or OpenVINO through nucseg.backends) only maps a padded uint8 batch to its map.
+        run = self._engine.run if self._engine is not None else self._run_torch
         b, h, w, _ = batch.shape
         s = self.config.stride
         out = np.empty((b, h, w), np.float32)
@@ -417,12 +427,13 @@ def load_model(
     precision : {"auto", "float32", "bfloat16"}
         See :class:`NucleusModel`. ``"bfloat16"`` changes the map by about 0.02 at
         most (object F1 >= 0.996 against float32 on TNBC tiles).
-    backend : {"torch", "auto", "onnx"}
-        ``"onnx"`` runs the network with ONNX Runtime on the CPU (exported once per
-        model and cached, see :mod:`nucseg.backends`); ``"auto"`` picks it on the CPU
-        when onnxruntime is installed and the precision is float32.
+    backend : {"torch", "auto", "onnx", "openvino"}
+        ``"onnx"`` runs the network with ONNX Runtime on the CPU, ``"openvino"`` with
+        OpenVINO (exported once per model and cached, see :mod:`nucseg.backends`);
+        ``"auto"`` on the CPU picks OpenVINO when installed, else ONNX Runtime when
+        installed and the precision is float32, else torch.
     threads : int, optional
-        ONNX Runtime intra-op threads; ``torch.get_num_threads()`` when None. The
+        ONNX Runtime or OpenVINO threads; ``torch.get_num_threads()`` when None. The
         torch backend uses torch's own setting. On the CPU, torch's setting is first
         lowered to the CPUs the process may use if it is higher
         (:func:`nucseg._cpu.limit_torch_threads`: torch counts the affinity mask but not
@@ -439,9 +450,10 @@ def load_model(
     ValueError
         If the checksum does not match (corrupted or tampered file), the JSON is
         malformed, the weights do not fit the architecture, or ``backend="onnx"``
-        is asked with CUDA or bfloat16.
+        is asked with CUDA or bfloat16 (``"openvino"`` with CUDA).
     ImportError
-        ``backend="onnx"`` without onnxruntime (install ``nucseg[onnx]``).
+        ``backend="onnx"`` without onnxruntime (install ``nucseg[onnx]``), or
+        ``"openvino"`` without OpenVINO (``nucseg[openvino]``).
     """
     from safetensors.torch import load_file
 

@@ -63,7 +63,7 @@ class RunOptions:
         Tiles per inference call.
     device, precision : str
         Where and in which arithmetic a network loaded by the run computes.
-    backend : {"torch", "onnx", "auto"}
+    backend : {"torch", "onnx", "openvino", "auto"}
         Inference engine of a network loaded by the run (:mod:`nucseg.backends`).
     reader : {"auto", "openslide", "tifffile"}
         Which library decodes the slide (:func:`nucseg.wsi.reader.open_slide`). Not a

@@ -571,9 +571,10 @@ def segment_slide(
         The network's arithmetic (:class:`nucseg.inference.NucleusModel`): ``"auto"``
         is float16 on CUDA and float32 on the CPU; ``"bfloat16"`` is about 2.5x faster
         than float32 on CPUs with AMX, with object F1 >= 0.996 against float32.
-    backend : {"torch", "auto", "onnx"}
-        What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime on
-        the CPU with torch's thread count; ``"auto"`` picks it on the CPU when installed.
+    backend : {"torch", "auto", "onnx", "openvino"}
+        What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime and
+        ``"openvino"`` OpenVINO on the CPU, with torch's thread count; ``"auto"`` picks
+        OpenVINO on the CPU when installed, else ONNX Runtime (float32) when installed.
     reader : {"auto", "openslide", "tifffile"}
         What decodes the slide (:func:`nucseg.wsi.reader.open_slide`): ``"auto"`` is
         tifffile for Aperio SVS and TIFF, where its pixels are OpenSlide's, OpenSlide

@@ -145,10 +145,10 @@ def resolve_model(
     precision : {"auto", "float32", "bfloat16"}
         Arithmetic of a network loaded here (:class:`nucseg.inference.NucleusModel`);
         the hematoxylin predictor computes in float64 and ignores it.
-    backend : {"torch", "auto", "onnx"}
+    backend : {"torch", "auto", "onnx", "openvino"}
         What runs a network loaded here (:mod:`nucseg.backends`); the others ignore it.
     threads : int, optional
-        ONNX Runtime threads of a network loaded here (default: torch's thread count).
+        ONNX Runtime or OpenVINO threads of a network loaded here (default: torch's thread count).
     """
     if precision != "auto":  # checked before anything loads (torch is imported only then)
         from nucseg.inference import check_precision
