@@ -15,8 +15,9 @@ or, without it, the synthetic demo slide. Records tissue mm^2 per minute at the
 processing resolution, Mpix/s of tissue, CPU-seconds, the stage shares, the load
 average, and at the end the ratios 2 cores / 1 core and ONNX / torch from this run.
 Each child first segments a small synthetic slide, so imports and first calls are paid
-before the measured run. ``NUCSEG_BENCH_CORES_BACKENDS`` (default ``torch,onnx``)
-chooses the backends, ``NUCSEG_BENCH_CORES_TILE`` the tile and ``NUCSEG_BENCH_CORES_BATCH``
+before the measured run. ``NUCSEG_BENCH_CORES_BACKENDS`` (default
+``torch,onnx,openvino,openvino:bfloat16``; ``backend:precision`` sets the precision)
+chooses the backends (one missing is skipped), ``NUCSEG_BENCH_CORES_TILE`` the tile and ``NUCSEG_BENCH_CORES_BATCH``
 the batch size (defaults 2048 and 1, the CLI's). ``NUCSEG_BENCH_CORES_MODELS``
 (``os.pathsep``-separated model files) adds models beside the bundled one, e.g. one
 trained at 0.5 um/px, which reads the real slide at its own 0.499 um/px (no resampling):
@@ -36,7 +37,7 @@ from _rss import peak_rss_bytes  # benchmarks/ is on sys.path, as a script and u
 
 from nucseg._cpu import usable_cpus
 
-BACKENDS = [b for b in os.environ.get("NUCSEG_BENCH_CORES_BACKENDS", "torch,onnx").split(",") if b]
+BACKENDS = [b for b in os.environ.get("NUCSEG_BENCH_CORES_BACKENDS", "torch,onnx,openvino,openvino:bfloat16").split(",") if b]
 TILE = int(os.environ.get("NUCSEG_BENCH_CORES_TILE", "2048"))  # the CLI's default
 BATCH = int(os.environ.get("NUCSEG_BENCH_CORES_BATCH", "1"))  # the CLI's default
 _DATA = Path(os.environ.get("NUCSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -64,8 +65,10 @@ def test_cores(benchmark, slide, tmp_path, model: str, cores: int, backend: str)
         raise FileNotFoundError(f"NUCSEG_BENCH_CORES_MODELS: {model} is not a file")
     if cores > usable_cpus():
         pytest.skip(f"needs {cores} cores, this process may use {usable_cpus()}")
-    if backend == "onnx":
-        pytest.importorskip("onnxruntime", reason="backend onnx needs pip install 'nucseg[onnx]'")
+    engine = backend.split(":")[0]
+    if engine in ("onnx", "openvino"):
+        pytest.importorskip("onnxruntime" if engine == "onnx" else "openvino",
+                            reason=f"backend {engine} needs pip install 'nucseg[{engine}]'")
     result: dict = {}
 
     def run() -> None:
@@ -95,7 +98,13 @@ def test_cores(benchmark, slide, tmp_path, model: str, cores: int, backend: str)
 
 
 def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size: int, model: str = "default") -> None:
-    """Pin this process to ``cores`` CPUs, then run the slide and print one JSON line."""
+    """Pin this process to ``cores`` CPUs, then run the slide and print one JSON line.
+
+    ``backend`` may carry a precision: ``"openvino:bfloat16"``.
+    """
+    label = backend
+    backend, _, precision = backend.partition(":")
+    precision = precision or "auto"
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     import resource
     import tempfile
@@ -109,10 +118,11 @@ def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size
     with tempfile.TemporaryDirectory() as warm:  # imports, model load, first calls
         small = Path(warm) / "warm.tiff"
         write_demo_slide(small, (512, 512), levels=1)
-        segment_slide(small, Path(warm) / "warm.zarr", model=chosen, backend=backend, device="cpu", progress=False)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    s = segment_slide(slide, out, model=chosen, backend=backend, device="cpu", tile=tile, batch_size=batch_size,
+        segment_slide(small, Path(warm) / "warm.zarr", model=chosen, backend=backend, precision=precision, device="cpu",
                       progress=False)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    s = segment_slide(slide, out, model=chosen, backend=backend, precision=precision, device="cpu", tile=tile,
+                      batch_size=batch_size, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     t = s.timings
@@ -120,7 +130,7 @@ def _child(slide: str, out: str, cores: int, backend: str, tile: int, batch_size
     px = s.size[0] * s.size[1]
     print(json.dumps({
         "model": Path(model).name,
-        "backend": backend,
+        "backend": label,
         "cores": cores,
         "threads": {"torch": torch.get_num_threads(), "post": usable_cpus()},
         "slide": Path(slide).name,

@@ -128,8 +128,9 @@ def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> 
     Parameters
     ----------
     backend : {"auto", "torch", "onnx", "openvino"}
-        ``"auto"`` on the CPU is OpenVINO when it is installed, else ONNX Runtime when it
-        is installed and the arithmetic is float32, else PyTorch; on CUDA, PyTorch.
+        ``"auto"`` on the CPU is ONNX Runtime when it is installed and the arithmetic is
+        float32, else OpenVINO when it is installed (float32 or bfloat16), else PyTorch;
+        on CUDA, PyTorch.
     device_type : str
         ``"cpu"`` or ``"cuda"``.
     precision : {"auto", "float32", "bfloat16"}
@@ -152,9 +153,13 @@ def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> 
     if backend == "auto":
         if device_type != "cpu":
             return "torch"
-        if openvino_available():
-            return "openvino"
-        return "onnx" if float32 and onnx_available() else "torch"
+        # ONNX Runtime first in float32, although OpenVINO was 1.15x faster end to end: with
+        # OpenVINO as the default, the test suite's process crashed (SIGSEGV) twice when it later
+        # forked (a DataLoader worker, a subprocess), not reproduced in isolation. Until that is
+        # understood OpenVINO runs where asked for, and for bfloat16, which only it compiles.
+        if float32 and onnx_available():
+            return "onnx"
+        return "openvino" if openvino_available() else "torch"
     if backend in ("onnx", "openvino") and device_type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU only, got device {device_type!r}; use backend 'torch'")
     if backend == "onnx":

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -252,6 +253,10 @@ def _batch_loader(data: Sequence[PreparedImage], cfg: TrainConfig, start: int, w
         pin_memory=pin,
         prefetch_factor=4 if workers else None,
         worker_init_fn=_one_thread if workers else None,
+        # Not fork: a process that has run OpenVINO (or any library with its own thread pools)
+        # may crash when forked; forkserver starts workers from a clean process instead
+        # (Windows has neither: its default, spawn, is safe).
+        multiprocessing_context="forkserver" if workers and "forkserver" in multiprocessing.get_all_start_methods() else None,
     )
 
 

@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "torch", "onnx", "openvino"],
         help="what runs the network: onnx = ONNX Runtime on the CPU (pip install 'nucseg[onnx]'), openvino = "
         "OpenVINO on the CPU (pip install 'nucseg[openvino]'; with --precision bfloat16 several times faster on "
-        "CPUs with AMX), both faster than torch there; auto (default) = on the CPU openvino when installed, "
-        "else onnx when installed and float32, else torch",
+        "CPUs with AMX), both faster than torch there; auto (default) = on the CPU onnx when installed and "
+        "float32, else openvino when installed, else torch",
     )
     p.add_argument(
         "--reader",

@@ -574,7 +574,7 @@ def segment_slide(
     backend : {"torch", "auto", "onnx", "openvino"}
         What runs the network (:mod:`nucseg.backends`): ``"onnx"`` is ONNX Runtime and
         ``"openvino"`` OpenVINO on the CPU, with torch's thread count; ``"auto"`` picks
-        OpenVINO on the CPU when installed, else ONNX Runtime (float32) when installed.
+        ONNX Runtime on the CPU in float32 when installed, else OpenVINO when installed.
     reader : {"auto", "openslide", "tifffile"}
         What decodes the slide (:func:`nucseg.wsi.reader.open_slide`): ``"auto"`` is
         tifffile for Aperio SVS and TIFF, where its pixels are OpenSlide's, OpenSlide
