@@ -314,7 +314,24 @@ def _session_options(ort: Any, threads: int, spin: bool) -> Any:
     return opts
 
 
-class OnnxNetwork:
+class _Rebuilt:
+    """Pickled as the arguments it was built from, and built again when unpickled.
+
+    Runtime sessions cannot be pickled; the network they were exported from can, so a
+    model sent to Dask workers compiles its engine again there.
+    """
+
+    _init_args: tuple[Any, ...]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"init_args": self._init_args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        net, config, sha256, kwargs = state["init_args"]
+        self.__init__(net, config, sha256, **kwargs)  # type: ignore[misc]
+
+
+class OnnxNetwork(_Rebuilt):
     """A model's network as an ONNX Runtime session on the CPU.
 
     Parameters
@@ -362,13 +379,6 @@ class OnnxNetwork:
             net, config, sha256, cache, lambda data: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"init_args": self._init_args}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        net, config, sha256, kwargs = state["init_args"]
-        self.__init__(net, config, sha256, **kwargs)
-
     def __repr__(self) -> str:
         return f"OnnxNetwork(name={self.config.name!r}, threads={self.threads}, path={str(self.path)!r})"
 
@@ -378,7 +388,7 @@ class OnnxNetwork:
         return out
 
 
-class OpenVinoNetwork:
+class OpenVinoNetwork(_Rebuilt):
     """A model's network compiled by OpenVINO for the CPU (from the same cached ONNX export).
 
     Parameters
@@ -417,7 +427,6 @@ class OpenVinoNetwork:
             raise ValueError(f"precision must be 'float32' or 'bfloat16' for OpenVINO, got {precision!r}")
         self.config = config
         self.threads = int(threads)
-        # As OnnxNetwork: a pickled copy (a model sent to Dask workers) compiles again there.
         self._init_args = (net, config, sha256, {"threads": self.threads, "precision": precision, "cache": cache})
         core = ov.Core()
         hint = "f32"
@@ -439,13 +448,6 @@ class OpenVinoNetwork:
             net, config, sha256, cache, lambda data: core.compile_model(core.read_model(data), "CPU", props)
         )
         self._local = threading.local()  # an infer request is not thread-safe: one per calling thread
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"init_args": self._init_args}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        net, config, sha256, kwargs = state["init_args"]
-        self.__init__(net, config, sha256, **kwargs)
 
     def __repr__(self) -> str:
         return (
