@@ -137,3 +137,24 @@ def test_tnbc_object_f1_equals_segment(tnbc_dir: Path, tmp_path: Path, torch_one
         f_cli = object_scores(gt, ours).f1
         f_api = object_scores(gt, direct).f1
         assert f_cli == f_api and f_cli > 0.5, (path.name, f_cli, f_api)  # the trained model finds real nuclei
+
+
+def test_backend_and_precision_reach_the_model(images: Path, tmp_path: Path, monkeypatch, torch_one_thread) -> None:
+    # The flags are handed to load_model as nucseg-wsi hands them; a bad value is refused by argparse.
+    import nucseg.inference as inference
+
+    seen: list[tuple[str, str]] = []
+    real = inference.load_model
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("backend"), kwargs.get("precision")))
+        return real(*args, **{**kwargs, "backend": "torch"})  # the same network, whatever was asked
+
+    monkeypatch.setattr(inference, "load_model", spy)
+    out = tmp_path / "out"
+    args = ["segment", str(images), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--quiet"]
+    assert main([*args, "--backend", "openvino", "--precision", "bfloat16"]) == 0
+    assert main([*args, "--overwrite"]) == 0
+    assert seen == [("openvino", "bfloat16"), ("auto", "auto")]
+    with pytest.raises(SystemExit):
+        main([*args, "--backend", "ort"])

@@ -739,6 +739,7 @@ def segment_files(
     overwrite: bool = False,
     device: str | None = None,
     precision: str = "auto",
+    backend: str = "auto",
     progress: bool = False,
     on_result: Callable[[ImageResult], None] | None = None,
 ) -> list[ImageResult]:
@@ -773,8 +774,10 @@ def segment_files(
         are replaced).
     overwrite : bool
         Replace existing outputs.
-    device, precision : str, optional
-        See :func:`nucseg.load_model` (when ``model`` is not already loaded).
+    device, precision, backend : str, optional
+        See :func:`nucseg.load_model` (when ``model`` is not already loaded). ``backend``
+        ``"auto"``, as in ``nucseg-wsi``, runs the network with ONNX Runtime on the CPU when
+        it is installed (float32; the labels of torch within the parity bar).
     progress : bool
         Show a tqdm progress bar.
     on_result : callable, optional
@@ -823,7 +826,7 @@ def segment_files(
     if mpp is None:
         check_resolutions([j.image for j in jobs if not (resume and _is_done(j))])
     if not isinstance(model, NucleusModel):
-        model = load_model(model, device=device, precision=precision)
+        model = load_model(model, device=device, precision=precision, backend=backend)
     out.mkdir(parents=True, exist_ok=True)
 
     results = []

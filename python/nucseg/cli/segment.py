@@ -18,6 +18,8 @@ examples:
       sub-folders too (mirrored under results/); images already finished are skipped
   nucseg segment crops/ --out results/ --overwrite --device cpu --quiet
       replace earlier results, CPU only, no progress bar or summary
+  nucseg segment crops/ --out results/ --backend openvino --precision bfloat16
+      several times faster on CPUs with AMX (pip install 'nucseg[openvino]'; object F1 0.999 vs float32)
 
 outputs per image NAME (in --out): NAME_labels.tif|png, NAME_nuclei.geojson (--geojson),
 NAME_nuclei.csv (--csv) or .parquet (--parquet), NAME_overlay.png (--overlay); summary.csv
@@ -59,6 +61,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
     mode.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for the network")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="network arithmetic: auto = float16 on CUDA, float32 on the CPU (as nucseg-wsi)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx", "openvino"],
+        help="what runs the network on the CPU (as nucseg-wsi): auto = onnx when installed and float32, "
+        "else openvino when installed, else torch",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -86,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=None if args.device == "auto" else args.device,
+        precision=args.precision,
+        backend=args.backend,
         progress=not args.quiet,
         on_result=report,
     )
