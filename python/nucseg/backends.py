@@ -74,8 +74,12 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")
 #: ONNX opset of the export; part of the cache key, as is the layout version below.
 OPSET = 17
 _LAYOUT = "nhwc-uint8-combined-v1"  # bump when the exported graph's contract changes
-_INSTALL_HINT = "pip install 'nucseg[onnx]' (onnxruntime and onnx)"
-_OPENVINO_HINT = "pip install 'nucseg[openvino]' (openvino and onnx)"
+# What each exported backend needs installed (modules; the runtime first, onnx for the export)
+# and the extra that brings them.
+_NEEDS = {
+    "onnx": (("onnxruntime", "onnx"), "pip install 'nucseg[onnx]' (onnxruntime and onnx)"),
+    "openvino": (("openvino", "onnx"), "pip install 'nucseg[openvino]' (openvino and onnx)"),
+}
 
 
 def check_backend(backend: str) -> str:
@@ -92,34 +96,37 @@ def _installed(name: str) -> bool:
         return False
 
 
+def _available(backend: str) -> bool:
+    return all(_installed(name) for name in _NEEDS[backend][0])
+
+
+def _require(backend: str) -> Any:
+    """Import and return ``backend``'s runtime module, or raise an ImportError naming the extra."""
+    names, hint = _NEEDS[backend]
+    missing = [name for name in names if not _installed(name)]
+    if missing:
+        raise ImportError(f"backend {backend!r} needs {' and '.join(missing)}: {hint}")
+    return importlib.import_module(names[0])
+
+
 def onnx_available() -> bool:
     """Whether ONNX Runtime and onnx are installed (checked without importing them)."""
-    return all(_installed(name) for name in ("onnxruntime", "onnx"))
+    return _available("onnx")
 
 
 def openvino_available() -> bool:
     """Whether OpenVINO and onnx (for the export) are installed (checked without importing them)."""
-    return all(_installed(name) for name in ("openvino", "onnx"))
-
-
-def require_openvino() -> Any:
-    """Import and return :mod:`openvino`, or raise an ImportError naming the extra to install."""
-    missing = [name for name in ("openvino", "onnx") if not _installed(name)]
-    if missing:
-        raise ImportError(f"backend 'openvino' needs {' and '.join(missing)}: {_OPENVINO_HINT}")
-    import openvino
-
-    return openvino
+    return _available("openvino")
 
 
 def require_onnxruntime() -> Any:
     """Import and return :mod:`onnxruntime`, or raise an ImportError naming the extra to install."""
-    missing = [name for name in ("onnxruntime", "onnx") if not _installed(name)]
-    if missing:
-        raise ImportError(f"backend 'onnx' needs {' and '.join(missing)}: {_INSTALL_HINT}")
-    import onnxruntime
+    return _require("onnx")
 
-    return onnxruntime
+
+def require_openvino() -> Any:
+    """Import and return :mod:`openvino`, or raise an ImportError naming the extra to install."""
+    return _require("openvino")
 
 
 def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> str:
@@ -153,10 +160,11 @@ def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> 
     if backend == "auto":
         if device_type != "cpu":
             return "torch"
-        # ONNX Runtime first in float32, although OpenVINO was 1.15x faster end to end: with
-        # OpenVINO as the default, the test suite's process crashed (SIGSEGV) twice when it later
-        # forked (a DataLoader worker, a subprocess), not reproduced in isolation. Until that is
-        # understood OpenVINO runs where asked for, and for bfloat16, which only it compiles.
+        # ONNX Runtime first in float32, although OpenVINO was 1.15x faster end to end: once
+        # OpenVINO models had run in the test suite's process, that process later died of SIGSEGV
+        # when it started processes (a DataLoader fork, the Dask and CLI tests' children), not
+        # reproduced in isolation. Until that is understood OpenVINO runs where asked for, and
+        # for bfloat16, which only it compiles.
         if float32 and onnx_available():
             return "onnx"
         return "openvino" if openvino_available() else "torch"
@@ -371,8 +379,7 @@ class OnnxNetwork(_Rebuilt):
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.config = config
         self.threads = int(threads)
-        # Kept (the network is shared with the NucleusModel) so that a pickled copy, e.g. a model sent
-        # to Dask workers, rebuilds its session there: sessions themselves cannot be pickled.
+        # For _Rebuilt (the network is shared with the NucleusModel, not copied).
         self._init_args = (net, config, sha256, {"threads": self.threads, "spin": spin, "cache": cache})
         opts = _session_options(ort, self.threads, spin)
         self.session, self.path = _built_from_export(
