@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--hold-out", choices=TRAIN_SOURCES, default=None)
     ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model) or a model file; none = from scratch")
+    ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model), a model file, or 'none' (the default) for from scratch")
     ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mpp", type=float, default=0.25,
@@ -102,7 +102,7 @@ def main() -> None:
         from importlib.resources import files
 
         init = str(files("nucseg") / "models" / "weights" / "default.safetensors")
-    elif args.init:
+    elif args.init and args.init.lower() != "none":
         init = args.init
     lr = args.lr if args.lr is not None else (5e-4 if init else None)
     # Sizes in pixels that stand for sizes in um scale with the resolution (preset: 0.25 um/px).

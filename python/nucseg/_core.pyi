@@ -23,3 +23,14 @@ def resample_separable(
     col_index: npt.NDArray[np.int64 | np.int32],
     col_weight: npt.NDArray[np.float32],
 ) -> npt.NDArray[np.uint8]: ...
+
+def region_stats(
+    labels: npt.NDArray[np.int32], values: npt.NDArray[np.floating] | None = None
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64] | None,
+    npt.NDArray[np.int64],
+]: ...

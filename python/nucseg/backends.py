@@ -30,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -435,7 +436,7 @@ class OpenVinoNetwork(_Rebuilt):
         self.config = config
         self.threads = int(threads)
         self._init_args = (net, config, sha256, {"threads": self.threads, "precision": precision, "cache": cache})
-        core = ov.Core()
+        core = _openvino_core()
         hint = "f32"
         if precision == "bfloat16":
             if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -469,6 +470,17 @@ class OpenVinoNetwork(_Rebuilt):
             request = self._local.request = self.compiled.create_infer_request()
         out = request.infer({0: np.ascontiguousarray(batch)}, share_outputs=False)  # a copy: the request reuses its buffer
         return out[self.compiled.output(0)]
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, shared by every compiled network.
+
+    One per process as OpenVINO's own samples do: other projects saw processes that
+    created a ``Core`` per model crash later (ultralytics/ultralytics#25864,
+    openvinotoolkit/openvino#35338).
+    """
+    return require_openvino().Core()
 
 
 def _built_from_export(

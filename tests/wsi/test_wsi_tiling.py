@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nucseg.wsi.reader import open_slide
 from nucseg.wsi.tiling import (
@@ -304,3 +306,60 @@ def test_tissue_saturation_and_value_equal_rgb2hsv() -> None:
     he, tissue, _ = synthetic_he((256, 320), seed=5)
     mask = detect_tissue(he)
     assert mask.shape == tissue.shape and (mask == tissue).mean() > 0.9
+
+
+def _region_stats_numpy(labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The statistics own_objects took from NumPy before the one-pass kernel (the oracle)."""
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    ys, xs = np.divmod(np.arange(flat.size), labels.shape[1])
+    first = np.full(n, -1)
+    for i in range(flat.size - 1, -1, -1):
+        first[flat[i]] = i
+    first[0] = -1
+    fg = flat != 0
+    area = np.bincount(flat[fg], minlength=n)
+    sum_y = np.bincount(flat[fg], weights=ys[fg], minlength=n)
+    sum_x = np.bincount(flat[fg], weights=xs[fg], minlength=n)
+    sum_v = np.bincount(flat[fg], weights=values.ravel()[fg].astype(np.float64), minlength=n)
+    box = np.array([[np.iinfo(np.int64).max] * 2 + [-1] * 2] * n)
+    for lab in np.unique(flat[fg]):
+        yy, xx = np.nonzero(labels == lab)
+        box[lab] = [yy.min(), xx.min(), yy.max(), xx.max()]
+    return first, area, sum_y, sum_x, sum_v, box
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    n=st.integers(0, 6),
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.booleans(),
+)
+def test_region_stats_equal_numpy_bit_for_bit(shape: tuple[int, int], n: int, seed: int, runs: bool) -> None:
+    """The kernel behind own_objects: first pixel, area, coordinate and value sums (the
+    same doubles as bincount's, raster-order sums) and boxes, absent labels included."""
+    from nucseg._core import region_stats
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n + 1, shape).astype(np.int32)
+    if runs:  # long runs along rows, as watershed labels have
+        labels = np.repeat(labels[:, : max(1, shape[1] // 3)], 3, axis=1)[:, : shape[1]].copy()
+    values = rng.random(labels.shape).astype(np.float32)
+    got = region_stats(labels, values)
+    want = _region_stats_numpy(labels, values)
+    for g, w_ in zip(got, want):
+        np.testing.assert_array_equal(g, w_)
+    assert region_stats(labels)[4] is None and np.array_equal(region_stats(labels)[1], want[1])
+    np.testing.assert_array_equal(region_stats(labels, values.astype(np.float64))[4], want[4])
+
+
+def test_region_stats_refuses_bad_input() -> None:
+    from nucseg._core import region_stats
+
+    with pytest.raises(ValueError, match="outside 0..n"):
+        region_stats(np.array([[0, -2]], np.int32))
+    with pytest.raises(ValueError, match="labels' shape"):
+        region_stats(np.zeros((2, 3), np.int32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        region_stats(np.zeros(3, np.int32))

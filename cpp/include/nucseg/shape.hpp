@@ -41,12 +41,10 @@ inline std::int64_t ceil_div(std::int64_t n, std::int64_t d) {  // d > 0
     return -floor_div(-n, d);
 }
 
-// Andrew's monotone chain; collinear points dropped. Returns the hull with positive
-// orientation (cross >= 0 for every point inside or on it).
-inline std::vector<Pt> convex_hull(std::vector<Pt>& pts) {
-    std::sort(pts.begin(), pts.end(), [](const Pt& a, const Pt& b) { return a.x != b.x ? a.x < b.x : a.y < b.y; });
-    pts.erase(std::unique(pts.begin(), pts.end(), [](const Pt& a, const Pt& b) { return a.x == b.x && a.y == b.y; }),
-              pts.end());
+// Convex hull of points sorted by (y, x), without repeats: Andrew's monotone chain along
+// y, collinear points dropped. Only turns with cross > 0 are kept, so the hull has
+// positive orientation (cross >= 0 for every point inside or on it).
+inline std::vector<Pt> convex_hull_sorted(const std::vector<Pt>& pts) {
     if (pts.size() < 3) return pts;
     std::vector<Pt> hull(2 * pts.size());
     std::size_t k = 0;
@@ -64,28 +62,44 @@ inline std::vector<Pt> convex_hull(std::vector<Pt>& pts) {
 }
 
 // Pixel centres (doubled: even x, y = 2 * row) inside or on a positively oriented hull.
+// Each edge (v, w) bounds the doubled x of a point (x, y) inside: cross(v, w, (x, y)) =
+// a * x + b >= 0. On a row, the edges going up (a > 0) bound x from below and those going
+// down from above, and of each kind only the edge whose y range holds the row binds (the
+// hull is convex: every other edge's line leaves the row's inside points on its inner
+// side). So the rows walk the two chains once: two divisions per row, not one per edge.
 inline std::int64_t centres_in_hull(const std::vector<Pt>& hull, std::int64_t row0, std::int64_t row1) {
-    std::int64_t count = 0;
+    struct Edge {
+        std::int64_t y_end;  // the edge binds rows up to this doubled y
+        std::int64_t a, b0, dx;  // a * x + b >= 0 with b = dx * y + b0
+    };
     const std::size_t m = hull.size();
+    std::vector<Edge> lower, upper;  // bound x from below / from above; sorted by y below
+    std::int64_t y_min = INT64_MAX, y_max = INT64_MIN;
+    for (std::size_t i = 0; i < m; ++i) {
+        const Pt& v = hull[i];
+        const Pt& w = hull[(i + 1) % m];
+        y_min = std::min(y_min, v.y);
+        y_max = std::max(y_max, v.y);
+        const std::int64_t a = -(w.y - v.y);
+        if (a == 0) continue;  // a horizontal edge lies on the hull's top or bottom row
+        const std::int64_t dx = w.x - v.x;
+        Edge e{std::max(v.y, w.y), a, (w.y - v.y) * v.x - dx * v.y, dx};
+        (a > 0 ? lower : upper).push_back(e);
+    }
+    const auto by_y = [](const Edge& p, const Edge& q) { return p.y_end < q.y_end; };
+    std::sort(lower.begin(), lower.end(), by_y);
+    std::sort(upper.begin(), upper.end(), by_y);
+    std::int64_t count = 0;
+    std::size_t li = 0, ui = 0;
     for (std::int64_t r = row0; r <= row1; ++r) {
         const std::int64_t y = 2 * r;
-        std::int64_t lo = INT64_MIN / 4, hi = INT64_MAX / 4;  // bounds on the doubled x
-        bool empty = false;
-        for (std::size_t i = 0; i < m && !empty; ++i) {
-            const Pt& v = hull[i];
-            const Pt& w = hull[(i + 1) % m];
-            // cross(v, w, (x, y)) = a * x + b >= 0
-            const std::int64_t a = -(w.y - v.y);
-            const std::int64_t b = (w.x - v.x) * (y - v.y) + (w.y - v.y) * v.x;
-            if (a > 0) {
-                lo = std::max(lo, ceil_div(-b, a));
-            } else if (a < 0) {
-                hi = std::min(hi, floor_div(b, -a));
-            } else if (b < 0) {
-                empty = true;
-            }
-        }
-        if (empty) continue;
+        if (y < y_min || y > y_max || lower.empty() || upper.empty()) continue;
+        while (li + 1 < lower.size() && lower[li].y_end < y) ++li;
+        while (ui + 1 < upper.size() && upper[ui].y_end < y) ++ui;
+        const Edge& l = lower[li];
+        const Edge& u = upper[ui];
+        const std::int64_t lo = ceil_div(-(l.dx * y + l.b0), l.a);
+        const std::int64_t hi = floor_div(u.dx * y + u.b0, -u.a);
         // Even x in [lo, hi]: columns ceil(lo / 2) .. floor(hi / 2).
         const std::int64_t c0 = ceil_div(lo, 2), c1 = floor_div(hi, 2);
         if (c1 >= c0) count += c1 - c0 + 1;
@@ -162,6 +176,10 @@ void perimeter_and_convex_area(const L* labels, std::ptrdiff_t height, std::ptrd
         std::vector<std::size_t> fill(start.begin(), start.end());
         for (const auto& s : spans) grouped[fill[static_cast<std::size_t>(s.label)]++] = s;
     }
+    struct Level {
+        std::int64_t y, lo, hi;  // doubled row, its least and greatest doubled x
+    };
+    std::vector<Level> levels;
     std::vector<detail::Pt> pts;
     for (std::int64_t k = 1; k <= n; ++k) {
         const std::size_t b = start[static_cast<std::size_t>(k)], e = start[static_cast<std::size_t>(k) + 1];
@@ -171,19 +189,31 @@ void perimeter_and_convex_area(const L* labels, std::ptrdiff_t height, std::ptrd
         const std::int64_t r0 = grouped[b].row;
         std::int64_t c0 = grouped[b].first;
         for (std::size_t j = b; j < e; ++j) c0 = std::min(c0, grouped[j].first);
-        pts.clear();
+        // The hull of the pixels' diamonds: per doubled row y, only the leftmost and the
+        // rightmost diamond corner can be hull vertices, and rows come sorted, so the
+        // points are generated in (y, x) order (no sort).
+        levels.clear();
+        const auto add = [&](std::int64_t y, std::int64_t lo, std::int64_t hi) {
+            if (!levels.empty() && levels.back().y == y) {
+                levels.back().lo = std::min(levels.back().lo, lo);
+                levels.back().hi = std::max(levels.back().hi, hi);
+            } else {
+                levels.push_back({y, lo, hi});
+            }
+        };
         for (std::size_t j = b; j < e; ++j) {
             const auto& s = grouped[j];
-            const std::int64_t y = 2 * (s.row - r0);
-            for (const std::int64_t c : {s.first, s.last}) {  // the row's extremes bound its pixels' hull
-                const std::int64_t x = 2 * (c - c0);
-                pts.push_back({x, y - 1});
-                pts.push_back({x, y + 1});
-                pts.push_back({x - 1, y});
-                pts.push_back({x + 1, y});
-            }
+            const std::int64_t y = 2 * (s.row - r0), x0 = 2 * (s.first - c0), x1 = 2 * (s.last - c0);
+            add(y - 1, x0, x1);
+            add(y, x0 - 1, x1 + 1);
+            add(y + 1, x0, x1);
         }
-        const auto hull = detail::convex_hull(pts);
+        pts.clear();
+        for (const auto& l : levels) {
+            pts.push_back({l.lo, l.y});
+            if (l.hi != l.lo) pts.push_back({l.hi, l.y});
+        }
+        const auto hull = detail::convex_hull_sorted(pts);
         convex_area[k - 1] = detail::centres_in_hull(hull, 0, grouped[e - 1].row - r0);
     }
 }

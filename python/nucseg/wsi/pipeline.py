@@ -817,7 +817,7 @@ def measure_tile(result: Any, tile: Any, geom: Any, rgb_read: np.ndarray) -> dic
     dict or None
         One row per owned nucleus (sorted by id), None when the tile owns none.
     """
-    from nucseg.morphometrics import measure_nuclei
+    from nucseg.morphometrics import measure_compact
 
     from .tiling import crop_box
 
@@ -827,8 +827,14 @@ def measure_tile(result: Any, tile: Any, geom: Any, rgb_read: np.ndarray) -> dic
     if rgb_read.shape != shape:
         raise ValueError(f"rgb of tile {tile.index} must have its read box's shape {shape}, got {rgb_read.shape}")
     y0, _, x0, _ = result.box
-    # The owned labels hold each exact nucleus whole (0 on other tiles' pixels).
-    return measure_nuclei(result.labels, rgb_read[crop_box(result.box, tile.read)], mpp=geom.mpp, offset=(y0, x0))
+    # The owned labels hold each exact nucleus whole (0 on other tiles' pixels). Their ids
+    # ascend in rank order, so a nucleus's number 1..n is its id's position: no sort.
+    labels = result.labels
+    compact = np.zeros(labels.shape, np.int32)
+    fg = labels != 0
+    compact[fg] = np.searchsorted(result.ids, labels[fg]) + 1
+    rgb = rgb_read[crop_box(result.box, tile.read)]
+    return {"label": result.ids, **measure_compact(compact, result.ids.size, rgb, None, geom.mpp, (y0, x0))}
 
 
 @dataclass

@@ -524,7 +524,8 @@ def own_objects(
     """
     from scipy import ndimage
 
-    from nucseg.postprocess import first_pixels, foreground
+    from nucseg._core import region_stats
+    from nucseg.postprocess import foreground
 
     vy0, vy1, vx0, vx1 = tile.valid
     if labels.shape != (vy1 - vy0, vx1 - vx0) or prob.shape != labels.shape:
@@ -544,9 +545,12 @@ def own_objects(
         centroid=np.zeros((0, 2)),
         bbox=np.zeros((0, 4), np.int64),
     )
-    basins, anchor = first_pixels(labels)
+    # Every basin's first pixel, area, coordinate and probability sums and box in one pass.
+    first, area, sum_y, sum_x, sum_prob, bbox = region_stats(np.ascontiguousarray(labels, np.int32), prob)
+    basins = np.flatnonzero(first >= 0)
     if basins.size == 0:
         return empty
+    anchor = first[basins]
     ay, ax = anchor // w + vy0, anchor % w + vx0
     cy0, cy1, cx0, cx1 = tile.core
     in_core = (ay >= cy0) & (ay < cy1) & (ax >= cx0) & (ax < cx1)
@@ -580,7 +584,7 @@ def own_objects(
     # The size filter, now that every kept nucleus is exact (or final at the largest halo);
     # dropped before ranking, so ids stay 1..n for the nuclei written.
     if min_area > 1:
-        big = np.bincount(labels.ravel())[basins] >= min_area  # same rule as PostprocessRecipe.keeps
+        big = area[basins] >= min_area  # same rule as PostprocessRecipe.keeps
         if not big.all():
             basins, anchor, inexact = basins[big], anchor[big], inexact[big]
             if basins.size == 0:
@@ -593,39 +597,23 @@ def own_objects(
     ids = np.concatenate(
         [scheme.ids(tile.index, n_exact), scheme.ids(tile.index, basins.size - n_exact, approximate=True)]
     )
-    lut = np.full(int(labels.max()) + 1, -1, np.int64)
-    lut[basins] = np.arange(basins.size)
-    rank_img = lut[labels.ravel()]
-    nzl = np.flatnonzero(rank_img >= 0)
-    rank = rank_img[nzl]
-    out = np.zeros(h * w, scheme.dtype)
-    out[nzl] = ids[rank]
-    out = out.reshape(h, w)
-
-    ys, xs = np.divmod(nzl, w)
-    n = basins.size
-    area = np.bincount(rank, minlength=n)
-    cy = np.bincount(rank, weights=ys, minlength=n) / area + vy0
-    cx = np.bincount(rank, weights=xs, minlength=n) / area + vx0
-    mp = np.bincount(rank, weights=prob.ravel()[nzl].astype(np.float64), minlength=n) / area
-    by0 = np.full(n, np.iinfo(np.int64).max)
-    bx0 = np.full(n, np.iinfo(np.int64).max)
-    by1 = np.full(n, -1)
-    bx1 = np.full(n, -1)
-    np.minimum.at(by0, rank, ys)
-    np.minimum.at(bx0, rank, xs)
-    np.maximum.at(by1, rank, ys)
-    np.maximum.at(bx1, rank, xs)
-    bbox = np.stack([by0 + vy0, bx0 + vx0, by1 + 1 + vy0, bx1 + 1 + vx0], axis=1)
+    area = area[basins]
+    cy = sum_y[basins] / area + vy0
+    cx = sum_x[basins] / area + vx0
+    mp = sum_prob[basins] / area
+    bbox = bbox[basins] + np.array([vy0, vx0, 1 + vy0, 1 + vx0])  # (y0, x0, y1, x1), y1 and x1 exclusive
     box = (int(bbox[:, 0].min()), int(bbox[:, 2].max()), int(bbox[:, 1].min()), int(bbox[:, 3].max()))
-    crop = out[box[0] - vy0 : box[1] - vy0, box[2] - vx0 : box[3] - vx0]
+    # The global ids of the kept basins over the box; 0 for the rest.
+    lut = np.zeros(first.size, scheme.dtype)
+    lut[basins] = ids
+    crop = lut[labels[box[0] - vy0 : box[1] - vy0, box[2] - vx0 : box[3] - vx0]]
     return TileResult(
         tile=tile,
         box=box,
-        labels=np.ascontiguousarray(crop),
+        labels=crop,
         ids=ids,
         exact=~inexact,
-        area=area.astype(np.int64),
+        area=area,
         mean_prob=mp.astype(np.float32),
         centroid=np.stack([cy, cx], axis=1),
         bbox=bbox.astype(np.int64),
