@@ -297,7 +297,17 @@ def test_slide_path_vs_baseline(benchmark, replay, tmp_path) -> None:
     a, b = (zarr.open_array(str(p / "labels" / "nuclei" / "0"), mode="r")[...] for p in stores)
     np.testing.assert_array_equal(a, b)
     tables = [pq.read_table(p / "nucseg" / "nuclei.parquet") for p in stores]
-    assert tables[0].equals(tables[1])
+    if not tables[0].equals(tables[1]):  # the same rows; float32 columns within rounding
+        assert tables[0].schema == tables[1].schema and tables[0].num_rows == tables[1].num_rows
+        for name in tables[0].column_names:
+            x, y = (t.column(name).to_numpy() for t in tables)
+            if name == "orientation_deg":  # an axis: -90 and +90 degrees are the same one
+                np.testing.assert_allclose((x - y.astype(np.float64) + 90) % 180 - 90, 0, atol=1e-4, err_msg=name)
+            elif x.dtype.kind == "f":
+                # (e.g. eccentricity sqrt(1 - l2/l1) of a round nucleus: 0 from exact moments, ~1e-8 before)
+                np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6, err_msg=name)
+            else:
+                np.testing.assert_array_equal(x, y, err_msg=name)
 
 
 def _cpu_seconds() -> float:

@@ -260,3 +260,26 @@ def test_perimeter_and_convex_area_equal_regionprops(shape, k, density, seed) ->
     assert ref["label"].tolist() == list(range(1, n + 1))
     np.testing.assert_allclose(per, ref["perimeter"], rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(cvx, ref["area_convex"])
+
+
+def test_symmetric_nuclei_orientation_and_eccentricity_equal_scikit_image() -> None:
+    """Round and square nuclei have equal variances: scikit-image then reports eccentricity 0
+    and its diagonal orientation (-45 degrees here). Moments taken in floating point about the
+    centroid missed the tie by an ulp (0 or +-90 degrees, eccentricity ~1e-8); the exact
+    integer moments find it."""
+    from skimage.draw import disk
+    from skimage.measure import regionprops_table
+
+    lab = np.zeros((60, 200), np.int32)
+    lab[disk((15, 15), 5)] = 1
+    lab[5:9, 40:44] = 2
+    lab[20:23, 60] = 3
+    lab[21, 59:62] = 3  # a plus
+    lab[disk((40, 100), 7.3)] = 4
+    lab[40:46, 150:156] = 5
+    lab[30, 170] = 6
+    m = measure_nuclei(lab, _grey(lab.shape), mpp=0.25)
+    ref = regionprops_table(lab, spacing=(0.25, 0.25), properties=("label", "orientation", "eccentricity"))
+    np.testing.assert_array_equal(m["eccentricity"], ref["eccentricity"])
+    np.testing.assert_array_equal(m["orientation_deg"], np.degrees(ref["orientation"]))
+    assert (m["eccentricity"] == 0).all() and (m["orientation_deg"] == -45).all()

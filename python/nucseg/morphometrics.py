@@ -131,21 +131,23 @@ def empty_measurements(label_dtype: Any = np.uint32) -> dict[str, np.ndarray]:
     return out
 
 
+def _n_s2_minus(n: np.ndarray, s2: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``n * s2 - a * b`` as float64: exact (int64) where the products fit, else in float64."""
+    fits = (np.abs(n * s2.astype(np.float64)) < 2.0**62) & (np.abs(a * b.astype(np.float64)) < 2.0**62)
+    exact = np.where(fits, n, 0) * np.where(fits, s2, 0) - np.where(fits, a, 0) * np.where(fits, b, 0)
+    return np.where(fits, exact, n * s2.astype(np.float64) - a * b.astype(np.float64)).astype(np.float64)
+
+
 def _moment_shape(
-    idx: np.ndarray, dy: np.ndarray, dx: np.ndarray, area_px: np.ndarray, mpp: tuple[float, float]
+    vyy: np.ndarray, vxx: np.ndarray, vxy: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Axes, eccentricity and orientation of every nucleus from its second central moments.
 
-    ``idx`` is each pixel's nucleus index, ``dy, dx`` its offset from the nucleus
-    centroid in pixels. These are :class:`skimage.measure.RegionProperties`'
-    ``axis_major_length``, ``axis_minor_length``, ``eccentricity`` and ``orientation``
-    (with ``spacing=mpp``), for all nuclei at once.
+    ``vyy, vxx, vxy`` are each nucleus's coordinate variances and covariance in um^2.
+    These are :class:`skimage.measure.RegionProperties`' ``axis_major_length``,
+    ``axis_minor_length``, ``eccentricity`` and ``orientation`` (with ``spacing=mpp``),
+    for all nuclei at once.
     """
-    n = area_px.size
-    dy, dx = dy * mpp[0], dx * mpp[1]
-    vyy = np.bincount(idx, weights=dy * dy, minlength=n) / area_px
-    vxx = np.bincount(idx, weights=dx * dx, minlength=n) / area_px
-    vxy = np.bincount(idx, weights=dy * dx, minlength=n) / area_px
     # scikit-image's inertia tensor [[a, b], [b, c]] and its eigenvalues l1 >= l2 >= 0.
     a, b, c = vxx, -vxy, vyy
     mid, half = 0.5 * (a + c), np.hypot(0.5 * (a - c), b)
@@ -285,26 +287,32 @@ def measure_compact(
     """:func:`measure_nuclei` (without its ``label`` column) of int32 labels numbering the
     nuclei 1..n, all present; inputs already validated. For callers that number their
     nuclei themselves (the slide runner's tiles), saving measure_nuclei's sort."""
-    from ._core import perimeter_and_convex_area
+    from ._core import perimeter_and_convex_area, region_stats
 
     my, mx = mpp
+    # Area, centroid, probability sum and exact second moments of every nucleus in one pass.
+    values = None if prob is None else np.asarray(prob)
+    first, area, sum_y, sum_x, sum_prob, _, second = region_stats(compact, values, moments=True)
+    area_px, first = area[1:], first[1:]
+    cy = sum_y[1:] / area_px
+    cx = sum_x[1:] / area_px
+    mean_prob = np.full(n, np.nan) if sum_prob is None else sum_prob[1:] / area_px
+    # Central moments from the exact sums about each nucleus's first pixel: n^2 var = n S2 - S1 S1'
+    # in integers, so a round nucleus has exactly equal variances, as scikit-image finds.
+    oy, ox = np.divmod(first, compact.shape[1])
+    s1y, s1x = sum_y[1:] - area_px * oy, sum_x[1:] - area_px * ox
+    n2 = area_px.astype(np.float64) ** 2
+    vyy, vxx, vxy = (
+        _n_s2_minus(area_px, second[1:, i], a, b) / n2 for i, (a, b) in enumerate(((s1y, s1y), (s1x, s1x), (s1y, s1x)))
+    )
+    axes = _moment_shape(vyy * (my * my), vxx * (mx * mx), vxy * (my * mx))
+    # Stain densities of the nucleus pixels only: rgb2hed's arithmetic, its logarithm read from a table.
     flat = compact.ravel()
     fg = flat != 0
     idx = flat[fg] - 1  # nucleus index of each nucleus pixel
-    area_px = np.bincount(idx, minlength=n).astype(np.int64)
-    ys, xs = np.divmod(np.flatnonzero(fg), compact.shape[1])
-    cy = np.bincount(idx, weights=ys, minlength=n) / area_px
-    cx = np.bincount(idx, weights=xs, minlength=n) / area_px
-    # Stain densities of the nucleus pixels only: rgb2hed's arithmetic, its logarithm read from a table.
     hed = _rgb2hed_u8(rgb.reshape(-1, 3)[fg]) * _RGB2HED_TO_OD10
     h_od = np.bincount(idx, weights=hed[:, 0], minlength=n) / area_px
     e_od = np.bincount(idx, weights=hed[:, 1], minlength=n) / area_px
-    if prob is not None:
-        mean_prob = np.bincount(idx, weights=prob.ravel()[fg].astype(np.float64), minlength=n) / area_px
-    else:
-        mean_prob = np.full(n, np.nan)
-
-    axes = _moment_shape(idx, ys - cy[idx], xs - cx[idx], area_px, (my, mx))
 
     # Measured on the compact ids 1..n. Solidity is a ratio of areas (any pixel size);
     # perimeters are measured on the pixel grid, as scikit-image does (isotropic only).

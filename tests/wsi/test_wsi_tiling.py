@@ -346,11 +346,17 @@ def test_region_stats_equal_numpy_bit_for_bit(shape: tuple[int, int], n: int, se
     if runs:  # long runs along rows, as watershed labels have
         labels = np.repeat(labels[:, : max(1, shape[1] // 3)], 3, axis=1)[:, : shape[1]].copy()
     values = rng.random(labels.shape).astype(np.float32)
-    got = region_stats(labels, values)
+    got = region_stats(labels, values, moments=True)
     want = _region_stats_numpy(labels, values)
-    for g, w_ in zip(got, want):
+    for g, w_ in zip(got, want, strict=False):
         np.testing.assert_array_equal(g, w_)
-    assert region_stats(labels)[4] is None and np.array_equal(region_stats(labels)[1], want[1])
+    # Second moments about each label's first pixel: sums of dy^2, dx^2, dy dx.
+    for lab in range(1, int(labels.max()) + 1):
+        yy, xx = np.nonzero(labels == lab)
+        dy, dx = yy - want[0][lab] // labels.shape[1], xx - want[0][lab] % labels.shape[1]
+        assert got[6][lab].tolist() == ([int((dy * dy).sum()), int((dx * dx).sum()), int((dy * dx).sum())] if yy.size else [0, 0, 0])
+    assert region_stats(labels)[4] is None and region_stats(labels)[6] is None
+    np.testing.assert_array_equal(region_stats(labels)[1], want[1])
     np.testing.assert_array_equal(region_stats(labels, values.astype(np.float64))[4], want[4])
 
 

@@ -546,7 +546,7 @@ def own_objects(
         bbox=np.zeros((0, 4), np.int64),
     )
     # Every basin's first pixel, area, coordinate and probability sums and box in one pass.
-    first, area, sum_y, sum_x, sum_prob, bbox = region_stats(np.ascontiguousarray(labels, np.int32), prob)
+    first, area, sum_y, sum_x, sum_prob, bbox, _ = region_stats(np.ascontiguousarray(labels, np.int32), prob)
     basins = np.flatnonzero(first >= 0)
     if basins.size == 0:
         return empty
