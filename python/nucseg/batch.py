@@ -776,9 +776,8 @@ def segment_files(
         Replace existing outputs.
     device, precision, backend : str, optional
         See :func:`nucseg.load_model` (when ``model`` is not already loaded). ``backend``
-        ``"auto"``, as in ``nucseg-wsi``, runs the network with OpenVINO on the CPU when it
-        is installed, else ONNX Runtime (float32 by default; the labels of torch within the
-        parity bar).
+        ``"auto"``, as in ``nucseg-wsi``, runs the network with ONNX Runtime on the CPU when
+        it is installed (float32; the labels of torch within the parity bar).
     progress : bool
         Show a tqdm progress bar.
     on_result : callable, optional

@@ -430,8 +430,8 @@ def load_model(
     backend : {"torch", "auto", "onnx", "openvino"}
         ``"onnx"`` runs the network with ONNX Runtime on the CPU, ``"openvino"`` with
         OpenVINO (exported once per model and cached, see :mod:`nucseg.backends`);
-        ``"auto"`` on the CPU picks OpenVINO when installed, else ONNX Runtime when
-        installed and the precision is float32, else torch.
+        ``"auto"`` on the CPU picks ONNX Runtime when installed and the precision is
+        float32, else OpenVINO when installed, else torch.
     threads : int, optional
         ONNX Runtime or OpenVINO threads; ``torch.get_num_threads()`` when None. The
         torch backend uses torch's own setting. On the CPU, torch's setting is first

@@ -71,8 +71,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--backend",
         default="auto",
         choices=["auto", "torch", "onnx", "openvino"],
-        help="what runs the network on the CPU (as nucseg-wsi): auto = openvino when installed, "
-        "else onnx when installed and float32, else torch",
+        help="what runs the network on the CPU (as nucseg-wsi): auto = onnx when installed and float32, "
+        "else openvino when installed, else torch",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p

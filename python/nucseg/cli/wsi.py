@@ -30,7 +30,7 @@ examples:
   nucseg-wsi slide.svs slide.zarr --device cpu --precision bfloat16
       CPU only, bfloat16 arithmetic: about 2.5x faster on CPUs with AMX (Xeon 4th gen+)
   nucseg-wsi slide.svs slide.zarr --device cpu --backend onnx
-      the network in ONNX Runtime (pip install 'nucseg[onnx]'; 'auto' picks it on CPUs without OpenVINO)
+      the network in ONNX Runtime (pip install 'nucseg[onnx]'; the default 'auto' picks it on CPUs)
   nucseg-wsi slide.svs slide.zarr --model hematoxylin --tissue mask.png
       the classical colour-deconvolution baseline, with your own tissue mask
   nucseg-wsi slides/*.svs --out-dir results/
@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "torch", "onnx", "openvino"],
         help="what runs the network: onnx = ONNX Runtime on the CPU (pip install 'nucseg[onnx]'), openvino = "
         "OpenVINO on the CPU (pip install 'nucseg[openvino]'; with --precision bfloat16 several times faster on "
-        "CPUs with AMX), both faster than torch there; auto (default) = on the CPU openvino when installed, else "
-        "onnx when installed and float32, else torch",
+        "CPUs with AMX), both faster than torch there; auto (default) = on the CPU onnx when installed and "
+        "float32, else openvino when installed, else torch",
     )
     p.add_argument(
         "--reader",
