@@ -42,10 +42,8 @@ needs_onnx = pytest.mark.skipif(
 needs_openvino = pytest.mark.skipif(
     not openvino_available(), reason="openvino/onnx not installed (pip install 'nucseg[openvino]' or '.[test]')"
 )
-# OpenVINO runs in a process of its own: after OpenVINO models had run in the suite's process,
-# that process later died of SIGSEGV when it started processes (a DataLoader fork, the Dask and
-# CLI tests' children; the suite passes with openvino uninstalled, and no small reproduction
-# crashed). test_openvino_in_its_own_process runs this module again with NUCSEG_TEST_OPENVINO=1:
+# OpenVINO runs in a process of its own: the suite's process once died of SIGSEGV after OpenVINO
+# models had run in it (see resolve_backend), and it must not. test_openvino_in_its_own_process runs this module again with NUCSEG_TEST_OPENVINO=1:
 # the engine-level tests then run for OpenVINO instead of ONNX Runtime, plus OpenVINO's own.
 IN_OPENVINO_PROCESS = os.environ.get("NUCSEG_TEST_OPENVINO") == "1"
 openvino_process = pytest.mark.skipif(

@@ -122,6 +122,10 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("nucseg-train: error: TNBC folder not found") and err.count("\n") == 1
     assert cli_eval.main(["--data", str(tmp_path), "--run", str(tmp_path / "r"), "--quiet"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    # A flag the leave-one-dataset-out mode cannot honour is refused, not ignored.
+    assert cli_eval.main(["--lodo", str(tmp_path), "--cache", str(tmp_path), "--tta", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--tta is not available with --lodo" in err and err.count("\n") == 1
 
 
 def test_cli_train_then_eval_end_to_end(tmp_path, capsys):

@@ -162,10 +162,10 @@ def resolve_backend(backend: str, device_type: str, precision: str = "auto") -> 
         if device_type != "cpu":
             return "torch"
         # ONNX Runtime first in float32, although OpenVINO was 1.15x faster end to end: once
-        # OpenVINO models had run in the test suite's process, that process later died of SIGSEGV
-        # when it started processes (a DataLoader fork, the Dask and CLI tests' children), not
-        # reproduced in isolation. Until that is understood OpenVINO runs where asked for, and
-        # for bfloat16, which only it compiles.
+        # OpenVINO models had run in the test suite's process, that process died of SIGSEGV later
+        # (3 runs of 3 when OpenVINO came in; 0 of 4 since, with OpenVINO first, so the cause is
+        # not known). Until it is, OpenVINO runs where asked for, and for bfloat16, which only it
+        # compiles.
         if float32 and onnx_available():
             return "onnx"
         return "openvino" if openvino_available() else "torch"

@@ -124,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.lodo is not None:
+        if args.tta:
+            raise ValueError("--tta is not available with --lodo (the protocol scores each model as a slide run uses it)")
         return _run_lodo(args)
     if args.data is None:
         raise ValueError("--data (the TNBC folder) is required")
