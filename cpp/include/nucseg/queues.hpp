@@ -117,7 +117,11 @@ struct KeyOf {
 // after a radix sort: 2.0x the uint8 time on a 2048^2 map rounded to 1/1024, now
 // 1.2-1.3x; before that, per-pixel push stamps costing 4 bytes per image pixel. The rest
 // of the gap: 4-8x more distinct values per component than uint8's, so pushes scatter
-// over more segments: 1.33x the instructions of a uint8 map, callgrind.)
+// over more segments: 1.33x the instructions of a uint8 map, callgrind. A map of 257
+// levels (k/256) still takes 1.13-1.17x uint8's time, and reset() is about 2 of the ~5 ms
+// difference on a 2048^2 map; tried and not kept, each within 3 %: the slot written into
+// the pixel's state by reset() so that push() needs no key, and one FIFO per slot, no
+// ranks, on components with no more slots than pixels.)
 template <class T>
 class BucketQueue {
     using Key = typename KeyOf<T>::Key;
