@@ -25,7 +25,7 @@ def resample_separable(
 ) -> npt.NDArray[np.uint8]: ...
 
 def region_stats(
-    labels: npt.NDArray[np.int32], values: npt.NDArray[np.floating] | None = None
+    labels: npt.NDArray[np.int32], values: npt.NDArray[np.floating] | None = None, moments: bool = False
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -33,4 +33,5 @@ def region_stats(
     npt.NDArray[np.int64],
     npt.NDArray[np.float64] | None,
     npt.NDArray[np.int64],
+    npt.NDArray[np.int64] | None,
 ]: ...
