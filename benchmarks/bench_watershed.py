@@ -46,9 +46,9 @@ except ImportError as exc:  # fail loudly: a silent skip hid the fastest baselin
 MATCHED = 0.99  # fraction of objects a baseline must share with nucseg (one to one, IoU >= 0.5)
 
 SIZES = (2048, 4096)
-LAM = {"uint8": 7.0, "float32": 7.0 / 255, "float32 (float16 values)": 7.0 / 255, "float32 (1/1024 steps)": 7.0 / 255}
-THRESHOLD = {"uint8": 127.0, "float32": 0.5, "float32 (float16 values)": 0.5, "float32 (1/1024 steps)": 0.5}
-QUANTISED = ["float32 (float16 values)", "float32 (1/1024 steps)"]
+QUANTISED = ["float32 (float16 values)", "float32 (1/1024 steps)", "float32 (k/255)"]
+LAM = {"uint8": 7.0, "float32": 7.0 / 255, **dict.fromkeys(QUANTISED, 7.0 / 255)}
+THRESHOLD = {"uint8": 127.0, "float32": 0.5, **dict.fromkeys(QUANTISED, 0.5)}
 
 
 def _maps(size: int) -> dict[str, np.ndarray]:
@@ -59,6 +59,8 @@ def _maps(size: int) -> dict[str, np.ndarray]:
         # Quantised float maps, as float16 inference gives: few distinct values, many ties.
         "float32 (float16 values)": prob.astype(np.float16).astype(np.float32),
         "float32 (1/1024 steps)": (np.round(prob * 1024) / 1024).astype(np.float32),
+        # A uint8 map divided by 255, as a PNG probability map is read.
+        "float32 (k/255)": (np.round(prob * 255).astype(np.uint8) / np.float32(255)).astype(np.float32),
     }
 
 
@@ -216,7 +218,7 @@ def _one_component(dtype: str) -> np.ndarray:
     f = 0.55 + 0.45 * (f - f.min()) / np.ptp(f)
     if dtype == "uint8":
         return np.round(f * 255).astype(np.uint8)
-    return f.astype(np.float16).astype(np.float32) if dtype in QUANTISED else f.astype(np.float32)
+    return f.astype(np.float16).astype(np.float32) if dtype == "float32 (float16 values)" else f.astype(np.float32)
 
 
 def _one_pixel_runs(dtype: str) -> np.ndarray:

@@ -213,6 +213,13 @@ def _quantised(kind: str) -> tuple[np.ndarray, float, float]:
         return prob.astype(np.float16).astype(np.float64), 0.03, 0.5
     if kind == "float32, bfloat16 values":  # bfloat16 autocast: the top 16 bits only
         return (prob.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32), 0.03, 0.5
+    if kind in ("float32, k/255", "float64, k/255"):  # a uint8 map divided by 255 (keys share no low bits)
+        dtype = np.float32 if kind.startswith("float32") else np.float64
+        return (np.round(prob * 255).astype(np.uint8) / dtype(255)).astype(dtype), 0.03, 0.5
+    if kind == "float32, k/255 but one value":  # one pixel off the 255ths: the component takes another queue
+        ramp = (np.round(prob * 255).astype(np.uint8) / np.float32(255)).astype(np.float32)
+        ramp[np.unravel_index(np.argmax(ramp), ramp.shape)] = np.nextafter(ramp.max(), np.float32(0))
+        return ramp, 0.03, 0.5
     # Signed values through zero, -0.0 beside +0.0 (equal, so tied): a logit-like map.
     signed = (np.round((prob - 0.5) * 256) / 256).astype(np.float32)
     signed[(signed == 0) & (np.arange(signed.size).reshape(signed.shape) % 2 == 0)] = -0.0
@@ -221,12 +228,16 @@ def _quantised(kind: str) -> tuple[np.ndarray, float, float]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["uint16, 1/1024 steps", "float64, float16 values", "float32, bfloat16 values", "float32, signed, +-0"]
+    "kind",
+    [
+        "uint16, 1/1024 steps", "float64, float16 values", "float32, bfloat16 values", "float32, signed, +-0",
+        "float32, k/255", "float64, k/255", "float32, k/255 but one value",
+    ],
 )
 @pytest.mark.parametrize("connectivity", [1, 2])
 def test_quantised_maps_of_every_dtype_identical_to_reference(kind, connectivity):
-    """The bucket queue on the slots of quantised keys, for every dtype it serves and for
-    signed keys: pixel for pixel the reference, ties (push order) included."""
+    """The bucket queue on the slots of quantised keys (or on 255ths), for every dtype it serves
+    and for signed keys: pixel for pixel the reference, ties (push order) included."""
     prob, lam, t = _quantised(kind)
     values = prob[prob > t]
     assert len(np.unique(values)) < values.size // 2  # heavily tied
