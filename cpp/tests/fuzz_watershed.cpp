@@ -137,7 +137,8 @@ int main(int argc, char** argv) {
         if (i % 10 == 2) width = 1 + static_cast<int>(rng() % 2000), height = 1 + static_cast<int>(rng() % 3);
         // 0 levels: constant map; few levels: plateaus; hundreds: components with many
         // tied keys (the sorted queue's stamp mode for 16-bit and float maps).
-        const int levels = i % 3 == 0 ? 100 + static_cast<int>(rng() % 3000) : static_cast<int>(rng() % 9);
+        int levels = i % 3 == 0 ? 100 + static_cast<int>(rng() % 3000) : static_cast<int>(rng() % 9);
+        if (i % 8 == 3 || i % 8 == 6) levels = 255;  // double and float maps of k/255 (the bucket queue's 255ths)
         const double lam = lams[rng() % 5];
         const int connectivity = 1 + static_cast<int>(rng() % 2);
         switch (i % 4) {
