@@ -80,6 +80,10 @@ def main() -> None:
                     help="the model's resolution in um/px (0.5: 4x fewer pixels); every source is rescaled to it, "
                          "and the loss weights' sigma and the tuned min_area keep their size in um")
     ap.add_argument("--iterations", type=int, default=100_000)
+    ap.add_argument("--tnbc-fold", type=int, default=None, metavar="K",
+                    help="train on TNBC's patients outside fold K of nucseg-train's 3-fold split grouped by patient "
+                         "(--cv kfold --folds 3, seed 0), for the union model's TNBC cross-validation; the held-out "
+                         "patients are recorded in the model JSON (tnbc_held_out_patients) for nucseg-eval --patients")
     ap.add_argument("--augment", type=json.loads, default={},
                     help="JSON object of nucseg.data.AugmentConfig fields merged into the defaults")
     args = ap.parse_args()
@@ -90,12 +94,23 @@ def main() -> None:
     from nucseg.inference import load_model, save_model
     from nucseg.train import preset, train
 
-    if args.init == "default" and args.hold_out == "tnbc":
-        raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC out")
+    if args.init == "default" and (args.hold_out == "tnbc" or args.tnbc_fold is not None):
+        raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC images out")
+    if args.tnbc_fold is not None and (args.hold_out == "tnbc" or args.tnbc_fold not in (0, 1, 2)):
+        raise SystemExit("--tnbc-fold takes 0, 1 or 2, and TNBC must be among the training sources")
     sources = [s for s in TRAIN_SOURCES if s != args.hold_out]
     if not args.mpp > 0:
         raise SystemExit(f"--mpp must be a positive resolution in um/px, got {args.mpp}")
     per_source = {s: load_training_source(s, args.cache, args.tnbc, args.mpp) for s in sources}
+    tnbc_held_out: list[str] = []
+    if args.tnbc_fold is not None:
+        from nucseg.data import grouped_kfold
+
+        tnbc = per_source["tnbc"]
+        _, test = grouped_kfold([im.patient.split("/", 1)[1] for im in tnbc], 3, seed=0)[args.tnbc_fold]
+        tnbc_held_out = sorted({tnbc[i].patient.split("/", 1)[1] for i in test})
+        per_source["tnbc"] = [im for im in tnbc if im.patient.split("/", 1)[1] not in tnbc_held_out]
+        print("TNBC fold", args.tnbc_fold, "held out:", tnbc_held_out)
     images = balanced(per_source)
     init = None
     if args.init == "default":
@@ -131,6 +146,7 @@ def main() -> None:
     extra.update(
         sources=sources,
         held_out_source=args.hold_out,
+        tnbc_held_out_patients=tnbc_held_out,
         images_per_source={s: len(v) for s, v in per_source.items()},
         tuned_on_training_images={"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)},
         patients=sorted({im.patient for im in unique}),
