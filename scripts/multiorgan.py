@@ -107,9 +107,10 @@ def main() -> None:
         from nucseg.data import grouped_kfold
 
         tnbc = per_source["tnbc"]
-        _, test = grouped_kfold([im.patient.split("/", 1)[1] for im in tnbc], 3, seed=0)[args.tnbc_fold]
-        tnbc_held_out = sorted({tnbc[i].patient.split("/", 1)[1] for i in test})
-        per_source["tnbc"] = [im for im in tnbc if im.patient.split("/", 1)[1] not in tnbc_held_out]
+        patients = [im.patient.split("/", 1)[1] for im in tnbc]  # TNBC's own ids, as nucseg-train splits them
+        _, test = grouped_kfold(patients, 3, seed=0)[args.tnbc_fold]
+        tnbc_held_out = sorted({patients[i] for i in test})
+        per_source["tnbc"] = [im for im, p in zip(tnbc, patients) if p not in tnbc_held_out]
         print("TNBC fold", args.tnbc_fold, "held out:", tnbc_held_out)
     images = balanced(per_source)
     init = None

@@ -616,7 +616,7 @@ def own_objects(
         area=area,
         mean_prob=mp.astype(np.float32),
         centroid=np.stack([cy, cx], axis=1),
-        bbox=bbox.astype(np.int64),
+        bbox=bbox,
     )
 
 
