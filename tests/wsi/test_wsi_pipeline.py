@@ -484,3 +484,96 @@ def test_measure_tile_is_measure_nuclei_bit_for_bit() -> None:
             assert got[column].dtype == want[column].dtype
             np.testing.assert_array_equal(got[column], want[column], err_msg=column)
     assert approximate > 0  # exact and approximate ids (two id ranges) both numbered
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tissue_windows_cover_every_inside_pixel_of_the_valid_box(seed: int) -> None:
+    from nucseg.wsi.pipeline import tissue_windows
+    from nucseg.wsi.tiling import Tile
+
+    rng = np.random.default_rng(seed)
+    tile = Tile(index=0, row=0, col=0, core=(0, 512, 0, 640), read=(-40, 552, -40, 680), valid=(-16, 528, -16, 656))
+    h, w = 592, 720
+    inside = np.zeros((h, w), bool)
+    for _ in range(rng.integers(1, 4)):  # a few rectangles of tissue
+        y0, x0 = rng.integers(0, h - 50), rng.integers(0, w - 50)
+        inside[y0 : y0 + rng.integers(20, 200), x0 : x0 + rng.integers(20, 200)] = True
+    windows = tissue_windows(inside, tile, context=20, stride=8, strip=128)
+    assert windows is not None
+    covered = np.zeros_like(inside)
+    for (y0, y1, x0, x1), (ry0, ry1, rx0, rx1) in windows:
+        assert 24 <= y0 < y1 <= 568 and 24 <= x0 < x1 <= 696  # kept parts lie in the valid box
+        assert not covered[y0:y1, x0:x1].any()  # each pixel predicted once
+        covered[y0:y1, x0:x1] = True
+        assert ry0 % 8 == 0 and rx0 % 8 == 0  # on the stride grid of the read box
+        assert (ry0, rx0) == (max(0, y0 - 24), max(0, x0 - 24))  # context, rounded up to the stride
+        assert (ry1, rx1) == (min(h, y1 + 24), min(w, x1 + 24))
+    valid = np.zeros_like(inside)
+    valid[24:568, 24:696] = True
+    assert np.all(covered[inside & valid])
+    assert tissue_windows(np.zeros((h, w), bool), tile, context=20, stride=8, strip=128) == []
+    assert tissue_windows(np.ones((h, w), bool), tile, context=20, stride=8, strip=128) is None  # one piece is cheaper
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        tissue_windows(inside, tile, context=20, stride=8, strip=100)
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_predict_tiles_is_the_whole_map_inside_tissue_and_zero_outside(windows: bool) -> None:
+    """Windowed or whole, each tile's map equals the one-piece map where the tissue map holds
+    and is 0 elsewhere (the stand-in network's context, 3 px, is within the 8 px kept)."""
+    from scipy import ndimage
+
+    from nucseg.wsi.pipeline import predict_tiles
+    from nucseg.wsi.tiling import crop_box, make_tiles, plan_geometry
+    from nucseg.wsi.tissue import TissueMap
+
+    geom = plan_geometry([(700, 600)], (0.25, 0.25), 0.25, tile=256, halo=32, context=8, stride=8)
+    mask = np.zeros((600, 700), bool)
+    mask[50:120, 40:300] = True
+    mask[400:430, 500:690] = True
+    tmap = TissueMap.grow(mask, (1.0, 1.0), geom, geom.margin)
+    image = np.random.default_rng(0).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    padded = np.pad(image, ((64, 64), (64, 64), (0, 0)), mode="reflect")
+    tiles = make_tiles(geom)
+    rgbs = [padded[t.read[0] + 64 : t.read[1] + 64, t.read[2] + 64 : t.read[3] + 64] for t in tiles]
+    fed = []
+
+    def predict(batch):
+        fed.append(batch.shape[0] * batch.shape[1] * batch.shape[2])
+        return _local_map(batch)
+
+    probs = predict_tiles(predict, tiles, rgbs, tmap, geom, 8, windows=windows)
+    for t, rgb, prob in zip(tiles, rgbs, probs):
+        valid = crop_box(t.valid, t.read)  # the runner uses nothing else of the read box
+        inside = tmap.inside(geom, t.read)
+        np.testing.assert_array_equal(prob[valid], np.where(inside, _local_map(rgb[None])[0], 0)[valid])
+    whole = sum(r.shape[0] * r.shape[1] for r in rgbs)
+    assert (sum(fed) < 0.6 * whole) if windows else (sum(fed) == whole)
+    assert ndimage.label(mask)[1] == 2  # (the case has two pieces of tissue)
+
+
+def test_glass_inside_tissue_tiles_costs_no_inference_and_no_nuclei(tmp_path: Path) -> None:
+    """With a tissue mask the labels do not depend on the tile grid, nor on whether glass
+    inside a tile is skipped; skipping it feeds the network far fewer pixels."""
+
+    class Counting(HematoxylinPredictor):
+        def __init__(self, windows: bool) -> None:
+            super().__init__()
+            self.accepts_windows = windows
+            self.pixels = 0
+
+        def predict(self, rgb: np.ndarray) -> np.ndarray:  # noqa: D102
+            self.pixels += rgb.shape[0] * rgb.shape[1] * rgb.shape[2]
+            return super().predict(rgb)
+
+    rgb, _, _ = synthetic_he((1024, 1024), seed=5, tissue_fraction=0.35)
+    path = write_pyramid_tiff(tmp_path / "s.tif", rgb, mpp=0.25, levels=3)
+    runs = {}
+    for name, tile, windows in [("w256", 256, True), ("w384", 384, True), ("whole256", 256, False)]:
+        pred = Counting(windows)
+        s = segment_slide(path, tmp_path / f"{name}.zarr", model=pred, tile=tile, halo=64)
+        runs[name] = (s, pred.pixels, _labels(tmp_path / f"{name}.zarr"))
+    assert runs["w256"][0].nuclei == runs["w384"][0].nuclei == runs["whole256"][0].nuclei > 50
+    assert same_partition(runs["w256"][2], runs["w384"][2])
+    assert same_partition(runs["w256"][2], runs["whole256"][2])
+    assert runs["w256"][1] < 0.8 * runs["whole256"][1]

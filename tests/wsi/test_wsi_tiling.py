@@ -369,3 +369,62 @@ def test_region_stats_refuses_bad_input() -> None:
         region_stats(np.zeros((2, 3), np.int32), np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="2-D"):
         region_stats(np.zeros(3, np.int32))
+
+
+def _tissue_map_case(seed: int):
+    """A 20x slide processed at 0.25 um/px (2x upsampled) and a blobby overview mask."""
+    from scipy import ndimage
+
+    from nucseg.wsi.tissue import TissueMap
+
+    rng = np.random.default_rng(seed)
+    geom = plan_geometry([(200, 150)], (0.5, 0.5), 0.25, tile=128, halo=40, context=8, stride=8)
+    smooth = ndimage.gaussian_filter(rng.random((38, 50)), 2)
+    mask = smooth > np.quantile(smooth, 0.75)
+    downsample = (150 / 38, 200 / 50)
+    return geom, mask, downsample, TissueMap.grow(mask, downsample, geom, 12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tissue_map_holds_every_pixel_within_the_margin_of_tissue(seed: int) -> None:
+    """Each processing pixel takes the overview pixel its centre falls in; the map holds every
+    pixel within ``margin`` (Chebyshev) of a tissue pixel, and nothing a few overview pixels beyond."""
+    from scipy import ndimage
+
+    geom, mask, ds, tmap = _tissue_map_case(seed)
+    h, w = geom.size
+    box = (-30, h + 30, -30, w + 30)  # read boxes reach beyond the slide
+    ys, xs = np.arange(box[0], box[1]), np.arange(box[2], box[3])
+    # Brute force, pixel by pixel: the level-0 centre of a processing pixel is (p + 0.5) / 2 - 0.5.
+    rows = np.clip(np.floor(((ys + 0.5) / 2) / ds[0]), 0, mask.shape[0] - 1).astype(int)
+    cols = np.clip(np.floor(((xs + 0.5) / 2) / ds[1]), 0, mask.shape[1] - 1).astype(int)
+    tissue = mask[rows][:, cols]
+    got = tmap.inside(geom, box)
+    assert got.shape == tissue.shape
+    within = ndimage.maximum_filter(tissue.astype(np.uint8), size=2 * 12 + 1) > 0
+    assert np.all(got[within])  # the guarantee
+    beyond = ndimage.maximum_filter(tissue.astype(np.uint8), size=2 * (12 + 3 * 8) + 1) > 0
+    # and not much more (3 overview px of ~8 processing px), on the slide (beyond it, the edge repeats)
+    assert not np.any((got & ~beyond)[30:-30, 30:-30])
+    assert 0 < got.mean() < 1
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_tissue_map_any_inside_is_inside_any(seed: int) -> None:
+    import pickle
+
+    geom, _, _, tmap = _tissue_map_case(seed)
+    rng = np.random.default_rng(seed)
+    h, w = geom.size
+    boxes = []
+    for _ in range(300):
+        y0, x0 = rng.integers(-20, h), rng.integers(-20, w)
+        boxes.append((y0, y0 + rng.integers(0, 40), x0, x0 + rng.integers(0, 40)))
+    want = [tmap.inside(geom, b).any() for b in boxes]
+    assert list(tmap.any_inside(geom, np.array(boxes))) == want
+    assert 0 < sum(want) < len(want)
+    # Sent to Dask workers packed: the unpacked cache never travels.
+    copy = pickle.loads(pickle.dumps(tmap))
+    assert "_grown" in tmap.__dict__ and "_grown" not in copy.__dict__
+    assert len(pickle.dumps(tmap)) < tmap.shape[0] * tmap.shape[1]  # < one byte per overview pixel
+    np.testing.assert_array_equal(copy.inside(geom, (0, h, 0, w)), tmap.inside(geom, (0, h, 0, w)))

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None,
         help="post-processing threads (default: the CPUs this process may use: affinity and container quota)",
     )
-    p.add_argument("--tissue", default="auto", help="'auto' (default), 'none' or a mask image (non-zero = tissue)")
+    p.add_argument("--tissue", default="auto", help="'auto' (default), 'none' or a mask image (non-zero = tissue); nuclei are segmented within "
+                        "the object margin (halo - context px) of tissue, and glass is not fed to the network")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT.zarr")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")

@@ -74,7 +74,7 @@ except ImportError:  # optional: the batch helpers work without it, run_distribu
 from .._cpu import usable_cpus
 from .location import Location, probe_write
 from .options import RunOptions, check_int, pick_options
-from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams, predict_in_windows
+from .pipeline import OVERVIEW_SIDE, SlideSummary, TileParams
 from .store import (  # apply_pending_spill: also importable from here, as documented before
     SPILL_DIR,
     apply_pending_spill,  # noqa: F401
@@ -307,6 +307,8 @@ class SlideJob:
     save_image : bool
     plugin : str
         Name of the :class:`ModelPlugin`.
+    tissue_map : TissueMap or None
+        Where nuclei are segmented (:class:`nucseg.wsi.tissue.TissueMap`, packed bits).
     """
 
     slide: str
@@ -320,6 +322,7 @@ class SlideJob:
     group: int
     save_image: bool
     plugin: str
+    tissue_map: Any = None
 
 
 @dataclass
@@ -504,6 +507,7 @@ def prepare_slide(slide: str, output: str, options: RunOptions, group: int, plug
         group=group,
         save_image=setup.save_image,
         plugin=plugin,
+        tissue_map=setup.tissue_map,
     )
     return SlidePlan(
         job=job,
@@ -593,7 +597,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     The slide and the store stay open for the worker thread's next task of the same
     slide (:meth:`ModelPlugin.open_job`).
     """
-    from .pipeline import compute_tile, read_tile
+    from .pipeline import compute_tile, predict_enlarged, predict_tiles, read_tile
     from .tiling import crop_box
 
     geom = job.geom
@@ -604,6 +608,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     opened = plugin.open_job(job)
     reader, store, scheme = opened.reader, opened.store, opened.scheme
     region = group_box(group_index, geom, job.group)
+    windows = bool(getattr(plugin.predictor, "accepts_windows", True))  # see pipeline.predict_tiles
     timings = {"read": 0.0, "infer": 0.0, "post": 0.0, "write": 0.0}
     nuclei: dict[int, int] = {}
     spill_chunks: set[int] = set()
@@ -627,14 +632,13 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
         return prob
 
     def recompute(t: Any) -> tuple[np.ndarray, np.ndarray]:
-        rgb = read(t)  # a larger halo: predicted in windows no larger than a tile's read box (memory)
-        window = geom.tile + 2 * geom.halo
-        return rgb, predict_in_windows(infer, rgb, window=window, context=geom.context, stride=job.params.stride)
+        rgb = read(t)  # a larger halo
+        return rgb, predict_enlarged(infer, t, rgb, job.tissue_map, geom, job.params.stride, windows=windows)
 
     try:
         for batch in _batches([opened.tiles[i] for i in tiles], job.batch_size):
-            rgbs = np.stack([read(t) for t in batch])
-            probs = infer(rgbs)
+            rgbs = [read(t) for t in batch]
+            probs = predict_tiles(infer, batch, rgbs, job.tissue_map, geom, job.params.stride, windows=windows)
             for t, rgb, prob in zip(batch, rgbs, probs):
                 rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if job.save_image else None
                 out = compute_tile(t, prob, geom, scheme, job.params, recompute=recompute, rgb=rgb,

@@ -83,6 +83,10 @@ class PrecomputedPredictor:
         slide, tile size or processing resolution than the one precomputed).
     """
 
+    #: Windows are found by their centre, which only a tile's whole read box shares with
+    #: its core: the runners predict whole read boxes (:func:`nucseg.wsi.pipeline.predict_tiles`).
+    accepts_windows = False
+
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         meta = json.loads((self.folder / _INDEX).read_text())

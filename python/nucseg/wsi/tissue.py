@@ -9,8 +9,11 @@ filling of small holes.
 from __future__ import annotations
 
 import functools
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,34 +108,85 @@ def load_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarra
     return arr[ry][:, rx] > 0
 
 
-def tiles_with_tissue(
-    mask: np.ndarray, mask_downsample: tuple[float, float], boxes_level0: np.ndarray
-) -> np.ndarray:
-    """Which level-0 boxes overlap the tissue mask.
+@dataclass(frozen=True, eq=False)
+class TissueMap:
+    """Where a slide's nuclei are segmented: its tissue mask grown by the object margin.
 
-    Parameters
+    The network runs only where the map is true and the probability is 0 elsewhere,
+    decided pixel by pixel from the overview, so every tile that sees a pixel agrees on
+    it (ownership relies on that) whatever the tile grid, and glass inside a tissue tile
+    costs no inference (:func:`nucseg.wsi.pipeline.tissue_windows`).
+
+    Attributes
     ----------
-    mask : ndarray of bool, shape (h, w)
-        Tissue mask of the overview.
-    mask_downsample : tuple of float
-        ``(dy, dx)`` level-0 pixels per mask pixel.
-    boxes_level0 : ndarray, shape (n, 4)
-        ``(y0, y1, x0, x1)`` in level-0 pixels.
-
-    Returns
-    -------
-    ndarray of bool, shape (n,)
+    bits : ndarray of uint8
+        The grown overview mask, ``numpy.packbits`` of its rows (small enough to send
+        with every distributed task).
+    shape : tuple of int
+        The overview mask's ``(h, w)``.
+    downsample : tuple of float
+        ``(dy, dx)`` level-0 pixels per overview pixel.
+    margin : int
+        Processing pixels the tissue was grown by (at least; rounded up to whole
+        overview pixels, plus one against rounding).
     """
-    from scipy import ndimage
 
-    # One mask pixel of slack against rounding at the overview scale.
-    grown = ndimage.binary_dilation(mask, iterations=1)
-    integral = np.pad(grown.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = mask.shape
-    b = np.asarray(boxes_level0, dtype=np.float64)
-    y0 = np.clip(np.floor(b[:, 0] / mask_downsample[0]), 0, h).astype(int)
-    y1 = np.clip(np.ceil(b[:, 1] / mask_downsample[0]), 0, h).astype(int)
-    x0 = np.clip(np.floor(b[:, 2] / mask_downsample[1]), 0, w).astype(int)
-    x1 = np.clip(np.ceil(b[:, 3] / mask_downsample[1]), 0, w).astype(int)
-    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return total > 0
+    bits: np.ndarray
+    shape: tuple[int, int]
+    downsample: tuple[float, float]
+    margin: int
+
+    @classmethod
+    def grow(cls, mask: np.ndarray, downsample: tuple[float, float], geom: Any, margin: int) -> TissueMap:
+        """The map of overview ``mask`` grown by ``margin`` processing pixels of ``geom``.
+
+        A square footprint: a nucleus whose pixels reach within ``margin`` of tissue in
+        any direction is inside.
+        """
+        from scipy import ndimage
+
+        level0_per_px = max(d / s for d, s in zip(geom.level_downsample, geom.scale))
+        steps = math.ceil(margin * level0_per_px / min(downsample)) + 1
+        grown = ndimage.maximum_filter(np.asarray(mask, dtype=np.uint8), size=2 * steps + 1) > 0
+        return cls(np.packbits(grown, axis=1), grown.shape, (float(downsample[0]), float(downsample[1])), int(margin))
+
+    @functools.cached_property
+    def _grown(self) -> np.ndarray:
+        return np.unpackbits(self.bits, axis=1, count=self.shape[1]).view(bool)
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled (to Dask workers) packed, never unpacked
+        return {k: v for k, v in self.__dict__.items() if k != "_grown"}
+
+    def _rows_cols(self, geom: Any, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The overview row of each processing row ``ys`` and column of each column ``xs``."""
+        ys = np.asarray(ys, dtype=np.float64)
+        xs = np.asarray(xs, dtype=np.float64)
+        ly = geom.to_level0(np.stack([ys, np.zeros_like(ys)], axis=-1))[..., 0]
+        lx = geom.to_level0(np.stack([np.zeros_like(xs), xs], axis=-1))[..., 1]
+        rows = np.clip(np.floor((ly + 0.5) / self.downsample[0]), 0, self.shape[0] - 1).astype(np.intp)
+        cols = np.clip(np.floor((lx + 0.5) / self.downsample[1]), 0, self.shape[1] - 1).astype(np.intp)
+        return rows, cols
+
+    def any_inside(self, geom: Any, boxes: np.ndarray) -> np.ndarray:
+        """Whether each processing-pixel box ``(y0, y1, x0, x1)`` (rows of ``boxes``) has a pixel inside.
+
+        Exactly ``inside(geom, box).any()``, from an integral image of the overview: a
+        tile is computed when its core holds a pixel inside, since a nucleus (0 outside
+        the map) is owned by the tile whose core holds its first pixel.
+        """
+        b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        r0, c0 = self._rows_cols(geom, b[:, 0], b[:, 2])
+        r1, c1 = self._rows_cols(geom, b[:, 1] - 1, b[:, 3] - 1)  # the mapping is monotonic
+        integral = np.pad(self._grown.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        total = integral[r1 + 1, c1 + 1] - integral[r0, c1 + 1] - integral[r1 + 1, c0] + integral[r0, c0]
+        return (total > 0) & (b[:, 1] > b[:, 0]) & (b[:, 3] > b[:, 2])
+
+    def inside(self, geom: Any, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Boolean map of the processing-pixel ``box`` ``(y0, y1, x0, x1)``: True where nuclei are segmented.
+
+        Each processing pixel takes the overview pixel its centre falls in (level 0
+        through ``geom``); pixels beyond the slide take the nearest edge pixel.
+        """
+        y0, y1, x0, x1 = box
+        rows, cols = self._rows_cols(geom, np.arange(y0, y1), np.arange(x0, x1))
+        return self._grown[rows][:, cols]
