@@ -164,6 +164,21 @@ def test_equals_single_process(client, demo_slide: Path, reference: Path, tmp_pa
     assert (tmp_path / "d_qc.png").read_bytes() == (reference.parent / "ref_qc.png").read_bytes()
 
 
+def test_equals_single_process_with_glass_skipped(client, tmp_path: Path) -> None:
+    """With a tissue mask, the workers get the same tissue map and skip the same glass
+    (pipeline.predict_tiles): the very same store as one process."""
+    slide = write_pyramid_tiff(tmp_path / "s.tif", synthetic_he((768, 1024), seed=5, tissue_fraction=0.35)[0],
+                               mpp=0.25, levels=2)
+    kwargs = {"model": "hematoxylin", "tile": 128, "halo": 64, "save_prob": True}
+    ref = segment_slide(slide, tmp_path / "ref.zarr", threads=1, **kwargs)
+    assert 0 < ref.tiles_tissue < ref.tiles
+    [res] = run_distributed(slide, tmp_path / "d.zarr", scheduler=client, tissue="auto", **kwargs)
+    assert res.status == "done" and res.summary.tiles_run == ref.tiles_tissue
+    _assert_same_store(tmp_path / "ref.zarr", tmp_path / "d.zarr")
+    prob = _arrays(tmp_path / "d.zarr")["prob/0"]
+    assert (prob == 0).mean() > 0.3  # 0 beyond the tissue's margin
+
+
 def test_small_tiles_enlarged_halos_one_tile_per_task(client, demo_slide: Path, tmp_path: Path) -> None:
     """Tiles of 128 px redone with larger halos (nuclei reach far into other chunks)."""
     ref = tmp_path / "ref.zarr"
