@@ -523,7 +523,7 @@ def test_predict_tiles_is_the_whole_map_inside_tissue_and_zero_outside(windows: 
     and is 0 elsewhere (the stand-in network's context, 3 px, is within the 8 px kept)."""
     from scipy import ndimage
 
-    from nucseg.wsi.pipeline import predict_tiles
+    from nucseg.wsi.pipeline import mask_outside, plan_tile, predict_tiles
     from nucseg.wsi.tiling import crop_box, make_tiles, plan_geometry
     from nucseg.wsi.tissue import TissueMap
 
@@ -542,7 +542,8 @@ def test_predict_tiles_is_the_whole_map_inside_tissue_and_zero_outside(windows: 
         fed.append(batch.shape[0] * batch.shape[1] * batch.shape[2])
         return _local_map(batch)
 
-    probs = predict_tiles(predict, tiles, rgbs, tmap, geom, 8, windows=windows)
+    plans = [plan_tile(tmap, geom, t, 8, windows=windows) for t in tiles]
+    probs = [mask_outside(p, plan) for p, plan in zip(predict_tiles(predict, rgbs, plans), plans)]
     for t, rgb, prob in zip(tiles, rgbs, probs):
         valid = crop_box(t.valid, t.read)  # the runner uses nothing else of the read box
         inside = tmap.inside(geom, t.read)

@@ -597,7 +597,7 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     The slide and the store stay open for the worker thread's next task of the same
     slide (:meth:`ModelPlugin.open_job`).
     """
-    from .pipeline import compute_tile, predict_enlarged, predict_tiles, read_tile
+    from .pipeline import compute_tile, mask_outside, plan_tile, predict_enlarged, predict_tiles, read_tile
     from .tiling import crop_box
 
     geom = job.geom
@@ -638,8 +638,10 @@ def run_tile_group(job: SlideJob, group_index: int, tiles: list[int]) -> dict[st
     try:
         for batch in _batches([opened.tiles[i] for i in tiles], job.batch_size):
             rgbs = [read(t) for t in batch]
-            probs = predict_tiles(infer, batch, rgbs, job.tissue_map, geom, job.params.stride, windows=windows)
-            for t, rgb, prob in zip(batch, rgbs, probs):
+            plans = [plan_tile(job.tissue_map, geom, t, job.params.stride, windows=windows) for t in batch]
+            probs = predict_tiles(infer, rgbs, plans)
+            for t, rgb, prob, plan in zip(batch, rgbs, probs, plans):
+                prob = mask_outside(prob, plan)
                 rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if job.save_image else None
                 out = compute_tile(t, prob, geom, scheme, job.params, recompute=recompute, rgb=rgb,
                                    rgb_core=rgb_core, clock=clock)

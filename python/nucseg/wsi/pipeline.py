@@ -2,9 +2,10 @@
 
 Stages and queues
 -----------------
-* Reader threads read each tile's read box (OpenSlide and zlib release the GIL) and
-  resample it to the processing resolution; a bounded queue holds at most
-  ``2 * batch_size`` tiles.
+* Reader threads read each tile's read box (OpenSlide and zlib release the GIL),
+  resample it to the processing resolution and plan which of its pixels the network
+  must see (:func:`plan_tile`: glass beyond the tissue's margin is skipped); a bounded
+  queue holds at most ``2 * batch_size`` tiles.
 * One inference thread groups tiles of the same shape into batches and calls
   ``model.predict``.
 * A thread pool runs :func:`nucseg.watershed_dynamics` (which releases the GIL), the
@@ -1067,64 +1068,81 @@ def tissue_windows(
     return None if fed >= 0.85 * h * w else windows
 
 
-def predict_tiles(
-    predict: Callable[[np.ndarray], np.ndarray],
-    tiles: list[Any],
-    rgbs: list[np.ndarray],
-    tissue_map: Any,
-    geom: Any,
-    stride: int,
-    *,
-    windows: bool = True,
-) -> list[np.ndarray]:
-    """The probability on each tile's valid box: the network inside the tissue map, 0 outside.
+@dataclass(frozen=True)
+class TilePlan:
+    """How one tile's probability is computed (:func:`plan_tile`).
 
-    Returned on the read box, whose pixels outside the valid box (context only: the
+    Attributes
+    ----------
+    inside : ndarray of bool or None
+        Where nuclei are segmented on the read box (:meth:`~nucseg.wsi.tissue.TissueMap.inside`);
+        None without a tissue map (everywhere).
+    windows : list or None
+        :func:`tissue_windows` to predict; None for the whole read box.
+    """
+
+    inside: np.ndarray | None = None
+    windows: list[Any] | None = None
+
+
+def plan_tile(tissue_map: Any, geom: Any, tile: Any, stride: int, *, windows: bool = True) -> TilePlan:
+    """The :class:`TilePlan` of ``tile``: its tissue map and, with ``windows``, its windows.
+
+    Computed beside the read (reader threads), not on the inference thread: ~5 ms per
+    2336² tile. ``windows=False`` predicts the whole read box (a predictor that takes
+    only whole read boxes: ``accepts_windows = False``, as
+    :class:`~nucseg.wsi.precomputed.PrecomputedPredictor`).
+    """
+    if tissue_map is None:
+        return TilePlan()
+    inside = tissue_map.inside(geom, tile.read)
+    return TilePlan(inside, tissue_windows(inside, tile, context=geom.context, stride=stride) if windows else None)
+
+
+def predict_tiles(predict: Callable[[np.ndarray], np.ndarray], rgbs: list[np.ndarray], plans: list[TilePlan]) -> list[np.ndarray]:
+    """Each tile's probability on its read box, as its plan says (not yet masked: :func:`mask_outside`).
+
+    Tiles predicted whole go in batches of one shape (``predict(stack)``); the others
+    window by window. Pixels of the read box outside the valid box (context only: the
     runners use nothing there) are 0 where a tile was predicted in windows.
-
-    Tiles that need their whole read box are predicted in batches of one shape (``predict(stack)``);
-    the others only in their :func:`tissue_windows`. Without a tissue map every tile is
-    whole and nothing is zeroed. Both runners call this, so they agree pixel by pixel.
-    ``windows=False`` predicts every tile whole (a predictor that takes only whole read
-    boxes: ``accepts_windows = False``, as :class:`~nucseg.wsi.precomputed.PrecomputedPredictor`).
 
     Parameters
     ----------
     predict : callable
         ``(n, H, W, 3) uint8 -> (n, H, W) float32``.
-    tiles : list of Tile
     rgbs : list of ndarray
-        Each tile's read box, uint8 RGB; those predicted together share a shape.
-    tissue_map : TissueMap or None
-    geom : Geometry
-    stride : int
+        Each tile's read box, uint8 RGB.
+    plans : list of TilePlan
     """
-    insides = [None if tissue_map is None else tissue_map.inside(geom, t.read) for t in tiles]
-    plans = [
-        tissue_windows(m, t, context=geom.context, stride=stride) if m is not None and windows else None
-        for m, t in zip(insides, tiles)
-    ]
-    out: list[Any] = [None] * len(tiles)
+    out: list[Any] = [None] * len(rgbs)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, plan in enumerate(plans):
-        if plan is None:
+        if plan.windows is None:
             by_shape.setdefault(rgbs[i].shape, []).append(i)
+        else:
+            out[i] = _predict_windows(predict, rgbs[i], plan.windows)
     for whole in by_shape.values():
-        batch = np.stack([rgbs[i] for i in whole])
+        batch = np.stack([rgbs[i] for i in whole]) if len(whole) > 1 else rgbs[whole[0]][None]
         probs = np.asarray(predict(batch), dtype=np.float32)
         if probs.shape != batch.shape[:3]:
             raise ValueError(f"model.predict returned shape {probs.shape}, expected {batch.shape[:3]}")
         for i, prob in zip(whole, probs):
             out[i] = prob
-    for i, plan in enumerate(plans):
-        if plan is not None:
-            out[i] = _predict_windows(predict, rgbs[i], plan)
-    for i, m in enumerate(insides):
-        if m is not None:
-            if not out[i].flags.writeable:
-                out[i] = out[i].copy()
-            out[i][~m] = 0.0
     return out
+
+
+def mask_outside(prob: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """``prob`` with 0 outside the tissue map (in place when writable); unchanged without one.
+
+    Every tile that sees a pixel gives it the same 0, so neighbouring tiles agree on the
+    map there (ownership relies on it) whatever the tile grid.
+    """
+    if plan.inside is None:
+        return prob
+    if not prob.flags.writeable:
+        prob = prob.copy()
+    np.multiply(prob, plan.inside, out=prob)
+    return prob
 
 
 def _predict_windows(predict: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, windows: list[Any]) -> np.ndarray:
@@ -1150,22 +1168,16 @@ def predict_enlarged(
 ) -> np.ndarray:
     """The probability of a tile recomputed with a larger halo (:func:`compute_tile`'s retries).
 
-    Inside the tissue map as :func:`predict_tiles`; a read box that needs predicting whole
-    goes in windows no larger than the runner's tiles (:func:`predict_in_windows`), so
-    the retry's peak memory stays that of an ordinary tile.
+    Planned, predicted and masked as the runners do for their tiles; a read box that
+    needs predicting whole goes in windows no larger than the runner's tiles
+    (:func:`predict_in_windows`), so the retry's peak memory stays that of an ordinary tile.
     """
-    if tissue_map is not None:
-        inside = tissue_map.inside(geom, tile.read)
-        plan = tissue_windows(inside, tile, context=geom.context, stride=stride) if windows else None
-        if plan is not None:
-            prob = _predict_windows(predict, rgb, plan)
-            prob[~inside] = 0.0
-            return prob
-    prob = predict_in_windows(predict, rgb, window=geom.tile + 2 * geom.halo, context=geom.context, stride=stride)
-    if tissue_map is not None:
-        prob = np.array(prob, dtype=np.float32)  # writable
-        prob[~inside] = 0.0
-    return prob
+    plan = plan_tile(tissue_map, geom, tile, stride, windows=windows)
+    if plan.windows is not None:
+        prob = _predict_windows(predict, rgb, plan.windows)
+    else:
+        prob = predict_in_windows(predict, rgb, window=geom.tile + 2 * geom.halo, context=geom.context, stride=stride)
+    return mask_outside(np.asarray(prob, dtype=np.float32), plan)
 
 
 def _recomputed(value: Any, tile: Any, *, measure: bool) -> tuple[np.ndarray | None, np.ndarray]:
@@ -1295,8 +1307,10 @@ class _TileRunner:
                     with self.err_lock:
                         self.read_errors.append(exc)
                     break
+                s = self.setup
+                plan = plan_tile(s.tissue_map, s.geom, t, s.params.stride, windows=self.windows)
                 self.timer.add("read", time.perf_counter() - t0)
-                if not _put(self.q_rgb, (t, rgb), self.stop):
+                if not _put(self.q_rgb, (t, rgb, plan), self.stop):
                     return
         except BaseException as exc:  # noqa: BLE001 - forwarded to the caller
             self._fail(exc)
@@ -1334,23 +1348,19 @@ class _TileRunner:
         finally:
             self.infer_done.set()
 
-    def _submit(self, items: list[tuple[Any, np.ndarray]]) -> None:
+    def _submit(self, items: list[tuple[Any, np.ndarray, TilePlan]]) -> None:
         """Predict one batch and hand each tile to the post-processing pool."""
         from .tiling import crop_box
 
         t0 = time.perf_counter()
-        s = self.setup
-        probs = predict_tiles(
-            self._predict, [t for t, _ in items], [rgb for _, rgb in items], s.tissue_map, s.geom, s.params.stride,
-            windows=self.windows,
-        )
+        probs = predict_tiles(self._predict, [rgb for _, rgb, _ in items], [plan for _, _, plan in items])
         self.timer.add("infer", time.perf_counter() - t0)
-        for (t, rgb), prob in zip(items, probs):
+        for (t, rgb, plan), prob in zip(items, probs):
             while not self.in_flight.acquire(timeout=0.1):
                 if self.stop.is_set():
                     return
             rgb_core = np.ascontiguousarray(rgb[crop_box(t.core, t.read)]) if self.setup.save_image else None
-            fut: Future = self.pool.submit(self._post_job, t, rgb, prob, rgb_core)
+            fut: Future = self.pool.submit(self._post_job, t, rgb, prob, plan, rgb_core)
             self.submitted += 1
             fut.add_done_callback(self.q_done.put)
 
@@ -1367,8 +1377,13 @@ class _TileRunner:
         self.timer.add("infer", time.perf_counter() - t0)
         return rgb, prob
 
-    def _post_job(self, t: Any, rgb: np.ndarray, prob: np.ndarray, rgb_core: np.ndarray | None) -> TileOutput:
+    def _post_job(
+        self, t: Any, rgb: np.ndarray, prob: np.ndarray, plan: TilePlan, rgb_core: np.ndarray | None
+    ) -> TileOutput:
         s = self.setup
+        t0 = time.perf_counter()
+        prob = mask_outside(prob, plan)  # here, not on the inference thread
+        self.timer.add("post", time.perf_counter() - t0)
         out = compute_tile(
             t, prob, s.geom, s.scheme, s.params, recompute=self._recompute, rgb=rgb, rgb_core=rgb_core,
             clock=self.timer.add,
