@@ -1096,6 +1096,8 @@ def plan_tile(tissue_map: Any, geom: Any, tile: Any, stride: int, *, windows: bo
     if tissue_map is None:
         return TilePlan()
     inside = tissue_map.inside(geom, tile.read)
+    if inside.all():  # most tiles of a slide: nothing to skip or mask
+        return TilePlan()
     return TilePlan(inside, tissue_windows(inside, tile, context=geom.context, stride=stride) if windows else None)
 
 
