@@ -993,7 +993,7 @@ def predict_in_windows(
     """
     h, w = rgb.shape[:2]
     if h <= window and w <= window:
-        return predict(rgb[None])[0]
+        return _predict_windows(predict, rgb, [((0, h, 0, w), (0, h, 0, w))])
     context = _round_up(context, stride)
     room = window - 2 * context
     if room < stride:
@@ -1003,15 +1003,13 @@ def predict_in_windows(
         size = _round_up(math.ceil(n / math.ceil(n / (room - room % stride))), stride)
         return list(range(0, n, size)) + [n]
 
-    out = np.empty((h, w), np.float32)
     ys, xs = cores(h), cores(w)
-    for y0, y1 in zip(ys[:-1], ys[1:]):
-        for x0, x1 in zip(xs[:-1], xs[1:]):
-            ry0, rx0 = max(0, y0 - context), max(0, x0 - context)
-            ry1, rx1 = min(h, y1 + context), min(w, x1 + context)
-            m = predict(rgb[None, ry0:ry1, rx0:rx1])[0]
-            out[y0:y1, x0:x1] = m[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
-    return out
+    windows = [
+        ((y0, y1, x0, x1), (max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)))
+        for y0, y1 in zip(ys[:-1], ys[1:])
+        for x0, x1 in zip(xs[:-1], xs[1:])
+    ]
+    return _predict_windows(predict, rgb, windows)
 
 
 #: Rows per window when glass inside a tissue tile is skipped (:func:`tissue_windows`).
@@ -1148,7 +1146,7 @@ def mask_outside(prob: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 
 def _predict_windows(predict: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, windows: list[Any]) -> np.ndarray:
-    """The map of :func:`tissue_windows`' windows on ``rgb``, 0 elsewhere."""
+    """The map of ``(kept, read)`` windows on ``rgb`` (:func:`tissue_windows`, :func:`predict_in_windows`), 0 elsewhere."""
     out = np.zeros(rgb.shape[:2], np.float32)
     for (y0, y1, x0, x1), (ry0, ry1, rx0, rx1) in windows:
         m = np.asarray(predict(rgb[None, ry0:ry1, rx0:rx1]), dtype=np.float32)
