@@ -18,24 +18,26 @@ import numpy as np
 
 
 def classify(gt: np.ndarray, pred: np.ndarray) -> Counter:
-    """Counts of ``predicted``, ``unmatched`` and the three kinds of unmatched objects."""
-    out: Counter = Counter()
-    ids = np.unique(pred[pred > 0])
-    gt_area = dict(zip(*np.unique(gt[gt > 0], return_counts=True)))
-    for p in ids:
-        mask = pred == p
-        under, counts = np.unique(gt[mask], return_counts=True)
-        on = {int(g): int(c) for g, c in zip(under, counts) if g != 0}
-        area = int(mask.sum())
-        if any(c / (area + gt_area[g] - c) >= 0.5 for g, c in on.items()):
-            continue  # matched (IoU >= 0.5 is one-to-one)
-        out["unmatched"] += 1
-        if sum(on.values()) < 0.5 * area:
+    """Counts of ``predicted``, ``unmatched`` and the three kinds of unmatched objects.
+
+    From the contingency table :mod:`nucseg.metrics` matches objects with (IoU >= 0.5
+    matches are one-to-one).
+    """
+    from nucseg.metrics import _overlap
+
+    ov = _overlap(gt, pred)
+    matched = np.zeros(ov.n_pred, bool)
+    matched[ov.cols[ov.iou >= 0.5]] = True
+    on_gt = np.bincount(ov.cols, weights=ov.inter, minlength=ov.n_pred)  # each prediction's pixels on nuclei
+    covers = np.bincount(ov.rows, minlength=ov.n_true)  # predictions over each annotated nucleus
+    out: Counter = Counter(predicted=ov.n_pred, unmatched=int((~matched).sum()))
+    for j in np.flatnonzero(~matched):
+        if on_gt[j] < 0.5 * ov.area_pred[j]:
             out["unlabelled"] += 1
             continue
-        g = max(on, key=on.get)
-        out["split" if len(np.unique(pred[(gt == g) & (pred > 0)])) >= 2 else "poor"] += 1
-    out["predicted"] += len(ids)
+        pairs = np.flatnonzero(ov.cols == j)
+        g = ov.rows[pairs[np.argmax(ov.inter[pairs])]]
+        out["split" if covers[g] >= 2 else "poor"] += 1
     return out
 
 
