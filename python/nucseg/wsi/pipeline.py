@@ -1177,7 +1177,7 @@ def predict_enlarged(
         prob = _predict_windows(predict, rgb, plan.windows)
     else:
         prob = predict_in_windows(predict, rgb, window=geom.tile + 2 * geom.halo, context=geom.context, stride=stride)
-    return mask_outside(np.asarray(prob, dtype=np.float32), plan)
+    return mask_outside(prob, plan)
 
 
 def _recomputed(value: Any, tile: Any, *, measure: bool) -> tuple[np.ndarray | None, np.ndarray]:
