@@ -192,6 +192,20 @@ def test_cli_train_augment_option(tmp_path, capsys):
         assert err.startswith("nucseg-train: error: ") and msg in err and err.count("\n") == 1
 
 
+def test_cli_train_precision_option(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from nucseg.cli import train as cli_train
+
+    data = _folder(tmp_path / "tnbc")
+    tiny = ["--data", str(data), "--iterations", "1", "--crop", "32", "--batch-size", "2", "--arch-kwargs", '{"width": 4, "depth": 2}', "--no-tune", "--quiet"]
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "r"), "--precision", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "r" / "default.json").read_text())["training"]["recipe"]["precision"] == "bfloat16"
+    assert cli_train.main(tiny + ["--out", str(tmp_path / "f")]) == 0  # the presets' float32
+    assert json.loads((tmp_path / "f" / "default.json").read_text())["training"]["recipe"]["precision"] == "float32"
+    with pytest.raises(SystemExit):
+        cli_train.build_parser().parse_args(["--data", "d", "--out", "o", "--precision", "float16"])
+
+
 def test_cli_train_loader_workers_default(monkeypatch):
     torch = pytest.importorskip("torch")
     from nucseg.cli.train import _workers

@@ -316,3 +316,40 @@ def test_checkpoint_without_the_new_augment_fields_resumes_only_under_its_own_au
                                          r"augment\.jpeg_p, augment\.stain\)"):
         train(new_defaults, [im], tmp_path, tune=False)
     assert train(cfg, [im], tmp_path, tune=False).iterations == 4
+
+
+def test_bfloat16_training_autocasts_the_passes_and_keeps_float32_weights(tmp_path):
+    # The forward pass really runs in bfloat16 (a hook sees the convolutions' outputs), the
+    # weights and the saved model stay float32, and it still learns the synthetic image.
+    from nucseg.train import build_model as real_build
+
+    seen: set[torch.dtype] = set()
+
+    def build(*a, **k):
+        net = real_build(*a, **k)
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                # training steps only (the model's halo is probed in float32 after training)
+                mod.register_forward_hook(lambda m, _i, out: seen.add(out.dtype) if m.training else None)
+        return net
+
+    im = _synthetic_image()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nucseg.train.build_model", build)
+        res = train(TrainConfig(iterations=60, checkpoint_every=1000, precision="bfloat16", **TINY), [im], tmp_path,
+                    tune=False)
+    assert seen == {torch.bfloat16}
+    model = load_model(res.model_path, device="cpu", precision="float32")
+    assert all(p.dtype == torch.float32 for p in model.net.parameters())
+    assert json.loads(res.model_path.with_suffix(".json").read_text())["training"]["recipe"]["precision"] == "bfloat16"
+    assert pixel_scores(model.predict(im.rgb) > 0.25, im.mask).f1 > 0.9 and res.final_loss < 1.0
+
+
+def test_precision_is_part_of_the_recipe(tmp_path):
+    im = _synthetic_image(64)
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'float16'"):
+        train(TrainConfig(iterations=1, precision="float16", **{**TINY, "crop": 32}), [im], tmp_path / "a")
+    train(TrainConfig(iterations=1, **{**TINY, "crop": 32}), [im], tmp_path / "b", tune=False)
+    with pytest.raises(ValueError, match="differing: precision"):
+        train(TrainConfig(iterations=1, precision="bfloat16", **{**TINY, "crop": 32}), [im], tmp_path / "b", tune=False)
+    assert TrainConfig.from_dict({k: v for k, v in TrainConfig().to_dict().items() if k != "precision"}).precision == "float32"

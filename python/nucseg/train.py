@@ -108,6 +108,11 @@ class TrainConfig:
         augmented with torch on the training device (:mod:`nucseg.batch_augment`):
         on a GPU this removes the CPU bottleneck. Same transformations, another
         elastic-field generator and random stream, so another (equivalent) recipe.
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the network's forward and backward passes: ``"bfloat16"``
+        autocasts them to bfloat16 (weights, optimiser and loss stay float32; no
+        loss scaling is needed, bfloat16 has float32's range). On CPUs with AMX and
+        on recent GPUs, several times faster per step; elsewhere slower.
     """
 
     arch: str = "unet"
@@ -132,6 +137,7 @@ class TrainConfig:
     init_weights: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     augment_on: str = "cpu"
+    precision: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -425,6 +431,8 @@ def train(
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     if cfg.augment_on not in ("cpu", "device"):
         raise ValueError(f"augment_on must be 'cpu' or 'device', got {cfg.augment_on!r}")
+    if cfg.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {cfg.precision!r}")
     from .inference import _resolve_device
 
     dev = _resolve_device(device)
@@ -488,7 +496,9 @@ def train(
                 g["lr"] = lr
             x, m, w, d = (t.to(dev, non_blocking=True) for t in next(batches))
             x = x.contiguous(memory_format=torch.channels_last)
-            loss = seg_loss(net(x), m, w, d, cfg.aux_weight)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                logits = net(x)
+            loss = seg_loss(logits.float(), m, w, d, cfg.aux_weight)  # the loss in float32 (a no-op there)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

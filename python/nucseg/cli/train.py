@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where crops are augmented: cpu (scipy, per crop; the presets) or device (torch, per batch, on the "
         "training device: use it on a GPU)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="arithmetic of the network's passes: float32 (the presets) or bfloat16 autocast (weights and loss stay "
+        "float32): 2.2-2.6x faster per step on CPUs with AMX, faster on recent GPUs; slower elsewhere",
+    )
     p.add_argument("--encoder-weights", default=None, metavar="PATH", help="local torchvision VGG16 state dict (fcn8s, deconvnet)")
     p.add_argument(
         "--init-weights",
@@ -144,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "encoder_weights": args.encoder_weights,
             "augment_on": args.augment_on,
+            "precision": args.precision,
         }.items()
         if v is not None
     }
