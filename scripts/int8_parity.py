@@ -49,8 +49,13 @@ def _crops(images: list[np.ndarray], stride: int) -> list[np.ndarray]:
 
 def quantise(onnx_bytes: bytes, images: list[np.ndarray], stride: int, *, method: str = "Percentile",
              exclude: tuple[str, ...] = (), reduce_range: bool = True) -> bytes:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     crops = iter(_crops(images, stride))
@@ -92,10 +97,9 @@ def slide_crops(slide: Path, model_mpp: float) -> list[np.ndarray]:
 
 
 def main() -> None:
+    import nucseg
     import openvino as ov
     import torch
-
-    import nucseg
     from nucseg.backends import export_onnx
     from nucseg.data import load_tnbc
     from nucseg.metrics import object_scores
