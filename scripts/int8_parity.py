@@ -102,6 +102,7 @@ def main() -> None:
     import torch
     from nucseg.backends import export_onnx
     from nucseg.data import load_tnbc
+    from nucseg.inference import pad_to_multiple
     from nucseg.metrics import object_scores
 
     ap = argparse.ArgumentParser()
@@ -127,7 +128,7 @@ def main() -> None:
 
         def run(rgb: np.ndarray) -> np.ndarray:
             h, w = rgb.shape[:2]
-            x = np.pad(rgb, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="reflect")[None]
+            x = pad_to_multiple(rgb[None], stride)  # as NucleusModel.predict pads
             return next(iter(request.infer({0: x}).values()))[0, :h, :w]
 
         return run

@@ -121,9 +121,12 @@ def main() -> None:
     weights = {}
     for item in args.weight:
         name, _, w = item.partition("=")
-        if name not in per_source or not w or not float(w) > 0:
+        try:
+            weights[name] = float(w)
+        except ValueError:
+            weights[name] = float("nan")  # refused below, with the same message
+        if name not in per_source or not weights[name] > 0:
             raise SystemExit(f"--weight takes SOURCE=W with SOURCE among {sorted(per_source)} and W > 0, got {item!r}")
-        weights[name] = float(w)
     images = balanced(per_source, weights)
     init = None
     if args.init == "default":
