@@ -32,9 +32,12 @@ from pathlib import Path
 from nucseg.data import TNBCImage, load_tnbc
 from nucseg.datasets import load_source, rescale_pair
 
-# Sources with full instance annotations. monuseg2018_train_binary is left out: its
-# touching nuclei are merged (binary masks), which would teach the network to merge.
-TRAIN_SOURCES = ("tnbc", "monuseg2018_train_xml", "cpm15")
+# Sources with full instance annotations. monuseg2018_train (all 30 images, a mask per
+# nucleus) supersedes monuseg2018_train_xml (13 of them, the runs before 2026-12-07's sixth
+# session: --sources tnbc,monuseg2018_train_xml,cpm15); monuseg2018_train_binary is never used:
+# its touching nuclei are merged (binary masks), which would teach the network to merge.
+TRAIN_SOURCES = ("tnbc", "monuseg2018_train", "cpm15", "consep")
+TRAINABLE = (*TRAIN_SOURCES, "monuseg2018_train_xml")
 TUNE_PER_SOURCE = 6
 TUNE_LAMS = (0.05, 0.1, 0.2, 0.3)
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5)
@@ -73,7 +76,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--tnbc", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--hold-out", choices=TRAIN_SOURCES, default=None)
+    ap.add_argument("--sources", default=",".join(TRAIN_SOURCES),
+                    help=f"comma-separated training sources (default: {','.join(TRAIN_SOURCES)}; also "
+                         "monuseg2018_train_xml, the 13-image MoNuSeg source of earlier runs)")
+    ap.add_argument("--hold-out", choices=TRAINABLE, default=None)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model), a model file, or 'none' (the default) for from scratch")
     ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
@@ -104,7 +110,15 @@ def main() -> None:
         raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC images out")
     if args.tnbc_fold is not None and (args.hold_out == "tnbc" or args.tnbc_fold not in (0, 1, 2)):
         raise SystemExit("--tnbc-fold takes 0, 1 or 2, and TNBC must be among the training sources")
-    sources = [s for s in TRAIN_SOURCES if s != args.hold_out]
+    chosen = [s for s in args.sources.split(",") if s]
+    unknown = sorted(set(chosen) - set(TRAINABLE))
+    if unknown or len(set(chosen)) != len(chosen):
+        raise SystemExit(f"--sources takes distinct names among {', '.join(TRAINABLE)}; got {args.sources!r}")
+    if {"monuseg2018_train", "monuseg2018_train_xml"} <= set(chosen):
+        raise SystemExit("--sources: monuseg2018_train and monuseg2018_train_xml hold the same slides; pick one")
+    if args.hold_out is not None and args.hold_out not in chosen:
+        raise SystemExit(f"--hold-out {args.hold_out} is not among --sources {args.sources}")
+    sources = [s for s in chosen if s != args.hold_out]
     if not args.mpp > 0:
         raise SystemExit(f"--mpp must be a positive resolution in um/px, got {args.mpp}")
     per_source = {s: load_training_source(s, args.cache, args.tnbc, args.mpp) for s in sources}

@@ -7,6 +7,7 @@ leave-one-dataset-out. The annotation formats handled are:
 * Aperio ImageScope XML polygons (MoNuSeg 2018): :func:`read_aperio_xml`;
 * label-mask images or ``.npy`` arrays: :func:`read_label_image`;
 * binary masks split into connected components: :func:`read_binary_instances`;
+* one binary mask per nucleus (Kaggle DSB 2018 layout): :func:`read_mask_folder`;
 * the ASCII label arrays of the MICCAI 2015 challenge (CPM-15): :func:`read_cpm_ascii`.
 
 The converted cache (written by ``scripts/nucseg_data.py``) has one folder per source::
@@ -31,7 +32,7 @@ import logging
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ __all__ = [
     "read_binary_instances",
     "read_cpm_ascii",
     "read_label_image",
+    "read_mask_folder",
     "read_manifest",
     "relabel_sequential",
     "rescale_pair",
@@ -307,14 +309,66 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
             continue
         rr, cc = draw_polygon(xy[:, 1], xy[:, 0], shape=(h, w))
         pixels.append((rr, cc))
-    # Paint largest first so every smaller polygon overwrites it; stable sort keeps file order
-    # for equal areas, so the later region wins a tie.
+    return _paint_smaller_on_top(pixels, (h, w))
+
+
+def _paint_smaller_on_top(pixels: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels from each object's ``(rows, cols)``: overlapping pixels go to the smaller
+    object, ties to the later one; objects left with no pixel are dropped; ids ``1..N``."""
+    # Paint largest first so every smaller object overwrites it; the stable sort keeps the
+    # given order for equal areas, so the later object wins a tie.
     order = sorted(range(len(pixels)), key=lambda i: -pixels[i][0].size)
-    labels = np.zeros((h, w), np.int32)
+    labels = np.zeros(shape, np.int32)
     for i in order:
         rr, cc = pixels[i]
         labels[rr, cc] = i + 1
     return relabel_sequential(labels)
+
+
+def read_mask_folder(paths: Sequence[str | os.PathLike], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Instance labels from one binary mask file per nucleus (the Kaggle DSB 2018 layout,
+    ``<image>/masks/*.png``, in which some repositories store MoNuSeg).
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        The masks, one nucleus each, in the order that numbers the objects (sorted names).
+    shape : tuple of int, optional
+        ``(H, W)`` of the image; every mask must have it. Default: the first mask's.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` labels numbered ``1..N`` in the given order of the masks that kept a pixel.
+
+    Raises
+    ------
+    ValueError
+        If there is no mask, a mask is not binary (:func:`read_binary_instances`' rule) or its
+        shape differs; the message names the file.
+
+    Notes
+    -----
+    The overlap rule is :func:`read_aperio_xml`'s: **overlapping pixels go to the smaller
+    mask** (ties to the later one), so the result does not depend on the order of the files
+    beyond numbering. An empty mask is dropped.
+    """
+    from .data import _read_binary_mask
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("read_mask_folder needs at least one mask file; got none")
+    pixels = []
+    for path in paths:
+        mask = _read_binary_mask(path)
+        if mask.ndim != 2:
+            raise ValueError(f"{path}: mask has shape {mask.shape}; expected a 2-D binary image")
+        if shape is None:
+            shape = mask.shape
+        if mask.shape != tuple(shape):
+            raise ValueError(f"{path}: mask has shape {mask.shape}; expected {tuple(shape)} like the image")
+        pixels.append(np.nonzero(mask))
+    return _paint_smaller_on_top(pixels, tuple(int(s) for s in shape))
 
 
 def read_label_image(path: str | os.PathLike) -> np.ndarray:
@@ -502,7 +556,8 @@ class Source:
     repository, commit : str
         GitHub ``owner/name`` and the commit the files were taken from.
     annotation : str
-        Format: ``"aperio_xml"``, ``"binary_cc4"``, ``"cpm_ascii"``.
+        Format: ``"aperio_xml"``, ``"binary_cc4"``, ``"cpm_ascii"``, ``"mask_per_nucleus"``,
+        ``"label_npy"``.
     instance_quality : str
         ``"full"`` (every nucleus its own outline) or ``"merged"`` (binary masks: touching
         nuclei may be one object).
@@ -557,6 +612,37 @@ SOURCES: dict[str, Source] = {
             notes="Instances are 4-connected components of a binary mask: touching nuclei merge "
             "(on two slides with both, 345 vs 398 and 301 vs 342 objects). Use for semantic "
             "targets or not at all; do not score instance metrics on it.",
+        ),
+        Source(
+            name="monuseg2018_train",
+            title="MoNuSeg 2018 training set, all 30 images, one binary mask per nucleus "
+            "(a 2018 challenge entrant's conversion of the XML annotations)",
+            organs=("breast", "kidney", "lung", "prostate", "bladder", "colon", "stomach"),
+            mpp=0.2527,
+            licence=_MONUSEG_LICENCE,
+            repository="bruceyang2012/Miccai_challenge_MONUSEG",
+            commit="50be9414d61e5c7046c4b6224ed0182923774075",
+            annotation="mask_per_nucleus",
+            notes="Supersedes monuseg2018_train_xml (13 images) and _binary (merged) for training: "
+            "the same 30 images with every nucleus its own mask. Checked against the 13 Aperio XML "
+            "files of ykrmm/monuseg (docs/DATA.md). um/px is the nominal 0.2527 for all 30 "
+            "(the XML headers give 0.2456-0.2527).",
+        ),
+        Source(
+            name="consep",
+            title="CoNSeP (Graham et al., HoVer-Net, MedIA 2019): 41 colorectal images, "
+            "as 16 tiles of 256x256 each",
+            organs=("colon",),
+            mpp=0.25,
+            licence="unspecified: no licence in the repository; the dataset page asks for research use "
+            "and citation (not re-checked)",
+            repository="RessCris2/pannuke_app",
+            commit="2b35a8520beec8a6f05c44044b6aeaa00a5b6ced",
+            annotation="label_npy",
+            notes="Tiles of the original 1000x1000 images (train 27 x 16, test 14 x 16) stored as "
+            "JPEG (quality about 75) with int32 instance maps whose ids are the whole image's; "
+            "tile positions are not recorded and tiles overlap. Each original image is one group "
+            "(patient field). 40x per the paper.",
         ),
         Source(
             name="cpm15",

@@ -52,7 +52,7 @@ LODO_METRICS: tuple[tuple[str, str], ...] = (
 )
 
 #: Sources of the protocol, in table order; the last is evaluation-only.
-PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train_xml", "cpm15", "monuseg2018_test")
+PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "monuseg2018_test")
 UNION = "all"
 
 
