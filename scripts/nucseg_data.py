@@ -302,6 +302,29 @@ def convert_consep(taken: Taken, source: D.Source, out: Path) -> tuple[list, lis
     return entries, []
 
 
+def convert_gbm40(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
+    """GBM40: ``raw_image/NN.tif`` + ``contour_annotation_xml/NN_data.xml`` (one shape per nucleus)."""
+    xmls = {Path(p).name.removesuffix("_data.xml"): p for p in taken.files if p.endswith("_data.xml")}
+    entries = []
+    for p in sorted(q for q in taken.files if q.endswith(".tif")):
+        stem = Path(p).stem
+        if stem not in xmls:
+            raise ValueError(f"{p}: no contour_annotation_xml/{stem}_data.xml beside the image")
+        ann = taken.files[xmls[stem]]
+        rgb = read_rgb(taken.files[p])
+        labels = D.read_shape_xml(ann, rgb.shape[:2])
+        shapes = D.shape_xml_polygons(ann)
+        types: dict[str, int] = {}
+        for kind, _ in shapes:
+            types[kind] = types.get(kind, 0) + 1
+        e = write_entry(out, stem, rgb, labels, False)
+        e.update(name=stem, organ="brain (GBM)", patient=f"gbm40-{stem}", mpp=source.mpp, source_image=p,
+                 source_annotation=xmls[stem], xml_shapes=len(shapes), xml_shape_types=types,
+                 xml_shapes_degenerate=sum(len(xy) < 3 for _, xy in shapes))
+        entries.append(e)
+    return entries, []
+
+
 # source -> (prefix in repo, keep(path), converter)
 MONUSEG_TRAIN = "datasets/MoNuSegTrainingData/"
 PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
@@ -326,6 +349,12 @@ PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
         "data/MICCAI_competition_dataset/",
         lambda p: p.endswith((".txt", ".png")) and not p.endswith("_poly.png"),
         convert_cpm15,
+    ),
+    "gbm40": (
+        "data/GBM40/",
+        lambda p: (p.startswith("data/GBM40/raw_image/") and p.endswith(".tif"))
+        or (p.startswith("data/GBM40/contour_annotation_xml/") and p.endswith("_data.xml")),
+        convert_gbm40,
     ),
     "monuseg2018_test": (
         "datasets/MoNuSegTestData/",
@@ -362,7 +391,7 @@ def build(name: str, cache: Path, git_dirs: dict[str, Path], clone: bool) -> dic
         "n_images": len(entries),
         "n_nuclei": sum(e["n_nuclei"] for e in entries),
         "notes": source.notes,
-        "overlap_rule": "overlapping polygon pixels go to the smaller polygon" if source.annotation in ("aperio_xml", "mask_per_nucleus") else None,
+        "overlap_rule": "overlapping polygon pixels go to the smaller polygon" if source.annotation in ("aperio_xml", "mask_per_nucleus", "shape_xml") else None,
         "excluded_monuseg_test": excluded,
         "missing_in_clone": taken.missing,
         "files_digest": files_digest(taken.records),

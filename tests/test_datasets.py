@@ -256,6 +256,116 @@ def test_mask_folder_errors_name_the_file(tmp_path):
         D.read_mask_folder([ok], shape=(9, 9))
 
 
+# ---------------------------------------------------------------- image-editor shape XML (GBM40)
+
+
+def _write_shape_xml(path: Path, shapes: list, layers: str | None = None) -> Path:
+    """``shapes``: ``(type, points)`` or ``(type, points, rotation)``; an Oval's points are its
+    Extent ``(x, y, width, height)``. Written as the GBM40 files are: BOM, comment, CRLF."""
+    parts = ['<!--Document-->', '<Document FileVersion="1.0">', "<Layers>", '<Layer Name="Layer1"><Shapes>']
+    for kind, pts, *rot in shapes:
+        parts.append(f'<Shape Type="{kind}"><Settings><Line Width="1"/></Settings>')
+        parts.append(f'<Data Rotation="{rot[0] if rot else 0}">')
+        if kind == "Oval":
+            x, y, w, h = pts
+            parts.append(f'<Extent X="{x}" Y="{y}" Width="{w}" Height="{h}" />')
+        else:
+            parts += ["<Points>"] + [f'<Point X="{x}" Y="{y}" />' for x, y in pts] + ["</Points>"]
+        parts.append("</Data></Shape>")
+    parts += ["</Shapes></Layer>", "</Layers>", "</Document>"]
+    text = "\r\n".join(parts) if layers is None else layers
+    path.write_bytes(text.encode("utf-8-sig"))
+    return path
+
+
+def test_shape_xml_polygon_rasterised_x_is_column(tmp_path):
+    # The Aperio test's rectangle: 4 wide (x), 2 tall (y); pixel centres 2..5 in x, 1..2 in y.
+    p = _write_shape_xml(tmp_path / "01_data.xml", [("Polygon", _square(1.5, 0.5, 5.5, 2.5))])
+    labels = D.read_shape_xml(p, (6, 8))
+    assert labels.dtype == np.int32 and labels.shape == (6, 8)
+    expected = np.zeros((6, 8), np.int32)
+    expected[1:3, 2:6] = 1
+    np.testing.assert_array_equal(labels, expected)
+    # A SmoothPolygon's points are rasterised as a polygon too (the smoothing is not reproduced).
+    p = _write_shape_xml(tmp_path / "s.xml", [("SmoothPolygon", _square(1.5, 0.5, 5.5, 2.5))])
+    np.testing.assert_array_equal(D.read_shape_xml(p, (6, 8)), expected)
+
+
+@pytest.mark.parametrize("small_first", [False, True])
+def test_shape_xml_overlap_goes_to_smaller_shape_whatever_the_order(tmp_path, small_first):
+    big, small = ("Polygon", _square(0.5, 0.5, 10.5, 10.5)), ("Polygon", _square(6.5, 6.5, 12.5, 12.5))
+    labels = D.read_shape_xml(_write_shape_xml(tmp_path / "o.xml", [small, big] if small_first else [big, small]), (16, 16))
+    small_id, big_id = labels[12, 12], labels[2, 2]
+    assert np.all(labels[7:11, 7:11] == small_id)  # the overlap belongs to the smaller square
+    assert np.count_nonzero(labels == small_id) == 36 and np.count_nonzero(labels == big_id) == 100 - 16
+    assert (small_id, big_id) == ((1, 2) if small_first else (2, 1))  # ids follow file order
+
+
+def test_shape_xml_degenerate_and_covered_shapes_are_dropped(tmp_path):
+    shapes = [("Polygon", _square(0.5, 0.5, 8.5, 8.5)), ("Polygon", [(1, 1), (3, 3)]),
+              ("Polygon", _square(2.5, 2.5, 4.5, 4.5)), ("Polygon", _square(2.5, 2.5, 4.5, 4.5))]
+    labels = D.read_shape_xml(_write_shape_xml(tmp_path / "d.xml", shapes), (10, 10))
+    # 2 points have no area; of two identical squares the later wins the tie; ids 1..N.
+    assert sorted(np.unique(labels)) == [0, 1, 2] and np.count_nonzero(labels == 2) == 4
+    assert [len(xy) for _, xy in D.shape_xml_polygons(tmp_path / "d.xml")] == [4, 2, 4, 4]
+    empty = D.read_shape_xml(_write_shape_xml(tmp_path / "e.xml", []), (4, 5))
+    assert empty.shape == (4, 5) and not empty.any()
+
+
+def test_shape_xml_oval_and_rotation(tmp_path):
+    # An Oval is the ellipse inscribed in its Extent: centre (x 6, y 6), semi-axes 5.5 (x), 3.5 (y).
+    labels = D.read_shape_xml(_write_shape_xml(tmp_path / "v.xml", [("Oval", (0.5, 2.5, 11, 7))]), (13, 14))
+    rows, cols = np.nonzero(labels)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 9, 1, 11)
+    assert np.count_nonzero(labels) == pytest.approx(np.pi * 5.5 * 3.5, rel=0.1)
+    # Rotated 90 degrees it stands upright (about the Extent's centre).
+    labels = D.read_shape_xml(_write_shape_xml(tmp_path / "r.xml", [("Oval", (0.5, 2.5, 11, 7), 90)]), (13, 14))
+    rows, cols = np.nonzero(labels)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 11, 3, 9)
+    # Rotation is clockwise on screen (y down) about the bounding box's centre (4.5, 3.5): a right
+    # triangle with its right angle at the top left has it at the top right after +90 degrees
+    # (counter-clockwise would put it at the bottom left). No pixel centre lies on an edge.
+    tri = [(0.5, 0.5), (8.5, 0.5), (0.5, 6.5)]
+    before = D.read_shape_xml(_write_shape_xml(tmp_path / "t0.xml", [("Polygon", tri)]), (10, 10))
+    after = D.read_shape_xml(_write_shape_xml(tmp_path / "t1.xml", [("Polygon", tri, 90)]), (10, 10))
+    assert before[1, 1] and not before[0, 7]
+    assert after[0, 7] and not after[1, 1] and not after[7, 1]
+    ((_, rotated),) = D.shape_xml_polygons(tmp_path / "t1.xml")
+    np.testing.assert_allclose(rotated, [(7.5, -0.5), (7.5, 7.5), (1.5, -0.5)], atol=1e-9)
+    full_turn = D.read_shape_xml(_write_shape_xml(tmp_path / "t2.xml", [("Polygon", tri, 360)]), (10, 10))
+    np.testing.assert_array_equal(full_turn, before)
+
+
+def _doc(shapes: str) -> str:
+    return f"<Document><Layers><Layer><Shapes>{shapes}</Shapes></Layer></Layers></Document>"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("<Document><Layers>", "not well-formed XML"),
+        ('<Annotations><Region Id="1"/></Annotations>', "root element <Annotations>; expected <Document>"),
+        ("<Document/>", "without <Layers>"),
+        (_doc('<Shape Type="Polygon"><Data><Points><Point X="a" Y="1"/></Points></Data></Shape>'),
+         r"Shape #0 Type='Polygon'.*X='a' is not a number"),
+        (_doc('<Shape Type="Polygon"><Data><Points><Point X="1"/></Points></Data></Shape>'),
+         r"Shape #0.*Y=None is not a number"),
+        (_doc('<Shape Type="Polygon"><Data Rotation="x"><Points/></Data></Shape>'), "Rotation='x' is not a number"),
+        (_doc('<Shape Type="Polygon"/>'), "Shape #0.*has no <Data>"),
+        (_doc('<Shape Type="Polygon"><Data><Points/></Data></Shape>'
+              '<Shape Type="Rectangle"><Data><Extent X="1" Y="1" Width="2" Height="2"/></Data></Shape>'),
+         "Shape #1 Type='Rectangle' has no <Points>"),
+        (_doc('<Shape Type="Oval"><Data><Extent X="1" Y="1" Width="nan" Height="2"/></Data></Shape>'),
+         "Width='nan' is not finite"),
+    ],
+)
+def test_shape_xml_malformed(tmp_path, text, match):
+    p = _write_shape_xml(tmp_path / "bad_data.xml", [], layers=text)
+    with pytest.raises(ValueError, match=match) as err:
+        D.read_shape_xml(p, (4, 4))
+    assert "bad_data.xml" in str(err.value)
+
+
 # ---------------------------------------------------------------- CPM ASCII
 
 
@@ -375,7 +485,7 @@ def test_registry_is_complete():
     for s in D.SOURCES.values():
         assert s.mpp > 0 and s.organs and s.licence and len(s.commit) == 40 and "/" in s.repository
         assert s.instance_quality in ("full", "merged")
-        assert s.annotation in ("aperio_xml", "binary_cc4", "cpm_ascii", "mask_per_nucleus", "label_npy")
+        assert s.annotation in ("aperio_xml", "binary_cc4", "cpm_ascii", "mask_per_nucleus", "label_npy", "shape_xml")
 
 
 # ---------------------------------------------------------------- the real cache (skips when absent)

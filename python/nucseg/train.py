@@ -27,7 +27,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,18 +180,27 @@ class TrainResult:
     final_loss: float
 
 
+def _once_per_object(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, calling ``fn`` once per distinct object: entries that are the
+    same object (a balanced draw list repeats a small source's images many times) share one
+    result, so repeats cost neither time nor memory."""
+    done: dict[int, Any] = {}
+    return [done[id(x)] if id(x) in done else done.setdefault(id(x), fn(x)) for x in items]
+
+
 def prepare_images(images: Sequence[TNBCImage], *, w0: float = 10.0, sigma: float = 5.0) -> list[PreparedImage]:
-    """Compute the loss weights and distance targets of each image once."""
-    return [
-        PreparedImage(
+    """Compute the loss weights and distance targets of each image once (repeated entries of
+    one image share them)."""
+    return _once_per_object(
+        images,
+        lambda im: PreparedImage(
             im.rgb,
             im.mask.astype(np.float32),
             instance_distance(im.labels),
             loss_weights(im.labels, w0=w0, sigma=sigma),
             im.labels,
-        )
-        for im in images
-    ]
+        ),
+    )
 
 
 def seg_loss(logits: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, distance: torch.Tensor | None, aux_weight: float) -> torch.Tensor:
@@ -276,7 +285,7 @@ def _device_batches(data: Sequence[PreparedImage], cfg: TrainConfig, start: int,
     """
     from .batch_augment import draw_crop, render_batch, stack_sources
 
-    sources = [stack_sources(im.rgb, [im.mask, im.distance, im.weights], dev) for im in data]
+    sources = _once_per_object(data, lambda im: stack_sources(im.rgb, [im.mask, im.distance, im.weights], dev))
     shapes = [im.rgb.shape[:2] for im in data]
     mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
