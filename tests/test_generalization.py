@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from nucseg.generalization import (
     lodo_models,
     score,
     summarise_sources,
+    trained_on,
 )
 from nucseg.metrics import aji
 
@@ -72,6 +75,21 @@ def test_lodo_models_picks_the_run_that_held_the_source_out(tmp_path) -> None:
     assert got["monuseg2018_test"].parent.name == "all"
     with pytest.raises(FileNotFoundError, match="--hold-out tnbc"):
         lodo_models(tmp_path, ["tnbc"])
+
+
+def test_lodo_models_uses_the_union_for_a_source_it_never_trained_on(tmp_path) -> None:
+    (tmp_path / "all").mkdir()
+    (tmp_path / "all" / "multiorgan.safetensors").write_bytes(b"")
+    # No JSON: the union's sources are unknown, so it may have seen gbm40: refused.
+    with pytest.raises(FileNotFoundError, match="--hold-out gbm40"):
+        lodo_models(tmp_path, ["gbm40"])
+    (tmp_path / "all" / "multiorgan.json").write_text(json.dumps({"training": {"sources": ["tnbc", "cpm15"]}}))
+    assert trained_on(tmp_path / "all" / "multiorgan.safetensors") == ["tnbc", "cpm15"]
+    got = lodo_models(tmp_path, ["gbm40"])
+    assert got["gbm40"].parent.name == "all"
+    # A source the union trained on still needs its own held-out run.
+    with pytest.raises(FileNotFoundError, match="--hold-out cpm15"):
+        lodo_models(tmp_path, ["cpm15"])
 
 
 def test_cli_lodo_scores_each_source_with_its_held_out_model(tmp_path, capsys, torch_one_thread) -> None:  # noqa: ARG001

@@ -33,6 +33,7 @@ __all__ = [
     "format_lodo_table",
     "load_eval_images",
     "lodo_models",
+    "trained_on",
     "run_protocol",
     "score",
     "segment_at",
@@ -52,7 +53,7 @@ LODO_METRICS: tuple[tuple[str, str], ...] = (
 )
 
 #: Sources of the protocol, in table order; the last is evaluation-only.
-PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "monuseg2018_test")
+PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "gbm40", "monuseg2018_test")
 UNION = "all"
 
 
@@ -88,8 +89,21 @@ def load_eval_images(source: str, cache: str | os.PathLike, tnbc: str | os.PathL
     return [EvalImage(source, im.name, im.rgb, im.labels) for im in load_source(cache, source, evaluation=evaluation, target_mpp=mpp)]
 
 
+def trained_on(model_path: str | os.PathLike) -> list[str] | None:
+    """The training sources recorded in a model's JSON (``training.sources``), or None when
+    the JSON does not say."""
+    import json
+
+    doc_path = Path(model_path).with_suffix(".json")
+    if not doc_path.is_file():
+        return None
+    sources = json.loads(doc_path.read_text(encoding="utf-8")).get("training", {}).get("sources")
+    return list(sources) if isinstance(sources, list) else None
+
+
 def lodo_models(runs: str | os.PathLike, sources: Sequence[str]) -> dict[str, Path]:
-    """The model to score each source with: trained without it, or on the union for test-only sources.
+    """The model to score each source with: ``RUNS/<source>/`` (trained without it), or the union
+    model ``RUNS/all/`` for test-only sources and for sources its JSON shows it never trained on.
 
     Raises
     ------
@@ -98,10 +112,15 @@ def lodo_models(runs: str | os.PathLike, sources: Sequence[str]) -> dict[str, Pa
     """
     from .datasets import SOURCES
 
+    union = Path(runs) / UNION / "multiorgan.safetensors"
     out = {}
     for s in sources:
         held_out_only = s in SOURCES and SOURCES[s].evaluation_only
-        path = Path(runs) / (UNION if held_out_only else s) / "multiorgan.safetensors"
+        path = union if held_out_only else Path(runs) / s / "multiorgan.safetensors"
+        if not path.is_file() and not held_out_only and union.is_file():
+            seen = trained_on(union)
+            if seen is not None and s not in seen:
+                path = union  # the union run held this source out too
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: train it with scripts/multiorgan.py --hold-out {s} --out {path.parent}")
         out[s] = path
