@@ -287,9 +287,10 @@ def convert_monuseg_masks(taken: Taken, source: D.Source, out: Path) -> tuple[li
 def convert_consep(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
     """CoNSeP tiles: ``images/{train,test}/<split>_<k>_<t>.jpg`` + ``inst/{split}/<same>.npy``."""
     entries = []
+    inst = {Path(q).stem: q for q in taken.files if "/inst/" in q and q.endswith(".npy")}
     for p in sorted(q for q in taken.files if "/images/" in q and q.endswith(".jpg")):
         stem = Path(p).stem
-        ann = next((q for q in taken.files if "/inst/" in q and Path(q).name == f"{stem}.npy"), None)
+        ann = inst.get(stem)
         if ann is None:
             raise ValueError(f"{p}: no inst/{stem}.npy beside the tile")
         rgb = read_rgb(taken.files[p])

@@ -33,11 +33,11 @@ __all__ = [
     "format_lodo_table",
     "load_eval_images",
     "lodo_models",
-    "trained_on",
     "run_protocol",
     "score",
     "segment_at",
     "summarise_sources",
+    "trained_on",
     "write_lodo",
 ]
 
