@@ -296,24 +296,31 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
     A region with fewer than 3 vertices has no area and is skipped (logged); a polygon left
     with no pixel (fully covered, or thinner than a pixel) is dropped.
     """
-    from skimage.draw import polygon as draw_polygon
-
     path = Path(path)
+    shape = _positive_shape(shape)
+    return _rasterise_polygons(aperio_polygons(path), shape, path, "region(s) with fewer than 3 vertices")
+
+
+def _positive_shape(shape: tuple[int, int]) -> tuple[int, int]:
     h, w = (int(s) for s in shape)
     if h <= 0 or w <= 0:
         raise ValueError(f"shape must be positive (H, W), got {shape!r}")
-    pixels = []
-    polygons = aperio_polygons(path)
+    return h, w
+
+
+def _rasterise_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int], path: Path, what: str) -> np.ndarray:
+    """Instance labels from ``(n, 2)`` (x = column, y = row) outlines: a pixel belongs to an
+    outline when its centre is inside (``skimage.draw.polygon``); outlines with fewer than 3
+    vertices are skipped (logged as ``what`` of ``path``); overlaps as in
+    :func:`_paint_smaller_on_top`."""
+    from skimage.draw import polygon as draw_polygon
+
     degenerate = sum(len(xy) < 3 for xy in polygons)
     if degenerate:
-        log.info("%s: skipping %d region(s) with fewer than 3 vertices", path, degenerate)
-    for xy in polygons:
-        if len(xy) < 3:
-            pixels.append((np.empty(0, np.intp), np.empty(0, np.intp)))
-            continue
-        rr, cc = draw_polygon(xy[:, 1], xy[:, 0], shape=(h, w))
-        pixels.append((rr, cc))
-    return _paint_smaller_on_top(pixels, (h, w))
+        log.info("%s: skipping %d %s", path, degenerate, what)
+    empty = (np.empty(0, np.intp), np.empty(0, np.intp))
+    pixels = [empty if len(xy) < 3 else draw_polygon(xy[:, 1], xy[:, 0], shape=shape) for xy in polygons]
+    return _paint_smaller_on_top(pixels, shape)
 
 
 def _paint_smaller_on_top(pixels: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
@@ -516,23 +523,10 @@ def read_shape_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarra
     skipped (logged); a shape left with no pixel (fully covered, or thinner than a pixel) is
     dropped.
     """
-    from skimage.draw import polygon as draw_polygon
-
     path = Path(path)
-    h, w = (int(s) for s in shape)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"shape must be positive (H, W), got {shape!r}")
-    outlines = shape_xml_polygons(path)
-    degenerate = sum(len(xy) < 3 for _, xy in outlines)
-    if degenerate:
-        log.info("%s: skipping %d shape(s) with fewer than 3 points", path, degenerate)
-    pixels = []
-    for _, xy in outlines:
-        if len(xy) < 3:
-            pixels.append((np.empty(0, np.intp), np.empty(0, np.intp)))
-            continue
-        pixels.append(draw_polygon(xy[:, 1], xy[:, 0], shape=(h, w)))
-    return _paint_smaller_on_top(pixels, (h, w))
+    shape = _positive_shape(shape)
+    outlines = [xy for _, xy in shape_xml_polygons(path)]
+    return _rasterise_polygons(outlines, shape, path, "shape(s) with fewer than 3 points")
 
 
 def read_label_image(path: str | os.PathLike) -> np.ndarray:
