@@ -798,8 +798,9 @@ SOURCES: dict[str, Source] = {
             commit="2b35a8520beec8a6f05c44044b6aeaa00a5b6ced",
             annotation="label_npy",
             notes="Tiles of the original 1000x1000 images (train 27 x 16, test 14 x 16) stored as "
-            "JPEG (quality about 75) with int32 instance maps whose ids are the whole image's; "
-            "tile positions are not recorded and tiles overlap. Each original image is one group "
+            "JPEG (quality about 75) with int32 instance maps numbered per tile; 16 windows per image "
+            "(8 adjacent pairs 232 px apart), not a mosaic; positions "
+            "not recorded. Each original image is one group "
             "(patient field). 40x per the paper.",
         ),
         Source(
