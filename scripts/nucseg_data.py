@@ -259,13 +259,19 @@ def shift_down_right(labels: np.ndarray) -> np.ndarray:
     return D.relabel_sequential(out)
 
 
-def convert_monuseg_masks(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
-    """MoNuSeg training images stored as ``<ID>/images/<ID>.png`` + ``<ID>/masks/*.png``."""
-    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
+def masks_by_image(taken: Taken) -> dict[str, list[str]]:
+    """Kaggle DSB layout: ``<ID>/masks/*.png`` grouped by ``<ID>``."""
     masks: dict[str, list[str]] = {}
     for p in taken.files:
         if "/masks/" in p and p.endswith(".png"):
             masks.setdefault(p.split("/masks/")[0].rsplit("/", 1)[-1], []).append(p)
+    return masks
+
+
+def convert_monuseg_masks(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
+    """MoNuSeg training images stored as ``<ID>/images/<ID>.png`` + ``<ID>/masks/*.png``."""
+    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
+    masks = masks_by_image(taken)
     entries, excluded = [], []
     for stem in sorted(images):
         if D.is_monuseg_test(stem):
@@ -320,10 +326,7 @@ def convert_dsb2018_he(taken: Taken, source: D.Source, out: Path) -> tuple[list,
     images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
     if set(images) != wanted:
         raise ValueError(f"{DSB_IDS.name}: {len(wanted - set(images))} listed images not in the repository")
-    masks: dict[str, list[str]] = {}
-    for p in taken.files:
-        if "/masks/" in p and p.endswith(".png"):
-            masks.setdefault(p.split("/masks/")[0].rsplit("/", 1)[-1], []).append(p)
+    masks = masks_by_image(taken)
     entries = []
     for stem in sorted(images):
         rgb = read_rgb(taken.files[images[stem]])
