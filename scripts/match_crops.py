@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.fft import irfft2, rfft2
+from scipy.fft import next_fast_len
 from skimage.transform import rescale
 
 from nucseg import datasets as D
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # Read to look for copies, never to train or tune: evaluation=True is the right flag.
     tests = [grey(im.rgb) for im in D.iter_source(args.cache, "monuseg2018_test", evaluation=True)]
     side = max(max(t.shape) for t in tests) + MAX_TEMPLATE
-    fft_shape = (int(2 ** np.ceil(np.log2(side))),) * 2
+    fft_shape = (next_fast_len(side, real=True),) * 2
     haystacks = [Haystack(t, fft_shape) for t in tests]
     best = []
     for im in D.iter_source(args.cache, args.source):
