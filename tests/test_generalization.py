@@ -197,3 +197,12 @@ def test_segment_at_runs_a_model_at_its_own_resolution() -> None:
     same = segment_at(model, 0.5)(_two_squares())
     assert seen == [(64, 66, 3)]
     assert same.max() == 2 and same[41, 41] > 0  # 16 px >= 10 px at its own resolution: kept
+
+
+def test_eval_help_names_the_protocol_sources():
+    # The CLI's help is a literal (the module imports lazily): it must not drift from the protocol.
+    from nucseg.cli.eval import build_parser
+    from nucseg.generalization import PROTOCOL_SOURCES
+
+    action = next(a for a in build_parser()._actions if "--sources" in a.option_strings)
+    assert f"(default: {', '.join(PROTOCOL_SOURCES)})" in action.help

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--coarse", action="store_true", help="with --lodo: also run the bundled model at 0.5 um/px (twice its pixel size)"
     )
     p.add_argument(
-        "--sources", default=None, help="comma-separated sources for --lodo (default: tnbc, monuseg2018_train, cpm15, consep, gbm40, monuseg2018_test)"
+        "--sources", default=None, help="comma-separated sources for --lodo (default: tnbc, monuseg2018_train, cpm15, consep, gbm40, dsb2018_he, monuseg2018_test)"
     )
     p.add_argument("--no-baseline", action="store_true", help="omit the non-learned baseline row")
     p.add_argument("--out", default=None, help="folder for images.csv, patients.csv, summary.csv, results.json")
