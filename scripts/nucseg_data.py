@@ -260,34 +260,42 @@ def shift_down_right(labels: np.ndarray) -> np.ndarray:
     return D.relabel_sequential(out)
 
 
-def masks_by_image(taken: Taken) -> dict[str, list[str]]:
-    """Kaggle DSB layout: ``<ID>/masks/*.png`` grouped by ``<ID>``."""
+def mask_folder_layout(taken: Taken) -> list[tuple[str, str, list[str]]]:
+    """Kaggle DSB layout, ``<ID>/images/<ID>.png`` + ``<ID>/masks/*.png``: ``(ID, image, sorted
+    masks)`` per image, IDs sorted (an image without masks gets an empty list)."""
     masks: dict[str, list[str]] = {}
     for p in taken.files:
         if "/masks/" in p and p.endswith(".png"):
             masks.setdefault(p.split("/masks/")[0].rsplit("/", 1)[-1], []).append(p)
-    return masks
+    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
+    return [(stem, images[stem], sorted(masks.get(stem, []))) for stem in sorted(images)]
+
+
+def read_mask_folder_pair(taken: Taken, image: str, masks: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """RGB, labels (:func:`nucseg.datasets.read_mask_folder`) and provenance of one image of
+    :func:`mask_folder_layout`."""
+    rgb = read_rgb(taken.files[image])
+    if not masks:
+        raise ValueError(f"{image}: no masks/*.png beside the image")
+    labels = D.read_mask_folder([taken.files[p] for p in masks], rgb.shape[:2])
+    provenance = {"source_image": image, "source_annotation": f"{image.split('/images/')[0]}/masks/",
+                  "mask_files": len(masks)}
+    return rgb, labels, provenance
 
 
 def convert_monuseg_masks(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
     """MoNuSeg training images stored as ``<ID>/images/<ID>.png`` + ``<ID>/masks/*.png``."""
-    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
-    masks = masks_by_image(taken)
     entries, excluded = [], []
-    for stem in sorted(images):
+    for stem, image, masks in mask_folder_layout(taken):
         if D.is_monuseg_test(stem):
             excluded.append(stem)
             continue
-        rgb = read_rgb(taken.files[images[stem]])
-        files = sorted(masks.get(stem, []))
-        if not files:
-            raise ValueError(f"{images[stem]}: no masks/*.png beside the image")
-        labels = shift_down_right(D.read_mask_folder([taken.files[p] for p in files], rgb.shape[:2]))
+        rgb, labels, provenance = read_mask_folder_pair(taken, image, masks)
+        labels = shift_down_right(labels)
         organ, stated = monuseg_organ(stem)
         e = write_entry(out, stem, rgb, labels, False)
         e.update(name=stem, organ=organ, organ_stated_by_dataset=stated, patient=D.tcga_patient(stem),
-                 mpp=source.mpp, source_image=images[stem], source_annotation=f"{images[stem].split('/images/')[0]}/masks/",
-                 mask_files=len(files))
+                 mpp=source.mpp, **provenance)
         entries.append(e)
     return entries, excluded
 
@@ -323,27 +331,21 @@ def dsb_he_ids() -> frozenset[str]:
 
 def convert_dsb2018_he(taken: Taken, source: D.Source, out: Path) -> tuple[list, list]:
     """DSB 2018 ``stage1_train/<ID>/images/<ID>.png`` (RGBA) + ``<ID>/masks/*.png``, listed ids only."""
-    wanted = dsb_he_ids()
-    images = {Path(p).stem: p for p in taken.files if "/images/" in p and p.endswith(".png")}
-    if set(images) != wanted:
-        raise ValueError(f"{DSB_IDS.name}: {len(wanted - set(images))} listed images not in the repository")
-    masks = masks_by_image(taken)
+    layout = mask_folder_layout(taken)
+    wanted, found = dsb_he_ids(), {stem for stem, _, _ in layout}
+    if found != wanted:
+        raise ValueError(f"{DSB_IDS.name}: {len(wanted - found)} listed images not in the repository")
     entries = []
-    for stem in sorted(images):
-        rgb = read_rgb(taken.files[images[stem]])
+    for stem, image, masks in layout:
+        rgb, labels, provenance = read_mask_folder_pair(taken, image, masks)
         chroma = D.mean_chroma(rgb)
         if chroma <= DSB_MIN_CHROMA:  # the list and the rule must agree
-            raise ValueError(f"{images[stem]}: listed as H&E but mean_chroma {chroma:.1f} <= {DSB_MIN_CHROMA}")
-        files = sorted(masks.get(stem, []))
-        if not files:
-            raise ValueError(f"{images[stem]}: no masks/*.png beside the image")
-        labels = D.read_mask_folder([taken.files[p] for p in files], rgb.shape[:2])
+            raise ValueError(f"{image}: listed as H&E but mean_chroma {chroma:.1f} <= {DSB_MIN_CHROMA}")
         areas = np.bincount(labels.ravel())[1:]
         e = write_entry(out, stem, rgb, labels, False)
         e.update(name=stem, organ="not stated", patient=f"dsb2018-{stem}", mpp=source.mpp,
                  mean_chroma=round(chroma, 1), median_nucleus_area=float(np.median(areas)) if areas.size else 0.0,
-                 source_image=images[stem], source_annotation=f"{images[stem].split('/images/')[0]}/masks/",
-                 mask_files=len(files))
+                 **provenance)
         entries.append(e)
     return entries, []
 
