@@ -124,6 +124,23 @@ def test_nucseg(benchmark, size, dtype):
     _record(benchmark, size, "nucseg", dtype)
     labels = benchmark(nucseg.watershed_dynamics, prob, LAM[dtype])
     assert labels.max() > 1000  # it really segmented the thousands of nuclei
+    if dtype in QUANTISED:  # their own queue paths, checked in the same run
+        check_quantised(benchmark, size, dtype, prob)
+
+
+def check_quantised(benchmark, size: int, dtype: str, prob: np.ndarray) -> None:
+    """A quantised map's objects are the scikit-image pipeline's on it (one to one, IoU >= 0.5);
+    a map of k/255 or k/1024 gives exactly the labels of the integer map k (ByteQueue and the
+    16-bit path), with lam halfway between two levels so that no rounding can tip a dynamics."""
+    assert_same_objects(benchmark, prob, LAM[dtype], skimage_pipeline(prob, LAM[dtype], THRESHOLD[dtype]))
+    steps = {"float32 (k/255)": (255, np.uint8), "float32 (1/1024 steps)": (1024, np.uint16)}
+    if dtype in steps:
+        n, int_dtype = steps[dtype]
+        k = np.rint(prob.astype(np.float64) * n).astype(int_dtype)
+        assert np.array_equal((k / np.float32(n)).astype(np.float32), prob)  # the map is k / n
+        ours = nucseg.watershed_dynamics(prob, 7.5 / n, threshold=0.5)
+        theirs = nucseg.watershed_dynamics(k, 7.5, threshold=0.5 * n)
+        assert np.array_equal(ours, theirs), f"{dtype}: not the labels of the integer map"
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])

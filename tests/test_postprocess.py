@@ -630,6 +630,17 @@ def test_one_pixel_over_the_limit_is_refused_without_a_copy(dtype):
     assert peak < 1 << 20
 
 
+def test_exactly_max_pixels_passes_the_size_check() -> None:
+    """The other side of the limit: with an invalid lam, MAX_PIXELS + 1 pixels get the size
+    error (it comes first) and exactly MAX_PIXELS get the lam one, so they passed the size
+    check. (The kernel's side is in cpp/tests/fuzz_watershed.cpp, run by .ci/sanitize.)"""
+    limit = nucseg._core.MAX_PIXELS
+    with pytest.raises(ValueError, match="int32 labels"):
+        nucseg.watershed_dynamics(np.broadcast_to(np.uint8(0), (limit + 1, 1)), -1.0)
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        nucseg.watershed_dynamics(np.broadcast_to(np.uint8(0), (limit, 1)), -1.0)
+
+
 # ---------------------------------------------------------------- the kernel checks its own preconditions
 
 _NAN, _INF = float("nan"), float("inf")

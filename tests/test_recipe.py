@@ -77,6 +77,13 @@ def test_the_model_config_owns_its_recipe() -> None:
     assert cfg.recipe == PostprocessRecipe(lam=0.2, threshold=0.4, min_area=60)
     assert recipe_of(cfg) is not None and recipe_of(cfg) == cfg.recipe
     assert "recipe" not in cfg.to_dict()  # the JSON keeps its flat fields
+    # Connectivity too: a model JSON without the field (every one written before it) reads as 1.
+    eight = dataclasses.replace(cfg, connectivity=2)
+    assert eight.recipe.connectivity == 2 and ModelConfig.from_dict(eight.to_dict()).recipe == eight.recipe
+    old = {k: v for k, v in cfg.to_dict().items() if k != "connectivity"}
+    assert ModelConfig.from_dict(old).recipe.connectivity == 1
+    with pytest.raises(ValueError, match="connectivity must be 1"):
+        dataclasses.replace(cfg, connectivity=4).recipe  # noqa: B018
 
 
 def test_tuning_scores_the_recipe_it_returns() -> None:

@@ -70,6 +70,10 @@ int preconditions(std::mt19937& rng) {
     n += refused<std::length_error>(v, std::ptrdiff_t{1} << 31, 1, 0.0, 0.1);
     n += refused<std::length_error>(v, std::ptrdiff_t{1} << 40, std::ptrdiff_t{1} << 40, 0.0, 0.1);  // product overflows
     n += refused<std::length_error>(v, 46341, 46341, 0.0, 0.1);  // just over 2^31
+    // The limit itself: one pixel over it is too large; exactly kMaxPixels passes the size
+    // check and reaches the threshold's (a NaN threshold, so nothing is read).
+    n += refused<std::length_error>(v, nucseg::kMaxPixels + 1, 1, 0.0, 0.1);
+    n += refused<std::invalid_argument>(v, nucseg::kMaxPixels, 1, nan, 0.1);
     if constexpr (!std::is_integral<T>::value) {
         for (const double bad : {nan, inf, -inf}) {
             std::vector<T> w(v.size(), T(0.7));

@@ -154,10 +154,13 @@ def recipe_of(config: Any) -> PostprocessRecipe:
 
     ``config.recipe`` when it has one (:class:`nucseg.inference.ModelConfig`,
     :class:`nucseg.wsi.predictors.ClassicalConfig`), else one built from its ``lam``,
-    ``threshold`` and optional ``min_area`` (third-party predictors).
+    ``threshold`` and optional ``min_area`` and ``connectivity`` (third-party predictors).
     """
     recipe = getattr(config, "recipe", None)
     if isinstance(recipe, PostprocessRecipe):
         return recipe
-    return PostprocessRecipe(lam=config.lam, threshold=config.threshold, min_area=getattr(config, "min_area", 0))
+    return PostprocessRecipe(
+        lam=config.lam, threshold=config.threshold, min_area=getattr(config, "min_area", 0),
+        connectivity=getattr(config, "connectivity", 1),
+    )
 

@@ -84,6 +84,9 @@ class ModelConfig:
     min_area : int
         Objects smaller than this many pixels (at ``mpp``) are dropped after
         the watershed (0 keeps everything); tuned with ``lam`` and ``threshold``.
+    connectivity : {1, 2}
+        Watershed connectivity of the recipe (1: 4-neighbourhood, the default of every
+        model so far; a model JSON without the field reads as 1).
     """
 
     name: str
@@ -99,16 +102,19 @@ class ModelConfig:
     halo: int = 32
     arch_kwargs: dict = field(default_factory=dict)
     min_area: int = 0
+    connectivity: int = 1
 
     @property
     def recipe(self) -> PostprocessRecipe:
-        """The post-processing these fields describe (``lam``, ``threshold``, ``min_area``).
+        """The post-processing these fields describe (``lam``, ``threshold``, ``min_area``, ``connectivity``).
 
         The one object :func:`segment`, :meth:`NucleusModel.postprocess`, the evaluation
         and the slide runner apply; stored as the flat fields above, so model JSON files
         keep their format.
         """
-        return PostprocessRecipe(lam=self.lam, threshold=self.threshold, min_area=self.min_area)
+        return PostprocessRecipe(
+            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,14 @@ def _areas(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels[labels != 0], return_counts=True)[1]
 
 
+def _one_piece_prob(rgb: np.ndarray, pred: HematoxylinPredictor) -> np.ndarray:
+    padded = np.pad(rgb, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="reflect")
+    return pred.predict(padded[None])[0][HALO:-HALO, HALO:-HALO]
+
+
 def _one_piece(rgb: np.ndarray, pred: HematoxylinPredictor) -> np.ndarray:
     """What segment() does for this predictor: mirror-pad, predict, the config's recipe."""
-    padded = np.pad(rgb, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="reflect")
-    prob = pred.predict(padded[None])[0][HALO:-HALO, HALO:-HALO]
-    return pred.config.recipe.labels(prob)
+    return pred.config.recipe.labels(_one_piece_prob(rgb, pred))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,28 @@ def test_a_predictor_config_min_area_is_applied_and_recorded(small_slide: tuple[
     assert same_partition(_labels(out), _one_piece(rgb, HematoxylinPredictor(min_area=120)))
     with pytest.raises(StoreError, match="min_area"):  # same weights checksum, another recipe
         segment_slide(path, out, model=_ThirdParty(0), tile=256, halo=HALO, tissue="none", resume=True)
+
+
+@pytest.mark.parametrize("tile", [1024, 128], ids=["one-tile", "many-tiles"])
+def test_the_model_recipe_connectivity_is_the_run_default(
+    small_slide: tuple[Path, np.ndarray], tmp_path: Path, tile: int
+) -> None:
+    """A model whose recipe says connectivity 2 is run with 2 (it was overridden by 1); an
+    explicit connectivity still wins, and either way the store records what ran."""
+    path, rgb = small_slide
+    pred = HematoxylinPredictor()
+    pred.config = replace(pred.config, connectivity=2)
+    assert pred.config.recipe.connectivity == 2
+    want = _one_piece(rgb, pred)
+    other = pred.config.recipe.replace(connectivity=1).labels(_one_piece_prob(rgb, pred))
+    assert not same_partition(want, other)  # the two connectivities differ on this image
+    segment_slide(path, tmp_path / "model.zarr", model=pred, tile=tile, halo=HALO, tissue="none")
+    assert same_partition(_labels(tmp_path / "model.zarr"), want)
+    segment_slide(path, tmp_path / "one.zarr", model=pred, connectivity=1, tile=tile, halo=HALO, tissue="none")
+    assert same_partition(_labels(tmp_path / "one.zarr"), other)
+    for name, conn in (("model", 2), ("one", 1)):
+        meta = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r").attrs["nucseg"]
+        assert meta["settings"]["connectivity"] == conn
 
 
 def test_min_area_is_validated(small_slide: tuple[Path, np.ndarray], tmp_path: Path) -> None:

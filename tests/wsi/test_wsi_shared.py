@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
-from nucseg.wsi import segment_slide
+from nucseg.wsi import RunOptions, segment_slide
 from nucseg.wsi.demo import synthetic_he, write_pyramid_tiff
-from nucseg.wsi.pipeline import TileParams, check_run_options, compute_tile, prepare_output
+from nucseg.wsi.pipeline import TileParams, compute_tile, prepare_output
 from nucseg.wsi.predictors import HematoxylinPredictor
 from nucseg.wsi.reader import open_slide
 from nucseg.wsi.store import OutputStore, StoreError
@@ -157,19 +157,6 @@ def test_compute_tile_at_the_largest_halo_strict_or_approximate() -> None:
     assert out.result.rgb_core.shape == (32, 32, 3)
 
 
-def test_check_run_options() -> None:
-    ok = check_run_options(tile=64, halo=None, max_halo=32, batch_size=2, connectivity=2, resume=True,
-                           overwrite=False)
-    assert ok == {"tile": 64, "halo": None, "max_halo": 32, "batch_size": 2}
-    base = {"tile": 64, "halo": None, "max_halo": None, "batch_size": 1, "connectivity": 1, "resume": False,
-            "overwrite": False}
-    for bad, match in [({"tile": 8}, "tile must be"), ({"halo": 0}, "halo must be"), ({"max_halo": 1.5}, "max_halo"),
-                       ({"batch_size": True}, "batch_size"), ({"connectivity": 4}, "connectivity"),
-                       ({"resume": True, "overwrite": True}, "exclusive")]:
-        with pytest.raises(ValueError, match=match):
-            check_run_options(**{**base, **bad})
-
-
 @pytest.fixture
 def small_store(tmp_path: Path) -> tuple[Path, Path, object]:
     slide = write_pyramid_tiff(tmp_path / "s.tif", synthetic_he((256, 384), seed=3)[0], mpp=0.25, levels=1)
@@ -182,14 +169,15 @@ def test_prepare_output_reopens_skips_or_refuses(small_store: tuple) -> None:
     slide, out, summary = small_store
     pred = HematoxylinPredictor()
     with open_slide(slide) as reader:
-        skipped = prepare_output(reader, pred, out, tile=128, tissue="none", skip_complete=True)
+        opts = RunOptions(tile=128, tissue="none")
+        skipped = prepare_output(reader, pred, out, opts, skip_complete=True)
         assert skipped.store is None and skipped.skipped is not None
         assert skipped.skipped.nuclei == summary.nuclei and skipped.skipped.tiles == summary.tiles == 6
         with pytest.raises(StoreError, match="complete but was made with other settings .*lam"):
-            prepare_output(reader, pred, out, tile=128, tissue="none", lam=0.5, skip_complete=True)
+            prepare_output(reader, pred, out, replace(opts, lam=0.5), skip_complete=True)
         with pytest.raises(StoreError, match="already exists; pass --resume"):
-            prepare_output(reader, pred, out, tile=128, tissue="none")
-        again = prepare_output(reader, pred, out, tile=128, tissue="none", resume=True)
+            prepare_output(reader, pred, out, opts)
+        again = prepare_output(reader, pred, out, replace(opts, resume=True))
         assert again.done == set(range(6)) and again.todo == [] and again.resumed == 6
         assert again.settings["tile"] == 128 and again.geom.size == (256, 384) and again.skipped is None
         params = again.params

@@ -490,7 +490,7 @@ def prepare_slide(slide: str, output: str, options: RunOptions, group: int, plug
     pred = worker_plugin(plugin).predictor
     reader = open_slide(slide, mpp=options.mpp, reader=options.reader)
     try:
-        setup = prepare_output(reader, pred, output, skip_complete=True, **options.prepare_kwargs())
+        setup = prepare_output(reader, pred, output, options, skip_complete=True)
     finally:
         reader.close()
     if setup.skipped is not None:
@@ -918,7 +918,7 @@ def run_distributed(
     save_prob: bool = False,
     save_image: bool = False,
     qc: str | os.PathLike[str] | None = None,
-    connectivity: int = 1,
+    connectivity: int | None = None,
     errors: str = "raise",
     wait_for_workers: float = 300.0,
     progress: bool = False,

@@ -43,8 +43,8 @@ class RunOptions:
     lam, threshold, min_area : optional
         The post-processing recipe's overrides (None: the model's); see
         :class:`nucseg.PostprocessRecipe`.
-    connectivity : {1, 2}
-        Watershed connectivity.
+    connectivity : {1, 2}, optional
+        Watershed connectivity (None: the model's, ``config.recipe.connectivity``).
     mpp : float, optional
         Level-0 microns per pixel, overriding or supplying the slide's.
     level : int, optional
@@ -76,7 +76,7 @@ class RunOptions:
     lam: float | None = None
     threshold: float | None = None
     min_area: int | None = None
-    connectivity: int = 1
+    connectivity: int | None = None
     mpp: float | None = None
     level: int | None = None
     tile: int = 2048
@@ -105,8 +105,8 @@ class RunOptions:
             "level": None if self.level is None else check_int("level", self.level, 0),
             "min_area": None if self.min_area is None else check_int("min_area", self.min_area, 0),
         }
-        if isinstance(self.connectivity, bool) or self.connectivity not in (1, 2):
-            raise ValueError(f"connectivity must be 1 or 2, got {self.connectivity!r}")
+        if self.connectivity is not None and (isinstance(self.connectivity, bool) or self.connectivity not in (1, 2)):
+            raise ValueError(f"connectivity must be 1 or 2 (or None: the model's), got {self.connectivity!r}")
         reals = {
             "lam": _optional_real("lam", self.lam),
             "threshold": _optional_real("threshold", self.threshold),
@@ -125,16 +125,10 @@ class RunOptions:
             from nucseg.backends import check_backend
 
             check_backend(self.backend)
-        normal = {**ints, **reals, "connectivity": int(self.connectivity)}
+        normal = {**ints, **reals, "connectivity": None if self.connectivity is None else int(self.connectivity)}
         normal.update({k: bool(getattr(self, k)) for k in ("strict", "resume", "overwrite", "save_prob", "save_image")})
         for name, value in normal.items():
             object.__setattr__(self, name, value)
-
-    def prepare_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`nucseg.wsi.pipeline.prepare_output` among these options."""
-        # The slide reader's, the runner's and the model's.
-        skip = {"mpp", "reader", "batch_size", "device", "precision", "backend"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def with_absolute_paths(self) -> RunOptions:
         """The same options with a tissue mask path made absolute (for workers elsewhere)."""

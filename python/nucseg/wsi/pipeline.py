@@ -154,32 +154,6 @@ class _Timer:
             self.total[stage] = self.total.get(stage, 0.0) + seconds
 
 
-def check_run_options(
-    *,
-    tile: int,
-    halo: int | None,
-    max_halo: int | None,
-    batch_size: int,
-    connectivity: int,
-    resume: bool,
-    overwrite: bool,
-) -> dict[str, Any]:
-    """Validate the options both runners share; returns them with ints normalised.
-
-    Kept for callers of the keyword form; the checks are :class:`RunOptions`'.
-
-    Raises
-    ------
-    ValueError
-        Naming the first invalid option.
-    """
-    o = RunOptions(
-        tile=tile, halo=halo, max_halo=max_halo, batch_size=batch_size, connectivity=connectivity, resume=resume,
-        overwrite=overwrite,
-    )
-    return {"tile": o.tile, "halo": o.halo, "max_halo": o.max_halo, "batch_size": o.batch_size}
-
-
 def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
@@ -314,23 +288,10 @@ def prepare_output(
     reader: Any,
     pred: Any,
     output: str | os.PathLike[str] | Location,
+    options: RunOptions | None = None,
     *,
-    lam: float | None = None,
-    threshold: float | None = None,
-    level: int | None = None,
-    tile: int = 2048,
-    halo: int | None = None,
-    max_halo: int | None = None,
-    strict: bool = False,
-    connectivity: int = 1,
-    tissue: str | os.PathLike[str] = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    save_prob: bool = False,
-    save_image: bool = False,
     skip_complete: bool = False,
     started: str | None = None,
-    min_area: int | None = None,
 ) -> SlideSetup:
     """Plan a slide's run and create (or reopen) its store.
 
@@ -345,10 +306,12 @@ def prepare_output(
         The model (:func:`nucseg.wsi.predictors.resolve_model`).
     output : path-like, URL or Location
         The ``.zarr`` store (a local path or a URL such as ``s3://bucket/out.zarr``).
-    lam, threshold, min_area, level, tile, halo, max_halo, strict, connectivity, tissue, save_prob, save_image
-        As for :func:`segment_slide` (the ints already checked).
-    resume, overwrite : bool
-        Reopen an existing store, or replace it; with neither an existing store is refused.
+    options : RunOptions, optional
+        The run's options (default: ``RunOptions()``); this step uses the recipe's
+        overrides (``lam``, ``threshold``, ``min_area``, ``connectivity``), ``level``,
+        ``tile``, ``halo``, ``max_halo``, ``strict``, ``tissue``, ``save_prob``,
+        ``save_image``, and ``resume`` / ``overwrite``: reopen an existing store, or
+        replace it (with neither an existing store is refused).
     skip_complete : bool
         Leave a complete store with the same settings untouched and return its summary
         in ``skipped`` (``store`` is then None). A complete store made with other
@@ -374,31 +337,31 @@ def prepare_output(
     from .store import OutputStore, StoreError, is_unfinished_creation
     from .tiling import IdScheme, make_tiles, plan_geometry
 
+    o = RunOptions() if options is None else options
     if started is None:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     mpp_x, mpp_y = reader.require_mpp()
     reader.check_extent()  # before the tile grid and the overview are sized by the claimed size
     info = describe(pred)
-    recipe = recipe_of(pred.config).replace(lam=lam, threshold=threshold, min_area=min_area, connectivity=connectivity)
+    recipe = recipe_of(pred.config).replace(lam=o.lam, threshold=o.threshold, min_area=o.min_area, connectivity=o.connectivity)
     if not math.isfinite(recipe.lam):
         raise ValueError(f"lam must be a finite number >= 0, got {recipe.lam}")
     stride, context = info["stride"], info["context"]
-    if halo is None:
-        halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride)
-    max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if max_halo is None else max_halo), stride)
+    halo = _round_up(context + DEFAULT_OBJECT_MARGIN, stride) if o.halo is None else o.halo
+    max_halo = _round_up(max(halo, DEFAULT_MAX_HALO if o.max_halo is None else o.max_halo), stride)
     geom = plan_geometry(
         [(lv.width, lv.height) for lv in reader.levels],
         (mpp_x, mpp_y),
         info["mpp"],
-        tile=tile,
+        tile=o.tile,
         halo=halo,
         context=context,
-        level=level,
+        level=o.level,
         stride=stride,
     )
     tiles = make_tiles(geom)
     overview = reader.thumbnail(OVERVIEW_SIDE)
-    keep, fraction, tissue_mode, tissue_map = _select_tiles(tissue, overview, geom, tiles)
+    keep, fraction, tissue_mode, tissue_map = _select_tiles(o.tissue, overview, geom, tiles)
     lv0 = reader.levels[0]
     fingerprint = reader.fingerprint()
     settings = {
@@ -416,8 +379,8 @@ def prepare_output(
         "tissue": tissue_mode,
         # Beyond this many px of tissue the probability is 0 and the network does not run.
         "tissue_margin": None if tissue_map is None else tissue_map.margin,
-        "save_prob": bool(save_prob),
-        "save_image": bool(save_image),
+        "save_prob": o.save_prob,
+        "save_image": o.save_image,
     }
     loc = Location.of(output)
     setup = SlideSetup(
@@ -434,17 +397,17 @@ def prepare_output(
         overview=overview,
         tissue_map=tissue_map,
         info=info,
-        params=TileParams.of(recipe, max_halo=max_halo, stride=stride, strict=bool(strict), save_prob=bool(save_prob)),
-        save_image=bool(save_image),
+        params=TileParams.of(recipe, max_halo=max_halo, stride=stride, strict=o.strict, save_prob=o.save_prob),
+        save_image=o.save_image,
     )
     # A store whose creation was killed holds no finished tile: resuming it means creating it.
-    unborn = resume and is_unfinished_creation(loc)
-    if loc.exists() and not overwrite and not unborn:
+    unborn = o.resume and is_unfinished_creation(loc)
+    if loc.exists() and not o.overwrite and not unborn:
         if skip_complete:
             setup.skipped = _complete_summary(loc, settings, len(tiles))
             if setup.skipped is not None:
                 return setup
-        if not resume:
+        if not o.resume:
             state = "exists but is not complete" if skip_complete else "already exists"
             raise StoreError(f"output {loc} {state}; pass --resume to continue it or --overwrite to replace it")
         setup.store = OutputStore.resume(loc, settings=settings)
@@ -461,7 +424,7 @@ def prepare_output(
             overview=overview.rgb,
             overview_mpp=(ov_ds[0] * mpp_y, ov_ds[1] * mpp_x),
             overview_translation=(0.5 * mpp_y * (ov_lds[0] - 1), 0.5 * mpp_x * (ov_lds[1] - 1)),
-            overwrite=overwrite or unborn,
+            overwrite=o.overwrite or unborn,
         )
     setup.done = setup.store.done_tiles()
     return setup
@@ -526,7 +489,7 @@ def segment_slide(
     save_prob: bool = False,
     save_image: bool = False,
     qc: str | os.PathLike[str] | None = None,
-    connectivity: int = 1,
+    connectivity: int | None = None,
     progress: bool = False,
     min_area: int | None = None,
     options: RunOptions | None = None,
@@ -612,8 +575,8 @@ def segment_slide(
         labels). Either way the store is a valid NGFF 0.5 image with its labels.
     qc : path-like, optional
         Write a QC picture (PNG) there (a local file; its folder must exist).
-    connectivity : int
-        Watershed connectivity (1 or 2).
+    connectivity : {1, 2}, optional
+        Watershed connectivity; default the model's (``config.recipe.connectivity``).
     progress : bool
         Show a tqdm progress bar.
     options : RunOptions, optional
@@ -658,7 +621,7 @@ def segment_slide(
     try:
         reader.require_mpp()  # before loading the model: the cheaper error first
         pred = resolve_model(model, device=o.device, precision=o.precision, backend=o.backend)
-        setup = prepare_output(reader, pred, out_loc, started=started, **o.prepare_kwargs())
+        setup = prepare_output(reader, pred, out_loc, o, started=started)
         store = setup.store
         todo = [setup.tiles[i] for i in setup.todo]
         timer = _Timer()

@@ -2,7 +2,7 @@
 
 The runner accepts any object with ``predict(rgb) -> prob`` and a ``config`` holding
 ``name``, ``mpp``, ``lam``, ``threshold``, ``halo`` (context pixels per side) and
-optionally ``stride`` and ``min_area`` (or a ``recipe``:
+optionally ``stride``, ``min_area`` and ``connectivity`` (or a ``recipe``:
 :class:`nucseg.PostprocessRecipe`), plus a ``sha256`` checksum: the networks returned by
 :func:`nucseg.inference.load_model`, or :class:`HematoxylinPredictor`, a deterministic,
 exactly translation-invariant colour-deconvolution baseline that needs no weights.
@@ -63,6 +63,8 @@ class ClassicalConfig:
     stride : int
     min_area : int
         Objects with fewer pixels are dropped after the watershed.
+    connectivity : {1, 2}
+        Watershed connectivity.
     """
 
     name: str = "hematoxylin"
@@ -76,11 +78,14 @@ class ClassicalConfig:
     halo: int = 8
     stride: int = 1
     min_area: int = 0
+    connectivity: int = 1
 
     @property
     def recipe(self) -> PostprocessRecipe:
         """The post-processing of this predictor's map."""
-        return PostprocessRecipe(lam=self.lam, threshold=self.threshold, min_area=self.min_area)
+        return PostprocessRecipe(
+            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
+        )
 
 
 class HematoxylinPredictor:
@@ -182,8 +187,8 @@ def resolve_model(
 def describe(pred: Any) -> dict[str, Any]:
     """Name, checksum and the fields the runner uses, for the run metadata.
 
-    ``lam``, ``threshold`` and ``min_area`` are the model's post-processing recipe
-    (:func:`nucseg._recipe.recipe_of`), the defaults of a run.
+    ``lam``, ``threshold``, ``min_area`` and ``connectivity`` are the model's
+    post-processing recipe (:func:`nucseg._recipe.recipe_of`), the defaults of a run.
     """
     cfg = pred.config
     recipe = recipe_of(cfg)
@@ -197,6 +202,7 @@ def describe(pred: Any) -> dict[str, Any]:
         "lam": recipe.lam,
         "threshold": recipe.threshold,
         "min_area": recipe.min_area,
+        "connectivity": recipe.connectivity,
         "context": int(cfg.halo),
         "stride": int(getattr(cfg, "stride", 1) or 1),
     }
