@@ -171,3 +171,11 @@ def test_default_model_slide_matches_segment_and_drops_small_objects(
         assert _areas(out).min() >= min_area, f"tile {tile}: an object under min_area"
         assert s.nuclei > 50
         assert matched_fraction(out, whole) >= 0.99 and matched_fraction(whole, out) >= 0.99
+    # The command itself, many tiles: the same nuclei as the library call above.
+    from nucseg.cli.wsi import main
+
+    assert main([str(path), str(tmp_path / "cli.zarr"), "--tile", "256", "--tissue", "none", "--device", "cpu",
+                 "--quiet"]) == 0
+    cli = _labels(tmp_path / "cli.zarr")
+    assert same_partition(cli, _labels(tmp_path / "256.zarr"))
+    assert matched_fraction(cli, whole) >= 0.99 and matched_fraction(whole, cli) >= 0.99
