@@ -61,6 +61,19 @@ def test_synthetic_count_and_split() -> None:
     assert aji(gt, labels) > 0.8
 
 
+def test_one_nucleus_without_warnings() -> None:
+    """A crop holding a single nucleus: one object, and no warning (skimage's
+    remove_small_objects warned on every such one-label image in nucseg-eval's output)."""
+    import warnings
+
+    rgb, gt = synthetic()
+    crop = np.ascontiguousarray(rgb[5:60, 5:60])  # the first isolated disk only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = segment_baseline(crop)
+    assert labels.max() == 1 and object_scores(gt[5:60, 5:60], labels).tp == 1
+
+
 def test_without_split_the_pair_merges() -> None:
     # split_h_um=0 keeps connected components: proves the watershed does the splitting
     rgb, _ = synthetic()

@@ -255,7 +255,9 @@ def segment_baseline(
     """
     from skimage.measure import label
     from skimage.morphology import disk, h_maxima, remove_small_holes, remove_small_objects
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import watershed
+
+    from ._recipe import remove_small
 
     mpp = _check_mpp(mpp)
     _check_nonneg(
@@ -291,5 +293,5 @@ def segment_baseline(
     if orphans.any():
         extra = label(orphans, connectivity=1)
         labels = np.where(extra > 0, extra + labels.max(), labels)
-    labels = remove_small_objects(labels, max_size=min_px - 1)
-    return relabel_sequential(labels)[0].astype(np.int32)
+    # nucseg's size filter, not skimage's remove_small_objects, which warns on a one-label image
+    return remove_small(labels, min_px)
