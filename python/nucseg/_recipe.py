@@ -103,6 +103,15 @@ class PostprocessRecipe:
         object.__setattr__(self, "connectivity", int(self.connectivity))
         object.__setattr__(self, "watershed_line", bool(self.watershed_line))
 
+    @classmethod
+    def of_fields(cls, config: Any) -> PostprocessRecipe:
+        """The recipe of an object with flat fields: ``lam``, ``threshold`` and, optionally,
+        ``min_area`` (default 0) and ``connectivity`` (default 1); the one place that reads them."""
+        return cls(
+            lam=config.lam, threshold=config.threshold, min_area=getattr(config, "min_area", 0),
+            connectivity=getattr(config, "connectivity", 1),
+        )
+
     def replace(self, **changes: Any) -> PostprocessRecipe:
         """A copy with some fields changed; ``None`` values leave a field as it is."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -159,8 +168,5 @@ def recipe_of(config: Any) -> PostprocessRecipe:
     recipe = getattr(config, "recipe", None)
     if isinstance(recipe, PostprocessRecipe):
         return recipe
-    return PostprocessRecipe(
-        lam=config.lam, threshold=config.threshold, min_area=getattr(config, "min_area", 0),
-        connectivity=getattr(config, "connectivity", 1),
-    )
+    return PostprocessRecipe.of_fields(config)
 

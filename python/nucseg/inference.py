@@ -112,9 +112,7 @@ class ModelConfig:
         and the slide runner apply; stored as the flat fields above, so model JSON files
         keep their format.
         """
-        return PostprocessRecipe(
-            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
-        )
+        return PostprocessRecipe.of_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""

@@ -197,9 +197,7 @@ class TileParams:
     @property
     def recipe(self) -> PostprocessRecipe:
         """The post-processing recipe of every tile (watershed lines always on)."""
-        return PostprocessRecipe(
-            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
-        )
+        return PostprocessRecipe.of_fields(self)
 
     @classmethod
     def of(cls, recipe: PostprocessRecipe, **tiling: Any) -> TileParams:

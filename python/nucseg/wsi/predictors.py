@@ -83,9 +83,7 @@ class ClassicalConfig:
     @property
     def recipe(self) -> PostprocessRecipe:
         """The post-processing of this predictor's map."""
-        return PostprocessRecipe(
-            lam=self.lam, threshold=self.threshold, min_area=self.min_area, connectivity=self.connectivity
-        )
+        return PostprocessRecipe.of_fields(self)
 
 
 class HematoxylinPredictor:
