@@ -294,4 +294,4 @@ def segment_baseline(
         extra = label(orphans, connectivity=1)
         labels = np.where(extra > 0, extra + labels.max(), labels)
     # nucseg's size filter, not skimage's remove_small_objects, which warns on a one-label image
-    return remove_small(labels, min_px)
+    return remove_small(labels, min_px).astype(np.int32, copy=False)  # int32 whatever skimage's label dtype
