@@ -125,10 +125,10 @@ def test_nucseg(benchmark, size, dtype):
     labels = benchmark(nucseg.watershed_dynamics, prob, LAM[dtype])
     assert labels.max() > 1000  # it really segmented the thousands of nuclei
     if dtype in QUANTISED:  # their own queue paths, checked in the same run
-        check_quantised(benchmark, size, dtype, prob)
+        check_quantised(benchmark, dtype, prob)
 
 
-def check_quantised(benchmark, size: int, dtype: str, prob: np.ndarray) -> None:
+def check_quantised(benchmark, dtype: str, prob: np.ndarray) -> None:
     """A quantised map's objects are the scikit-image pipeline's on it (one to one, IoU >= 0.5);
     a map of k/255 or k/1024 gives exactly the labels of the integer map k (ByteQueue and the
     16-bit path), with lam halfway between two levels so that no rounding can tip a dynamics."""
