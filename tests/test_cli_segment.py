@@ -158,3 +158,17 @@ def test_backend_and_precision_reach_the_model(images: Path, tmp_path: Path, mon
     assert seen == [("openvino", "bfloat16"), ("auto", "auto")]
     with pytest.raises(SystemExit):
         main([*args, "--backend", "ort"])
+
+
+def test_a_bundled_model_is_chosen_by_name(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture, torch_one_thread) -> None:
+    from nucseg.batch import read_image
+
+    out = tmp_path / "out"
+    assert main(["segment", str(images), "--out", str(out), "--model", "multiorgan", "--device", "cpu", "--quiet"]) == 0
+    for stem in ("img1", "img2"):
+        rgb = read_image(images / f"{stem}.png")
+        expected = nucseg.segment(rgb, "multiorgan", mpp=0.25, device="cpu")
+        assert expected.max() > 0
+        np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_labels.tif"), expected)
+    line = _one_line_error(["segment", str(images), "--out", str(tmp_path / "o2"), "--model", "multiorgn"], capsys)
+    assert "bundled model name" in line and "'multiorgn'" in line

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import nucseg  # noqa: E402
 from nucseg.inference import (  # noqa: E402
+    BUNDLED_MODELS,
     DEFAULT_MODEL,
     ModelConfig,
     NucleusModel,
@@ -237,6 +238,40 @@ def test_bundled_model_loads_and_is_verified():
     assert DEFAULT_MODEL.stat().st_size < 20e6
     assert model.config.halo % model.config.stride == 0
     assert 0 < model.config.threshold < 1 and model.config.lam >= 0
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_MODELS))
+def test_bundled_models_load_by_name_with_their_licence(name):
+    path = BUNDLED_MODELS[name]
+    doc = json.loads(path.with_suffix(".json").read_text())
+    model = load_model(name, device="cpu")
+    assert model.sha256 == doc["sha256"] and model.config.name == name
+    assert path.stat().st_size < 20e6
+    # Each weight set states the terms it inherits from its training data (docs/DATA.md).
+    assert doc["licence"]["spdx"] in ("CC-BY-4.0", "CC-BY-NC-SA-4.0") and doc["licence"]["data"]
+    assert (load_model(None, device="cpu").sha256 == model.sha256) == (name == "default")
+
+
+def test_multiorgan_model_never_saw_the_monuseg_test_patients():
+    from nucseg.datasets import is_monuseg_test
+    from nucseg.generalization import trained_on
+
+    path = BUNDLED_MODELS["multiorgan"]
+    training = json.loads(path.with_suffix(".json").read_text())["training"]
+    sources = trained_on(path)
+    assert sources is not None and "monuseg2018_test" not in sources
+    # Only sources whose licences allow publishing weights (docs/DATA.md): no CPM-15, GBM40, CoNSeP.
+    assert set(sources) <= {"tnbc", "monuseg2018_train", "dsb2018_he"}, sources
+    images = training["patients"]
+    assert len(images) >= 30 and not any(is_monuseg_test(i) for i in images)
+    # The licence credits every training source.
+    credited = json.loads(path.with_suffix(".json").read_text())["licence"]["data"]
+    assert all(any(c.startswith(f"{s}: ") for c in credited) for s in sources)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"bundled model name \('default', 'multiorgan'\).*'multiorgn'"):
+        load_model("multiorgn", device="cpu")
 
 
 def test_bundled_model_tampered_copy_is_rejected(tmp_path):

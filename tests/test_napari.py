@@ -293,6 +293,32 @@ def test_widget_adds_the_labels_of_segment(viewer, qtbot) -> None:
     assert features["hematoxylin_od"].between(0, 3).all() and features["mean_prob"].between(0, 1).all()
 
 
+def test_widget_runs_the_chosen_bundled_model(viewer, qtbot) -> None:
+    import nucseg
+    from nucseg.napari._widget import model_defaults
+    from nucseg.wsi.demo import synthetic_he
+
+    rgb, _, _ = synthetic_he((256, 320), seed=3, tissue_fraction=1.0)
+    image = viewer.add_image(rgb, name="he")
+    _, widget = viewer.window.add_plugin_dock_widget("nucseg", "Segment nuclei")
+    assert list(widget._model.choices) == ["default", "multiorgan"] and widget._model.value == "default"
+    widget._image.value = image
+    widget._device.value = "cpu"
+    widget._lam.value = 0.5  # a user's edit; choosing a model shows that model's recipe
+    widget._model.value = "multiorgan"
+    d = model_defaults("multiorgan")
+    assert (widget._lam.value, widget._threshold.value) == pytest.approx((d["lam"], d["threshold"]))
+    params = widget.params()
+    assert params.model == "multiorgan"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=120_000)
+    labels = viewer.layers["he nuclei"]
+    expected = nucseg.segment(rgb, "multiorgan", mpp=params.mpp, device="cpu")
+    assert expected.max() > 5
+    assert np.array_equal(labels.data, expected)
+    assert labels.metadata["nucseg_params"]["model"] == "multiorgan"
+
+
 def test_screenshot_shows_the_labels(viewer, store: Path, tmp_path: Path) -> None:
     image, labels = viewer.open(str(store), plugin="nucseg")
     viewer.reset_view()

@@ -759,8 +759,8 @@ def segment_files(
     mpp : float, optional
         Microns per pixel of every image, overriding the files' own. Without it, images
         lacking resolution metadata are refused before any work.
-    model : NucleusModel or path, optional
-        The bundled model when None.
+    model : NucleusModel, path or bundled model name, optional
+        The bundled default model when None (``"multiorgan"``: the second one).
     recursive : bool
         Look into sub-folders; outputs mirror them.
     label_format : {"tif", "png"}

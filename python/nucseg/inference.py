@@ -3,7 +3,8 @@
 A model is two files side by side: ``NAME.safetensors`` (weights, read only
 with safetensors, never unpickled) and ``NAME.json`` (its :class:`ModelConfig`
 plus the weights' SHA-256). ``load_model()`` with no path loads the default
-model bundled with the package and verifies its checksum.
+model bundled with the package and verifies its checksum; ``load_model("multiorgan")``
+the second bundled model (:data:`BUNDLED_MODELS`, docs/MODEL_CARD.md).
 
 Examples
 --------
@@ -35,6 +36,7 @@ from ._cpu import limit_torch_threads
 from ._recipe import PostprocessRecipe
 
 __all__ = [
+    "BUNDLED_MODELS",
     "DEFAULT_MODEL",
     "ModelConfig",
     "NucleusModel",
@@ -47,7 +49,14 @@ __all__ = [
     "segment",
 ]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "weights" / "default.safetensors"
+_WEIGHTS = Path(__file__).resolve().parent / "models" / "weights"
+
+#: The models shipped inside the package, by name (docs/MODEL_CARD.md):
+#: ``"default"``, trained on TNBC (breast; CC BY 4.0 data), and ``"multiorgan"``, trained
+#: on TNBC and the MoNuSeg 2018 training images (7 organs): more accurate on organs other
+#: than breast, and under CC BY-NC-SA 4.0 (non-commercial) like MoNuSeg.
+BUNDLED_MODELS: dict[str, Path] = {name: _WEIGHTS / f"{name}.safetensors" for name in ("default", "multiorgan")}
+DEFAULT_MODEL = BUNDLED_MODELS["default"]
 
 # ImageNet statistics: the VGG encoders expect them, and they suit H&E as well as any.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -361,12 +370,29 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    if isinstance(path, str) and path in BUNDLED_MODELS:
+        # A model file always has a suffix, so a bare name cannot be a file of that name.
+        path = BUNDLED_MODELS[path]
     p = Path(path)
     if p.suffix == ".json":
         return p.with_suffix(".safetensors"), p
     if p.suffix != ".safetensors":
-        raise ValueError(f"model path must end in .safetensors or .json, got {p}")
+        raise ValueError(
+            f"model must be a bundled model name ({', '.join(map(repr, BUNDLED_MODELS))}) "
+            f"or a path ending in .safetensors or .json, got {os.fspath(path)!r}"
+        )
     return p, p.with_suffix(".json")
+
+
+def is_bundled(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` (None, a bundled name or a path) names a model shipped with nucseg."""
+    if path is None:
+        return True
+    try:
+        weights, _ = _model_paths(path)
+    except ValueError:
+        return False
+    return weights.resolve() in {p.resolve() for p in BUNDLED_MODELS.values()}
 
 
 def save_model(net: nn.Module, config: ModelConfig, path: str | os.PathLike, **extra: Any) -> Path:
@@ -424,8 +450,9 @@ def load_model(
     Parameters
     ----------
     path : str or os.PathLike, optional
-        ``.safetensors`` file (its ``.json`` beside it) or the ``.json``. None
-        loads the default model bundled with nucseg.
+        ``.safetensors`` file (its ``.json`` beside it) or the ``.json``, or the
+        name of a bundled model (:data:`BUNDLED_MODELS`: ``"default"``,
+        ``"multiorgan"``). None loads ``"default"``.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; CUDA when available if None.
     precision : {"auto", "float32", "bfloat16"}
@@ -452,7 +479,8 @@ def load_model(
     FileNotFoundError
         If the weights or their JSON are missing.
     ValueError
-        If the checksum does not match (corrupted or tampered file), the JSON is
+        If ``path`` is neither a bundled name nor a ``.safetensors``/``.json`` path,
+        the checksum does not match (corrupted or tampered file), the JSON is
         malformed, the weights do not fit the architecture, or ``backend="onnx"``
         is asked with CUDA or bfloat16 (``"openvino"`` with CUDA).
     ImportError
@@ -467,6 +495,7 @@ def load_model(
     check_precision(precision)
     check_backend(backend)
     weights, meta = _model_paths(DEFAULT_MODEL if path is None else path)
+    bundled = is_bundled(path)
     for p in (weights, meta):
         if not p.is_file():
             raise FileNotFoundError(f"model file not found: {p}")
@@ -477,7 +506,7 @@ def load_model(
         raise ValueError(f"malformed model config {meta}: {exc}") from None
     digest = _sha256(weights)
     expected = doc.get("sha256")
-    if expected is None and path is None:
+    if expected is None and bundled:
         raise ValueError(f"bundled model config {meta} lacks its sha256")
     if expected is not None and digest != expected:
         raise ValueError(
@@ -581,8 +610,9 @@ def segment(
     ----------
     rgb : numpy.ndarray
         ``uint8`` ``(H, W, 3)`` image.
-    model : NucleusModel or path, optional
-        The bundled default model when None.
+    model : NucleusModel, path or bundled model name, optional
+        The bundled default model when None; ``"multiorgan"`` the second bundled
+        model (:data:`BUNDLED_MODELS`).
     lam, threshold : float, optional
         Watershed parameters; the model's recommended values when None. The rest of
         the model's post-processing (``config.recipe``: ``min_area``, connectivity)

@@ -179,3 +179,24 @@ def test_default_model_slide_matches_segment_and_drops_small_objects(
     cli = _labels(tmp_path / "cli.zarr")
     assert same_partition(cli, _labels(tmp_path / "256.zarr"))
     assert matched_fraction(cli, whole) >= 0.99 and matched_fraction(whole, cli) >= 0.99
+
+
+@needs_weights
+@pytest.mark.usefixtures("torch_one_thread")
+def test_the_second_bundled_model_runs_by_name_on_slides(small_slide: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """``--model multiorgan``: the slide runner loads the named bundled model, gives the
+    nuclei ``segment`` gives with it, and records which model ran."""
+    from nucseg.cli.wsi import main
+    from nucseg.inference import BUNDLED_MODELS, load_model
+
+    path, rgb = small_slide
+    whole = nucseg.segment(rgb, "multiorgan", device="cpu")
+    assert not same_partition(whole, nucseg.segment(rgb, device="cpu"))  # the two models differ here
+    assert main([str(path), str(tmp_path / "m.zarr"), "--model", "multiorgan", "--tile", "256", "--tissue", "none",
+                 "--device", "cpu", "--quiet"]) == 0
+    out = _labels(tmp_path / "m.zarr")
+    assert whole.max() > 50
+    assert matched_fraction(out, whole) >= 0.99 and matched_fraction(whole, out) >= 0.99
+    model = zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs["nucseg"]["model"]
+    assert model["name"] == "multiorgan" and model["sha256"] == load_model("multiorgan", device="cpu").sha256
+    assert BUNDLED_MODELS["multiorgan"].is_file()

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ensemble", action="append", default=[], metavar="NAME=DIR,DIR,...", help="average the maps of runs sharing splits"
     )
-    p.add_argument("--model", action="append", default=[], metavar="PATH", help="a single model ('default' = bundled)")
+    p.add_argument("--model", action="append", default=[], metavar="PATH", help="a single model: a weights file or a bundled name ('default', 'multiorgan')")
     p.add_argument("--patients", default=None, help="comma-separated patients for --model and the baseline (default: all)")
     p.add_argument(
         "--retune",
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         write_results,
     )
     from .._recipe import PostprocessRecipe
-    from ..inference import load_model
+    from ..inference import is_bundled, load_model
 
     torch.set_num_threads(args.threads)
     if not args.quiet:
@@ -193,8 +193,9 @@ def _run(args: argparse.Namespace) -> int:
                 bar.update(len(split["test_patients"]))
     chosen = [im for im in images if im.patient in wanted]
     for path in args.model:
-        model = load_model(None if path == "default" else path, device=args.device)
-        name = f"{model.config.name} (not held out)" if path == "default" else Path(path).stem
+        model = load_model(path, device=args.device)
+        # Both bundled models trained on every TNBC image.
+        name = f"{model.config.name} (not held out)" if is_bundled(path) else Path(path).stem
         rows += score_images(chosen, lambda im: model.postprocess(model.predict(im.rgb, tta=args.tta)), name)
         if bar is not None:
             bar.update(1)

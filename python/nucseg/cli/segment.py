@@ -46,7 +46,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--mpp", type=float, default=None,
         help="microns per pixel of every image, overriding the files' own (needed when they have none)",
     )
-    p.add_argument("--model", default=None, metavar="WEIGHTS", help="weights file (.safetensors); default: bundled")
+    p.add_argument(
+        "--model", default=None, metavar="WEIGHTS",
+        help="weights file (.safetensors) or a bundled model: default (TNBC, breast) or multiorgan (TNBC + "
+        "MoNuSeg, 7 organs; CC BY-NC-SA 4.0, non-commercial); default: default",
+    )
     p.add_argument("--recursive", action="store_true", help="also segment the images of sub-folders")
     p.add_argument(
         "--format", dest="label_format", choices=["tif", "png"], default="tif",

@@ -209,13 +209,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _init_source(value: str | None) -> Path | None:
-    """``--init-weights`` as a path: 'default' is the bundled model."""
+    """``--init-weights`` as a path: 'default' and 'multiorgan' are the bundled models."""
     if value is None:
         return None
-    if value == "default" and not Path(value).exists():
-        from ..inference import DEFAULT_MODEL
+    from ..inference import BUNDLED_MODELS
 
-        return DEFAULT_MODEL
+    if value in BUNDLED_MODELS and not Path(value).exists():
+        return BUNDLED_MODELS[value]
     path = Path(value)
     if not path.exists():
         raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, 'default', or a run folder)")

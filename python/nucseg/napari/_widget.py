@@ -1,4 +1,4 @@
-"""The *Segment nuclei* widget: the bundled network on an image layer, in a worker thread.
+"""The *Segment nuclei* widget: a bundled network on an image layer, in a worker thread.
 
 The widget's ``mpp`` is the pixel size of the chosen image in micrometres: the network
 sees the image resampled to its training resolution (:func:`nucseg.segment`), and the
@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,20 +39,30 @@ class SegmentParams:
         Watershed dynamics and foreground threshold (:func:`nucseg.watershed_dynamics`).
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    model : str
+        A bundled model's name (:data:`nucseg.inference.BUNDLED_MODELS`).
     """
 
     mpp: float
     lam: float
     threshold: float
     device: str
+    model: str = "default"
 
 
-def model_defaults() -> dict[str, float]:
-    """``mpp``, ``lam`` and ``threshold`` of the bundled model, from its JSON alone
+def bundled_models() -> list[str]:
+    """Names of the models shipped with nucseg, the default first."""
+    from nucseg.inference import BUNDLED_MODELS
+
+    return list(BUNDLED_MODELS)
+
+
+def model_defaults(model: str = "default") -> dict[str, float]:
+    """``mpp``, ``lam`` and ``threshold`` of a bundled model, from its JSON alone
     (no weights loaded)."""
-    from nucseg.inference import DEFAULT_MODEL, ModelConfig
+    from nucseg.inference import BUNDLED_MODELS, ModelConfig
 
-    doc = json.loads(Path(DEFAULT_MODEL).with_suffix(".json").read_text())
+    doc = json.loads(BUNDLED_MODELS[model].with_suffix(".json").read_text())
     cfg = ModelConfig.from_dict(doc["config"])
     return {"mpp": cfg.mpp, "lam": cfg.lam, "threshold": cfg.threshold}
 
@@ -122,12 +131,12 @@ def scale_mpp(scale: Any, default: float) -> float:
     return y if math.isclose(y, x) and not math.isclose(y, 1.0) else float(default)
 
 
-@functools.lru_cache(maxsize=2)
-def _model(device: str) -> Any:
-    """The bundled model on ``device``, loaded once per device (checksum verified)."""
+@functools.lru_cache(maxsize=4)
+def _model(model: str, device: str) -> Any:
+    """A bundled model on ``device``, loaded once per model and device (checksum verified)."""
     from nucseg.inference import load_model
 
-    return load_model(device=device)
+    return load_model(model, device=device)
 
 
 def run_segmentation(rgb: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -145,7 +154,7 @@ def run_segmentation(rgb: np.ndarray, params: SegmentParams) -> tuple[np.ndarray
     from nucseg.batch import segment_and_measure
 
     labels, meas = segment_and_measure(
-        rgb, _model(params.device), mpp=params.mpp, lam=params.lam, threshold=params.threshold
+        rgb, _model(params.model, params.device), mpp=params.mpp, lam=params.lam, threshold=params.threshold
     )
     return labels, {"index": meas["label"].copy(), **meas}
 
@@ -170,6 +179,8 @@ class SegmentWidget(Container):
         d = model_defaults()
         self._viewer = viewer
         self._image = create_widget(annotation=napari.layers.Image, label="image")
+        # multiorgan: other organs than breast, non-commercial terms (docs/MODEL_CARD.md).
+        self._model = ComboBox(choices=bundled_models(), value="default", label="model")
         # The step sets the decimals shown and kept: slides give mpp to 3-4 digits (0.2527).
         self._mpp = FloatSpinBox(value=d["mpp"], min=0.01, max=20.0, step=0.001, label="mpp (um/px)")
         self._lam = FloatSpinBox(value=d["lam"], min=0.0, max=1.0, step=0.01, label="lam")
@@ -178,10 +189,13 @@ class SegmentWidget(Container):
         self._run = PushButton(text="Segment nuclei")
         self._status = Label(value="")
         super().__init__(
-            widgets=[self._image, self._mpp, self._lam, self._threshold, self._device, self._run, self._status]
+            widgets=[
+                self._image, self._model, self._mpp, self._lam, self._threshold, self._device, self._run, self._status
+            ]
         )
         self.worker: Any = None
         self._image.changed.connect(self._on_image)
+        self._model.changed.connect(self._on_model)
         self._run.changed.connect(self.run)
         self.reset_choices()
         self._on_image(self._image.value)
@@ -191,6 +205,11 @@ class SegmentWidget(Container):
         if layer is not None:
             self._mpp.value = scale_mpp(layer.scale, self._mpp.value)
 
+    def _on_model(self, model: str) -> None:
+        # Each model has its own tuned recipe: show it (the image's mpp stays).
+        d = model_defaults(model)
+        self._lam.value, self._threshold.value = d["lam"], d["threshold"]
+
     def params(self) -> SegmentParams:
         """The parameters as set in the widget."""
         return SegmentParams(
@@ -198,6 +217,7 @@ class SegmentWidget(Container):
             lam=float(self._lam.value),
             threshold=float(self._threshold.value),
             device=str(self._device.value),
+            model=str(self._model.value),
         )
 
     def run(self, *_: Any) -> Any:

@@ -140,7 +140,8 @@ def resolve_model(
     model : None, str, path-like or predictor
         None: the bundled default network (:func:`nucseg.inference.load_model`).
         ``"hematoxylin"`` (or ``"classical"``): :class:`HematoxylinPredictor`.
-        A path: a weights file for :func:`nucseg.inference.load_model`.
+        A bundled model's name (``"default"``, ``"multiorgan"``) or a path: a
+        weights file for :func:`nucseg.inference.load_model`.
         ``"package.module:factory"``: ``factory()`` is called to build the predictor.
         Anything with ``predict`` and ``config`` is returned as it is.
     device : str, optional
@@ -169,9 +170,11 @@ def resolve_model(
         raise TypeError(f"model must be None, a path, 'hematoxylin' or a predictor, got {type(model).__name__}")
     if isinstance(model, str) and ":" in model and not os.path.exists(model):
         return _from_factory(model)
-    if model is not None and not os.path.isfile(model):
-        raise FileNotFoundError(f"model weights not found: {model}")
-    from nucseg.inference import load_model
+    from nucseg.inference import BUNDLED_MODELS, is_bundled, load_model
+
+    if model is not None and not os.path.isfile(model) and not is_bundled(model):
+        names = ", ".join(repr(n) for n in (*BUNDLED_MODELS, "hematoxylin"))
+        raise FileNotFoundError(f"model weights not found: {model} (or give a bundled model: {names}; or module:factory)")
 
     return load_model(
         None if model is None else os.fspath(model),
