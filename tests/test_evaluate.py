@@ -258,11 +258,12 @@ def test_cli_train_init_weights_per_fold_and_leakage(tmp_path, capsys):
     assert "--init-weights" in capsys.readouterr().err
 
 
-def test_cli_train_refuses_the_bundled_model_for_cv_on_tnbc(tnbc_dir, tmp_path, capsys):
+@pytest.mark.parametrize("bundled", ["default", "multiorgan"])
+def test_cli_train_refuses_the_bundled_model_for_cv_on_tnbc(tnbc_dir, tmp_path, capsys, bundled):
     pytest.importorskip("torch")
     from nucseg.cli import train as cli_train
 
-    # The bundled model was trained on all 41 TNBC images: a fold that starts from it would not be held out.
-    args = ["--data", str(tnbc_dir), "--out", str(tmp_path / "cv"), "--cv", "kfold", "--init-weights", "default", "--quiet"]
+    # Both bundled models trained on all 41 TNBC images: a fold that starts from one would not be held out.
+    args = ["--data", str(tnbc_dir), "--out", str(tmp_path / "cv"), "--cv", "kfold", "--init-weights", bundled, "--quiet"]
     assert cli_train.main(args) == 2
     assert "was trained on images of patients ['04', '06', '11'], which fold 0 holds out" in capsys.readouterr().err
