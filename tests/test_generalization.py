@@ -9,6 +9,7 @@ import pytest
 
 from nucseg.generalization import (
     LODO_METRICS,
+    MULTIORGAN_ROW,
     EvalImage,
     format_lodo_table,
     lodo_models,
@@ -129,9 +130,34 @@ def test_cli_lodo_scores_each_source_with_its_held_out_model(tmp_path, capsys, t
     assert "Baseline (no learning)" in text and "TNBC-only (bundled)" in text and "Multi-organ (source held out)" in text
     doc = json.loads((out / "lodo.json").read_text())
     by_method = {r["method"]: r for r in doc["summary"]}
-    assert set(by_method) == {"Baseline (no learning)", "TNBC-only (bundled)", "Multi-organ (source held out)"}
+    assert set(by_method) == {"Baseline (no learning)", "TNBC-only (bundled)", "Multi-organ (source held out)",
+                              MULTIORGAN_ROW}
     assert by_method["Multi-organ (source held out)"]["aji_mean"] == by_method["TNBC-only (bundled)"]["aji_mean"]
     assert all(r["n"] == 2 for r in doc["summary"])
+    assert f"{MULTIORGAN_ROW} " in text and "(seen)" not in text  # cpm15: never trained on by either bundled model
+
+
+def test_lodo_marks_the_sources_the_bundled_multiorgan_model_trained_on(tmp_path, torch_one_thread) -> None:  # noqa: ARG001
+    from PIL import Image
+
+    from nucseg.generalization import run_protocol
+    from nucseg.wsi.demo import synthetic_he
+
+    for source in ("monuseg2018_train", "gbm40"):
+        cache = tmp_path / "cache" / source
+        (cache / "images").mkdir(parents=True)
+        (cache / "labels").mkdir()
+        rgb, labels, _ = synthetic_he((96, 96), seed=1, tissue_fraction=1.0)
+        Image.fromarray(rgb).save(cache / "images" / "im.png")
+        np.save(cache / "labels" / "im.npy", labels.astype(np.int32))
+        entry = {"name": "im", "image": "images/im.png", "labels": "labels/im.npy", "mpp": 0.25, "organ": "x", "patient": "p"}
+        (cache / "manifest.json").write_text(json.dumps({"source": source, "images": [entry]}))
+    rows, notes = run_protocol(None, tmp_path / "cache", None, ("monuseg2018_train", "gbm40"), baseline=False)
+    assert notes == {(MULTIORGAN_ROW, "monuseg2018_train"): "seen"}
+    assert {r["method"] for r in rows} == {"TNBC-only (bundled)", MULTIORGAN_ROW}
+    table = format_lodo_table(summarise_sources(rows), notes)
+    line = next(x for x in table.splitlines() if x.startswith(MULTIORGAN_ROW))
+    assert line.count("(seen)") == 1
 
 
 def test_cli_lodo_needs_the_cache(capsys) -> None:

@@ -55,6 +55,8 @@ LODO_METRICS: tuple[tuple[str, str], ...] = (
 #: Sources of the protocol, in table order; the last is evaluation-only.
 PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "gbm40", "dsb2018_he", "monuseg2018_test")
 UNION = "all"
+#: The lodo table's row for the second bundled model (TNBC + MoNuSeg 2018 train).
+MULTIORGAN_ROW = "TNBC + MoNuSeg train (bundled multiorgan)"
 
 
 @dataclass(frozen=True)
@@ -242,21 +244,24 @@ def run_protocol(
     coarse: bool = False,
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], str]]:
-    """Score the baseline, the bundled TNBC-only model and the leave-one-out models on ``sources``.
+    """Score the baseline, the two bundled models and the leave-one-out models on ``sources``.
 
     Every source is scored at the bundled model's resolution (0.25 um/px); each model runs at
     its own (:func:`segment_at`). With ``coarse``, the bundled model also runs at twice its pixel
     size (0.5 um/px), the resolution question of the throughput issue.
-    Returns the image rows and the cell notes for :func:`format_lodo_table`.
+    The bundled ``multiorgan`` model's cells of the sources it trained on (its JSON says which)
+    are marked "seen". Returns the image rows and the cell notes for :func:`format_lodo_table`.
     Sources whose leave-one-out model is missing get no multi-organ cell (logged, not fatal).
     """
     import logging
 
     from .baseline import segment_baseline
-    from .inference import load_model
+    from .inference import BUNDLED_MODELS, load_model
 
     log = logging.getLogger(__name__)
     default = load_model(None, device=device)
+    multi = load_model("multiorgan", device=device)
+    multi_seen = set(trained_on(BUNDLED_MODELS["multiorgan"]) or ())
     rows: list[dict[str, Any]] = []
     notes: dict[tuple[str, str], str] = {}
     for s in sources:
@@ -269,9 +274,12 @@ def run_protocol(
         if coarse:
             rows += score(images, segment_at(default, default.config.mpp, 2 * default.config.mpp),
                           "TNBC-only (bundled) at 0.5 um/px")
+        rows += score(images, lambda rgb: multi.postprocess(multi.predict(rgb)), MULTIORGAN_ROW)
         if s == "tnbc":
             notes[("TNBC-only (bundled)", s)] = "seen"
             notes[("TNBC-only (bundled) at 0.5 um/px", s)] = "seen"
+        if s in multi_seen:
+            notes[(MULTIORGAN_ROW, s)] = "seen"
         if runs is not None:
             try:
                 path = lodo_models(runs, [s])[s]
