@@ -172,3 +172,19 @@ def test_a_bundled_model_is_chosen_by_name(images: Path, tmp_path: Path, capsys:
         np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_labels.tif"), expected)
     line = _one_line_error(["segment", str(images), "--out", str(tmp_path / "o2"), "--model", "multiorgn"], capsys)
     assert "bundled model name" in line and "'multiorgn'" in line
+
+
+def test_models_lists_each_bundled_model_with_its_data_and_licence(capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from nucseg.inference import BUNDLED_MODELS
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    blocks = out.split("\n" + "multiorgan")
+    assert blocks[0].startswith("default (used when no model is given)") and len(blocks) == 2
+    for name, path in BUNDLED_MODELS.items():
+        doc = json.loads(path.with_suffix(".json").read_text())
+        assert f"{doc['licence']['spdx']}: {doc['licence']['terms']}" in out
+        assert f"sha256 {doc['sha256'][:12]}" in out
+    assert "trained on: tnbc, monuseg2018_train" in out and "trained on: tnbc\n" in out

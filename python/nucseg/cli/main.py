@@ -1,4 +1,5 @@
-"""``nucseg``: segment images (``segment``) and work with the output of ``nucseg-wsi`` (``export``, ``report``)."""
+"""``nucseg``: segment images (``segment``), list the bundled models (``models``) and work with the
+output of ``nucseg-wsi`` (``export``, ``report``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ examples:
       simplified outlines (tolerance in level-0 pixels), all nuclei in class "Nucleus"
   nucseg report slide.zarr slide_report.html
       one self-contained HTML page: QC overlay, density map, histograms, run metadata
+  nucseg models
+      the bundled models (--model NAME): training data, licence of the weights, recipe
 
 OUT.zarr must be a finished nucseg-wsi output; a half-finished one is finished with
   nucseg-wsi SLIDE OUT.zarr --resume
@@ -71,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="side of the density bins in micrometres (default 100, finer on small slides)")
     rep.add_argument("--overwrite", action="store_true", help="replace an existing file")
     rep.add_argument("--quiet", action="store_true", help="no summary")
+
+    sub.add_parser(
+        "models",
+        help="list the bundled models, their training data and licences",
+        description="The models shipped with nucseg, usable by name (--model NAME, nucseg.load_model(NAME)): "
+        "what each was trained on, the terms its weights carry, its resolution and post-processing recipe. "
+        "docs/MODEL_CARD.md has their accuracy per source.",
+    )
     return p
 
 
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from nucseg.cli import segment
 
     args = build_parser().parse_args(argv)
-    commands = {"export": _export, "report": _report, "segment": segment.run}
+    commands = {"export": _export, "report": _report, "segment": segment.run, "models": _models}
     interrupted = (
         "nucseg segment: interrupted; finished images are kept, continue with --resume"
         if args.command == "segment"
@@ -110,6 +121,22 @@ def _export(args: argparse.Namespace) -> int:
         extra = f" ({s.multipart} as MultiPolygon)" if s.multipart else ""
         missing = f"; {s.missing} table rows without pixels skipped" if s.missing else ""
         print(f"wrote {s.features} nuclei{extra} to {s.path}{missing}", file=sys.stderr)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:  # noqa: ARG001
+    import json
+
+    from nucseg.inference import BUNDLED_MODELS
+
+    for name, path in BUNDLED_MODELS.items():
+        doc = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        cfg, licence = doc["config"], doc["licence"]
+        print(f"{name}{' (used when no model is given)' if name == 'default' else ''}")
+        print(f"  trained on: {', '.join(d.split(': ', 1)[0] for d in licence['data'])}")
+        print(f"  licence of the weights: {licence['spdx']}: {licence['terms']}")
+        print(f"  resolution {cfg['mpp']:g} um/px; lam {cfg['lam']:g}, threshold {cfg['threshold']:g}, "
+              f"min_area {cfg.get('min_area', 0)} px; sha256 {doc['sha256'][:12]}...")
     return 0
 
 
