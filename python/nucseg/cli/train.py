@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-weights",
         default=None,
         metavar="MODEL",
-        help="start from a trained model: a .safetensors/.json, 'default' (the bundled model), or with --cv an earlier "
+        help="start from a trained model: a .safetensors/.json, a bundled model ('default', 'multiorgan'), or with --cv an earlier "
         "cross-validation run folder (fold i starts from its fold_i model; splits must match). With --cv, the model "
         "must not have seen a fold's held-out patients",
     )

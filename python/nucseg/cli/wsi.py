@@ -19,6 +19,8 @@ examples:
       write a small synthetic H&E slide beside demo.zarr and segment it (no data needed)
   nucseg-wsi slide.svs slide.zarr
       the bundled model, tissue detection, 2048 px tiles
+  nucseg-wsi slide.svs slide.zarr --model multiorgan
+      the second bundled model (7 organs; non-commercial licence): better than the default off breast
   nucseg-wsi slide.svs slide.zarr --qc slide_qc.png --save-prob
       also a QC picture and the probability map
   nucseg-wsi slide.svs slide.zarr --geojson slide.geojson
