@@ -20,7 +20,7 @@ examples:
   nucseg-wsi slide.svs slide.zarr
       the bundled model, tissue detection, 2048 px tiles
   nucseg-wsi slide.svs slide.zarr --model multiorgan
-      the second bundled model (7 organs; non-commercial licence): better than the default off breast
+      the second bundled model (TNBC + MoNuSeg, 7 organs; non-commercial licence; see docs/MODEL_CARD.md)
   nucseg-wsi slide.svs slide.zarr --qc slide_qc.png --save-prob
       also a QC picture and the probability map
   nucseg-wsi slide.svs slide.zarr --geojson slide.geojson
