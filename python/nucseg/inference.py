@@ -53,8 +53,9 @@ _WEIGHTS = Path(__file__).resolve().parent / "models" / "weights"
 
 #: The models shipped inside the package, by name (docs/MODEL_CARD.md):
 #: ``"default"``, trained on TNBC (breast; CC BY 4.0 data), and ``"multiorgan"``, trained
-#: on TNBC and the MoNuSeg 2018 training images (7 organs): more accurate on organs other
-#: than breast, and under CC BY-NC-SA 4.0 (non-commercial) like MoNuSeg.
+#: on TNBC and the MoNuSeg 2018 training images (7 organs): more accurate than the default
+#: on MoNuSeg's organs and on brain tissue, less on breast, dense colorectal lymphocytes and
+#: DSB 2018's images, and under CC BY-NC-SA 4.0 (non-commercial) like MoNuSeg.
 BUNDLED_MODELS: dict[str, Path] = {name: _WEIGHTS / f"{name}.safetensors" for name in ("default", "multiorgan")}
 DEFAULT_MODEL = BUNDLED_MODELS["default"]
 

@@ -218,7 +218,7 @@ def _init_source(value: str | None) -> Path | None:
         return BUNDLED_MODELS[value]
     path = Path(value)
     if not path.exists():
-        raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, 'default', or a run folder)")
+        raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, 'default', 'multiorgan', or a run folder)")
     return path
 
 
