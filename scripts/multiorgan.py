@@ -98,6 +98,9 @@ def main() -> None:
                          "patients are recorded in the model JSON (tnbc_held_out_patients) for nucseg-eval --patients")
     ap.add_argument("--weight", action="append", default=[], metavar="SOURCE=W",
                     help="draw SOURCE W times as often as a source without a weight (repeatable; default: all equal)")
+    ap.add_argument("--arch-kwargs", type=json.loads, default=None, metavar="JSON",
+                    help='the network\'s size, e.g. \'{"width": 32, "depth": 4}\' (default: the preset\'s, width 16, '
+                    'depth 3); a size other than the bundled model\'s needs --init none or a model of that size')
     ap.add_argument("--augment", type=json.loads, default={},
                     help="JSON object of nucseg.data.AugmentConfig fields merged into the defaults")
     args = ap.parse_args()
@@ -159,6 +162,12 @@ def main() -> None:
                  "precision": args.precision}
     if lr is not None:
         overrides["lr"] = lr
+    if args.arch_kwargs is not None:
+        if not isinstance(args.arch_kwargs, dict):
+            raise SystemExit(f"--arch-kwargs takes a JSON object, got {args.arch_kwargs!r}")
+        overrides["arch_kwargs"] = {**preset("default").arch_kwargs, **args.arch_kwargs}
+        if init is not None and load_model(init, device="cpu").config.arch_kwargs != overrides["arch_kwargs"]:
+            raise SystemExit(f"--init {args.init} is not of size {overrides['arch_kwargs']}: use --init none or a model of that size")
     cfg = preset("default", **overrides)
     print("sources:", {s: len(v) for s, v in per_source.items()}, "draw list:", dict(Counter(im.patient.split("/")[0] for im in images)))
     print("augment:", cfg.augment.to_dict())
