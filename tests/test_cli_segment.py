@@ -188,3 +188,24 @@ def test_models_lists_each_bundled_model_with_its_data_and_licence(capsys: pytes
         assert f"{doc['licence']['spdx']}: {doc['licence']['terms']}" in out
         assert f"sha256 {doc['sha256'][:12]}" in out
     assert "trained on: tnbc, monuseg2018_train" in out and "trained on: tnbc\n" in out
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `nucseg models | head -1`: the reader leaves early; no "error: Broken pipe", status 141 as for SIGPIPE.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse\n"
+        "from nucseg.cli import run_guarded\n"
+        "def run(args):\n"
+        "    for i in range(200000): print('line', i)\n"
+        "    return 0\n"
+        "sys.exit(run_guarded(run, argparse.Namespace(), prog='nucseg x', errors=(OSError,), status=1, interrupted=''))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()  # the reader goes away
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == "", err
