@@ -83,7 +83,7 @@ def main() -> None:
                          "monuseg2018_train_xml, the 13-image MoNuSeg source of earlier runs)")
     ap.add_argument("--hold-out", choices=TRAINABLE, default=None)
     ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--init", default=None, help="'default' (the bundled TNBC model), a model file, or 'none' (the default) for from scratch")
+    ap.add_argument("--init", default=None, help="a bundled model ('default': TNBC; 'multiorgan'), a model file, or 'none' (the default) for from scratch")
     ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 when fine-tuning, the preset's otherwise")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
@@ -108,11 +108,12 @@ def main() -> None:
     import torch
 
     from nucseg.evaluate import DEFAULT_MIN_AREAS, tune_postprocess
-    from nucseg.inference import load_model, save_model
+    from nucseg.inference import BUNDLED_MODELS, load_model, save_model
     from nucseg.train import preset, train
 
-    if args.init == "default" and (args.hold_out == "tnbc" or args.tnbc_fold is not None):
-        raise SystemExit("--init default saw every TNBC image: it cannot start a run that holds TNBC images out")
+    # Both bundled models trained on every TNBC image.
+    if args.init in BUNDLED_MODELS and (args.hold_out == "tnbc" or args.tnbc_fold is not None):
+        raise SystemExit(f"--init {args.init} saw every TNBC image: it cannot start a run that holds TNBC images out")
     if args.tnbc_fold is not None and (args.hold_out == "tnbc" or args.tnbc_fold not in (0, 1, 2)):
         raise SystemExit("--tnbc-fold takes 0, 1 or 2, and TNBC must be among the training sources")
     chosen = [s for s in args.sources.split(",") if s]
@@ -148,10 +149,8 @@ def main() -> None:
             raise SystemExit(f"--weight takes SOURCE=W with SOURCE among {sorted(per_source)} and W > 0, got {item!r}")
     images = balanced(per_source, weights)
     init = None
-    if args.init == "default":
-        from importlib.resources import files
-
-        init = str(files("nucseg") / "models" / "weights" / "default.safetensors")
+    if args.init in BUNDLED_MODELS:
+        init = str(BUNDLED_MODELS[args.init])
     elif args.init and args.init.lower() != "none":
         init = args.init
     lr = args.lr if args.lr is not None else (5e-4 if init else None)
