@@ -47,8 +47,11 @@ MATCHED = 0.99  # fraction of objects a baseline must share with nucseg (one to 
 
 SIZES = (2048, 4096)
 QUANTISED = ["float32 (float16 values)", "float32 (1/1024 steps)", "float32 (k/255)"]
-LAM = {"uint8": 7.0, "float32": 7.0 / 255, **dict.fromkeys(QUANTISED, 7.0 / 255)}
-THRESHOLD = {"uint8": 127.0, "float32": 0.5, **dict.fromkeys(QUANTISED, 0.5)}
+# The float16 map's levels as a 16-bit integer map (k = round(65535 v), one-to-one on them but
+# for a few dozen levels below 2^-16): how fast the same levels go through the integer path.
+F16_LEVELS = "uint16 (float16 levels)"
+LAM = {"uint8": 7.0, "float32": 7.0 / 255, **dict.fromkeys(QUANTISED, 7.0 / 255), F16_LEVELS: 7.0 / 255 * 65535}
+THRESHOLD = {"uint8": 127.0, "float32": 0.5, **dict.fromkeys(QUANTISED, 0.5), F16_LEVELS: 32767.0}
 
 
 def _maps(size: int) -> dict[str, np.ndarray]:
@@ -61,6 +64,7 @@ def _maps(size: int) -> dict[str, np.ndarray]:
         "float32 (1/1024 steps)": (np.round(prob * 1024) / 1024).astype(np.float32),
         # A uint8 map divided by 255, as a PNG probability map is read.
         "float32 (k/255)": (np.round(prob * 255).astype(np.uint8) / np.float32(255)).astype(np.float32),
+        F16_LEVELS: np.round(prob.astype(np.float16).astype(np.float64) * 65535).astype(np.uint16),
     }
 
 
@@ -117,7 +121,7 @@ def _record(benchmark, size: int, method: str, dtype: str) -> None:
     benchmark.group = f"watershed {size}x{size} {dtype}"
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float32", *QUANTISED])
+@pytest.mark.parametrize("dtype", ["uint8", "float32", *QUANTISED, F16_LEVELS])
 @pytest.mark.parametrize("size", SIZES)
 def test_nucseg(benchmark, size, dtype):
     prob = maps(size)[dtype]
@@ -126,6 +130,9 @@ def test_nucseg(benchmark, size, dtype):
     assert labels.max() > 1000  # it really segmented the thousands of nuclei
     if dtype in QUANTISED:  # their own queue paths, checked in the same run
         check_quantised(benchmark, dtype, prob)
+    if dtype == F16_LEVELS:  # the same map as the float16 one, so (nearly) the same objects
+        f16 = maps(size)["float32 (float16 values)"]
+        assert_same_objects(benchmark, f16, LAM["float32 (float16 values)"], labels)
 
 
 def check_quantised(benchmark, dtype: str, prob: np.ndarray) -> None:
