@@ -61,9 +61,12 @@ def test_pooled_f1_weighs_images_by_their_pixels():
     from nucseg.metrics import evaluate
 
     # Image 1: a 2x10 nucleus found exactly (F1 1); image 2: a 1x2 nucleus missed half (tp 1, fn 1: F1 2/3).
-    gt1 = np.zeros((4, 10), np.int32); gt1[:2] = 1
-    gt2 = np.zeros((4, 10), np.int32); gt2[0, :2] = 1
-    pred2 = np.zeros((4, 10), np.int32); pred2[0, 0] = 1
+    gt1 = np.zeros((4, 10), np.int32)
+    gt1[:2] = 1
+    gt2 = np.zeros((4, 10), np.int32)
+    gt2[0, :2] = 1
+    pred2 = np.zeros((4, 10), np.int32)
+    pred2[0, 0] = 1
     rows = [{"method": "A", "patient": p, "image": p, **evaluate(g, q)} for p, g, q in (("01", gt1, gt1), ("02", gt2, pred2))]
     assert (rows[1]["pixel_tp"], rows[1]["pixel_fp"], rows[1]["pixel_fn"]) == (1, 0, 1)
     s = summarise(rows)[0]

@@ -428,7 +428,7 @@ class OpenVinoNetwork(_Rebuilt):
     def __init__(
         self, net: nn.Module, config: ModelConfig, sha256: str, *, threads: int, precision: str = "float32", cache: bool = True
     ) -> None:
-        ov = require_openvino()
+        require_openvino()  # the clear error when the extra is missing
         if int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if precision not in ("float32", "bfloat16"):

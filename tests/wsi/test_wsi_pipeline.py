@@ -342,7 +342,7 @@ def test_clusters_beyond_the_largest_halo_are_kept_approximate(tmp_path: Path) -
     outs = []
     for threads in (1, 2):
         out = tmp_path / f"t{threads}.zarr"
-        s = segment_slide(path, out, model=pred, tile=128, halo=40, max_halo=40, tissue="none", threads=threads)
+        segment_slide(path, out, model=pred, tile=128, halo=40, max_halo=40, tissue="none", threads=threads)
         meta = zarr.open_group(str(out), mode="r").attrs["nucseg"]
         tab = pq.read_table(out / "nucseg" / "nuclei.parquet").to_pydict()
         assert meta["approximate_nuclei"] == tab["exact"].count(False) > 0
@@ -364,7 +364,7 @@ def test_clusters_beyond_the_largest_halo_are_kept_approximate(tmp_path: Path) -
 
     assert matched_fraction(whole, lab, iou=0.5) > 0.9
     # With room to grow the halo, the same slide comes out exact.
-    s = segment_slide(path, tmp_path / "grow.zarr", model=pred, tile=128, halo=40, tissue="none")
+    segment_slide(path, tmp_path / "grow.zarr", model=pred, tile=128, halo=40, tissue="none")
     assert same_partition(_labels(tmp_path / "grow.zarr"), whole)
 
 
