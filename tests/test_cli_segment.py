@@ -181,8 +181,9 @@ def test_models_lists_each_bundled_model_with_its_data_and_licence(capsys: pytes
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    blocks = out.split("\n" + "multiorgan")
-    assert blocks[0].startswith("default (used when no model is given)") and len(blocks) == 2
+    headers = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert headers == ["default (used when no model is given)", *list(BUNDLED_MODELS)[1:]]
+    assert "ensemble of: default, multiorgan (the mean of their outputs; 2x the network time)" in out
     for name, path in BUNDLED_MODELS.items():
         doc = json.loads(path.with_suffix(".json").read_text())
         assert f"{doc['licence']['spdx']}: {doc['licence']['terms']}" in out

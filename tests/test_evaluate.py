@@ -261,7 +261,7 @@ def test_cli_train_init_weights_per_fold_and_leakage(tmp_path, capsys):
     assert "--init-weights" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bundled", ["default", "multiorgan"])
+@pytest.mark.parametrize("bundled", ["default", "multiorgan", "default+multiorgan"])
 def test_cli_train_refuses_the_bundled_model_for_cv_on_tnbc(tnbc_dir, tmp_path, capsys, bundled):
     pytest.importorskip("torch")
     from nucseg.cli import train as cli_train

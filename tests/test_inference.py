@@ -252,11 +252,12 @@ def test_bundled_models_load_by_name_with_their_licence(name):
     assert (load_model(None, device="cpu").sha256 == model.sha256) == (name == "default")
 
 
-def test_multiorgan_model_never_saw_the_monuseg_test_patients():
+@pytest.mark.parametrize("name", ["multiorgan", "default+multiorgan"])
+def test_multiorgan_models_never_saw_the_monuseg_test_patients(name):
     from nucseg.datasets import is_monuseg_test
     from nucseg.generalization import trained_on
 
-    path = BUNDLED_MODELS["multiorgan"]
+    path = BUNDLED_MODELS[name]
     training = json.loads(path.with_suffix(".json").read_text())["training"]
     sources = trained_on(path)
     assert sources is not None and "monuseg2018_test" not in sources
@@ -270,7 +271,7 @@ def test_multiorgan_model_never_saw_the_monuseg_test_patients():
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"bundled model name \('default', 'multiorgan'\).*'multiorgn'"):
+    with pytest.raises(ValueError, match=r"bundled model name \('default', 'multiorgan', 'default\+multiorgan'\).*'multiorgn'"):
         load_model("multiorgn", device="cpu")
 
 
@@ -376,3 +377,27 @@ def test_bad_precision_is_refused(tmp_path):
             load_model(path, device="cpu", precision=bad)
     with pytest.raises(ValueError, match="precision must be one of"):
         nucseg.segment(_rgb(16, 16), path, device="cpu", precision="fp8")
+
+
+def test_bundled_ensemble_is_the_mean_of_the_two_bundled_models():
+    """``default+multiorgan`` holds exactly the two bundled networks (same weights, their
+    checksums recorded) and gives, per channel, the mean of their sigmoids."""
+    import torch
+
+    from nucseg.inference import combine_outputs
+
+    ens = load_model("default+multiorgan", device="cpu")
+    members = [load_model(name, device="cpu") for name in ("default", "multiorgan")]
+    doc = json.loads(BUNDLED_MODELS["default+multiorgan"].with_suffix(".json").read_text())
+    assert [m["sha256"] for m in doc["training"]["ensemble_of"]] == [m.sha256 for m in members]
+    assert set(doc["training"]["sources"]) == {"tnbc", "monuseg2018_train"}
+    for net, member in zip(ens.net.members, members):
+        theirs = member.net.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in net.state_dict().items())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = [torch.sigmoid(m.net(x).float()) for m in members]
+        p = (outs[0][:, 0] + outs[1][:, 0]) / 2
+        d = (outs[0][:, 1] + outs[1][:, 1]) / 2
+        got = combine_outputs(ens.net(x))
+    np.testing.assert_allclose(got.numpy(), (p * (0.5 + 0.5 * d)).numpy(), atol=1e-5)

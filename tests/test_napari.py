@@ -301,7 +301,7 @@ def test_widget_runs_the_chosen_bundled_model(viewer, qtbot) -> None:
     rgb, _, _ = synthetic_he((256, 320), seed=3, tissue_fraction=1.0)
     image = viewer.add_image(rgb, name="he")
     _, widget = viewer.window.add_plugin_dock_widget("nucseg", "Segment nuclei")
-    assert list(widget._model.choices) == ["default", "multiorgan"] and widget._model.value == "default"
+    assert list(widget._model.choices) == ["default", "multiorgan", "default+multiorgan"] and widget._model.value == "default"
     widget._image.value = image
     widget._device.value = "cpu"
     widget._lam.value = 0.5  # a user's edit; choosing a model shows that model's recipe

@@ -760,7 +760,8 @@ def segment_files(
         Microns per pixel of every image, overriding the files' own. Without it, images
         lacking resolution metadata are refused before any work.
     model : NucleusModel, path or bundled model name, optional
-        The bundled default model when None (``"multiorgan"``: the second one).
+        The bundled default model when None (``"multiorgan"``, ``"default+multiorgan"``:
+        the others, :data:`nucseg.inference.BUNDLED_MODELS`).
     recursive : bool
         Look into sub-folders; outputs mirror them.
     label_format : {"tif", "png"}

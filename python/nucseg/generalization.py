@@ -55,8 +55,10 @@ LODO_METRICS: tuple[tuple[str, str], ...] = (
 #: Sources of the protocol, in table order; the last is evaluation-only.
 PROTOCOL_SOURCES: tuple[str, ...] = ("tnbc", "monuseg2018_train", "cpm15", "consep", "gbm40", "dsb2018_he", "monuseg2018_test")
 UNION = "all"
-#: The lodo table's row for the second bundled model (TNBC + MoNuSeg 2018 train).
+#: The lodo table's rows for the bundled models other than the default, by model name.
 MULTIORGAN_ROW = "TNBC + MoNuSeg train (bundled multiorgan)"
+ENSEMBLE_ROW = "default + multiorgan, mean (bundled)"
+BUNDLED_ROWS: dict[str, str] = {"multiorgan": MULTIORGAN_ROW, "default+multiorgan": ENSEMBLE_ROW}
 
 
 @dataclass(frozen=True)
@@ -244,13 +246,13 @@ def run_protocol(
     coarse: bool = False,
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], str]]:
-    """Score the baseline, the two bundled models and the leave-one-out models on ``sources``.
+    """Score the baseline, the bundled models and the leave-one-out models on ``sources``.
 
     Every source is scored at the bundled model's resolution (0.25 um/px); each model runs at
     its own (:func:`segment_at`). With ``coarse``, the bundled model also runs at twice its pixel
     size (0.5 um/px), the resolution question of the throughput issue.
-    The bundled ``multiorgan`` model's cells of the sources it trained on (its JSON says which)
-    are marked "seen". Returns the image rows and the cell notes for :func:`format_lodo_table`.
+    A bundled model's cells of the sources it trained on (its JSON says which; TNBC for the
+    default) are marked "seen". Returns the image rows and the cell notes for :func:`format_lodo_table`.
     Sources whose leave-one-out model is missing get no multi-organ cell (logged, not fatal).
     """
     import logging
@@ -260,8 +262,8 @@ def run_protocol(
 
     log = logging.getLogger(__name__)
     default = load_model(None, device=device)
-    multi = load_model("multiorgan", device=device)
-    multi_seen = set(trained_on(BUNDLED_MODELS["multiorgan"]) or ())
+    others = {BUNDLED_ROWS[name]: load_model(name, device=device) for name in BUNDLED_MODELS if name != "default"}
+    seen = {BUNDLED_ROWS[name]: set(trained_on(path) or ()) for name, path in BUNDLED_MODELS.items() if name != "default"}
     rows: list[dict[str, Any]] = []
     notes: dict[tuple[str, str], str] = {}
     for s in sources:
@@ -274,12 +276,13 @@ def run_protocol(
         if coarse:
             rows += score(images, segment_at(default, default.config.mpp, 2 * default.config.mpp),
                           "TNBC-only (bundled) at 0.5 um/px")
-        rows += score(images, lambda rgb: multi.postprocess(multi.predict(rgb)), MULTIORGAN_ROW)
+        for row, other in others.items():
+            rows += score(images, lambda rgb, m=other: m.postprocess(m.predict(rgb)), row)
+            if s in seen[row]:
+                notes[(row, s)] = "seen"
         if s == "tnbc":
             notes[("TNBC-only (bundled)", s)] = "seen"
             notes[("TNBC-only (bundled) at 0.5 um/px", s)] = "seen"
-        if s in multi_seen:
-            notes[(MULTIORGAN_ROW, s)] = "seen"
         if runs is not None:
             try:
                 path = lodo_models(runs, [s])[s]

@@ -255,7 +255,7 @@ def test_small_halo_is_enlarged_or_raises_a_clear_error(demo_slide: Path, demo_i
         ({"tissue": 3}, TypeError, "tissue"),
         ({"model": 3}, TypeError, "model"),
         ({"model": "missing_weights.safetensors"}, FileNotFoundError, "model weights not found"),
-        ({"model": "multiorgn"}, FileNotFoundError, "bundled model: .default., .multiorgan."),
+        ({"model": "multiorgn"}, FileNotFoundError, "bundled model: .default., .multiorgan., .default\\+multiorgan."),
         ({"mpp": -1}, ValueError, "mpp"),
         ({"precision": "bf16"}, ValueError, "precision must be one of"),
     ],

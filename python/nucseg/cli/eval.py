@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ensemble", action="append", default=[], metavar="NAME=DIR,DIR,...", help="average the maps of runs sharing splits"
     )
-    p.add_argument("--model", action="append", default=[], metavar="PATH", help="a single model: a weights file or a bundled name ('default', 'multiorgan')")
+    p.add_argument("--model", action="append", default=[], metavar="PATH", help="a single model: a weights file or a bundled name ('default', 'multiorgan', 'default+multiorgan')")
     p.add_argument("--patients", default=None, help="comma-separated patients for --model and the baseline (default: all)")
     p.add_argument(
         "--retune",

@@ -134,6 +134,10 @@ def _models(args: argparse.Namespace) -> int:  # noqa: ARG001
         cfg, licence = doc["config"], doc["licence"]
         print(f"{name}{' (used when no model is given)' if name == 'default' else ''}")
         print(f"  trained on: {', '.join(d.split(': ', 1)[0] for d in licence['data'])}")
+        members = doc.get("training", {}).get("ensemble_of")
+        if members:
+            print(f"  ensemble of: {', '.join(m['name'] for m in members)} (the mean of their outputs; "
+                  f"{len(members)}x the network time)")
         print(f"  licence of the weights: {licence['spdx']}: {licence['terms']}")
         print(f"  resolution {cfg['mpp']:g} um/px; lam {cfg['lam']:g}, threshold {cfg['threshold']:g}, "
               f"min_area {cfg.get('min_area', 0)} px; sha256 {doc['sha256'][:12]}...")

@@ -51,7 +51,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=None, metavar="WEIGHTS",
         help="weights file (.safetensors) or a bundled model: default (TNBC, breast) or multiorgan (TNBC + "
-        "MoNuSeg, 7 organs; CC BY-NC-SA 4.0, non-commercial); default: default",
+        "MoNuSeg, 7 organs; CC BY-NC-SA 4.0, non-commercial) or default+multiorgan (the two averaged, 2x the network "
+        "time; same terms); default: default",
     )
     p.add_argument("--recursive", action="store_true", help="also segment the images of sub-folders")
     p.add_argument(

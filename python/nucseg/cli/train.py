@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-weights",
         default=None,
         metavar="MODEL",
-        help="start from a trained model: a .safetensors/.json, a bundled model ('default', 'multiorgan'), or with --cv an earlier "
+        help="start from a trained model: a .safetensors/.json, a bundled model ('default', 'multiorgan', 'default+multiorgan'), or with --cv an earlier "
         "cross-validation run folder (fold i starts from its fold_i model; splits must match). With --cv, the model "
         "must not have seen a fold's held-out patients",
     )
@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _init_source(value: str | None) -> Path | None:
-    """``--init-weights`` as a path: 'default' and 'multiorgan' are the bundled models."""
+    """``--init-weights`` as a path: the names of :data:`~nucseg.inference.BUNDLED_MODELS` are the bundled models."""
     if value is None:
         return None
     from ..inference import BUNDLED_MODELS
@@ -218,7 +218,7 @@ def _init_source(value: str | None) -> Path | None:
         return BUNDLED_MODELS[value]
     path = Path(value)
     if not path.exists():
-        raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, 'default', 'multiorgan', or a run folder)")
+        raise FileNotFoundError(f"--init-weights: {path} not found (expected a model .safetensors/.json, a bundled model name, or a run folder)")
     return path
 
 

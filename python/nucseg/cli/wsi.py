@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         help="weights file, a bundled model ('default': TNBC, breast; 'multiorgan': TNBC + MoNuSeg, 7 organs, "
-        "CC BY-NC-SA 4.0, non-commercial), 'hematoxylin' (classical baseline) or module:factory; default: 'default'",
+        "CC BY-NC-SA 4.0, non-commercial; 'default+multiorgan': the two averaged, 2x the network time, same terms), "
+        "'hematoxylin' (classical baseline) or module:factory; default: 'default'",
     )
     p.add_argument("--lam", type=float, default=None, help="watershed dynamics (default: the model's)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's)")

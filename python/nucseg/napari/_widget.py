@@ -179,7 +179,7 @@ class SegmentWidget(Container):
         d = model_defaults()
         self._viewer = viewer
         self._image = create_widget(annotation=napari.layers.Image, label="image")
-        # multiorgan: other organs than breast, non-commercial terms (docs/MODEL_CARD.md).
+        # multiorgan, default+multiorgan: other organs than breast, non-commercial terms (docs/MODEL_CARD.md).
         self._model = ComboBox(choices=bundled_models(), value="default", label="model")
         # The step sets the decimals shown and kept: slides give mpp to 3-4 digits (0.2527).
         self._mpp = FloatSpinBox(value=d["mpp"], min=0.01, max=20.0, step=0.001, label="mpp (um/px)")

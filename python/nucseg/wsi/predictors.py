@@ -140,7 +140,8 @@ def resolve_model(
     model : None, str, path-like or predictor
         None: the bundled default network (:func:`nucseg.inference.load_model`).
         ``"hematoxylin"`` (or ``"classical"``): :class:`HematoxylinPredictor`.
-        A bundled model's name (``"default"``, ``"multiorgan"``) or a path: a
+        A bundled model's name (``"default"``, ``"multiorgan"``,
+        ``"default+multiorgan"``) or a path: a
         weights file for :func:`nucseg.inference.load_model`.
         ``"package.module:factory"``: ``factory()`` is called to build the predictor.
         Anything with ``predict`` and ``config`` is returned as it is.
