@@ -26,7 +26,8 @@ examples:
 
   # leave-one-dataset-out (multi-organ generalization): each source scored by the model
   # trained without it (runs/lodo/<source>/), the MoNuSeg 2018 test set by runs/lodo/all/,
-  # beside the two bundled models (default, TNBC-only; multiorgan, "seen" where it trained)
+  # beside the bundled models (default, TNBC-only; multiorgan and default+multiorgan, "seen"
+  # where they trained)
   # and the baseline; mean ± std over images
   nucseg-eval --lodo runs/lodo --cache data_cache --data shared/data/tnbc --out runs/eval_lodo
 
