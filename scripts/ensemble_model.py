@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # multiorgan.py's loaders and tuning grid
 
-from multiorgan import TUNE_LAMS, TUNE_PER_SOURCE, TUNE_THRESHOLDS, load_training_source  # noqa: E402
+from multiorgan import load_training_source, tune_on_training_images  # noqa: E402
 
 
 def member_record(path: Path) -> dict:
@@ -49,8 +49,7 @@ def main() -> None:
     import torch
 
     from nucseg.datasets import SOURCES
-    from nucseg.evaluate import DEFAULT_MIN_AREAS, tune_postprocess
-    from nucseg.inference import BUNDLED_MODELS, load_model, save_model
+    from nucseg.inference import BUNDLED_MODELS, NucleusModel, load_model, save_model
     from nucseg.models import Ensemble
 
     if len(args.members) < 2:
@@ -85,17 +84,13 @@ def main() -> None:
         "patients": union("patients"),
         "image_digests": union("image_digests"),
     }
-    save_model(net, config, args.out, **extra)
 
-    # Tune on the members' training images, each source evenly sampled (as multiorgan.py does).
+    # Tune on the members' training images as multiorgan.py tunes, on the network in memory
+    # (as train() does before it saves), then save once.
     torch.set_num_threads(args.threads)
     per_source = {s: load_training_source(s, args.cache, args.tnbc, config.mpp) for s in sources}
-    tune_set = [im for v in per_source.values() for im in v[:: max(1, len(v) // TUNE_PER_SOURCE)][:TUNE_PER_SOURCE]]
-    model = load_model(args.out, device="cpu")
-    zoom = 0.25 / config.mpp
-    lam, thr, area, score = tune_postprocess(
-        model, tune_set, lams=TUNE_LAMS, thresholds=TUNE_THRESHOLDS, min_areas=tuple(int(round(a * zoom**2)) for a in DEFAULT_MIN_AREAS)
-    )
+    model = NucleusModel(config, net, sha256="", device=torch.device("cpu"))
+    lam, thr, area, score = tune_on_training_images(model, per_source)
     extra["tuned_on_training_images"] = {"lam": lam, "threshold": thr, "min_area": area, "aji": round(score, 4)}
     extra["images_per_source"] = {s: len(v) for s, v in per_source.items()}
     save_model(net, dataclasses.replace(config, lam=lam, threshold=thr, min_area=area), args.out, **extra)
