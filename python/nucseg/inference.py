@@ -3,8 +3,8 @@
 A model is two files side by side: ``NAME.safetensors`` (weights, read only
 with safetensors, never unpickled) and ``NAME.json`` (its :class:`ModelConfig`
 plus the weights' SHA-256). ``load_model()`` with no path loads the default
-model bundled with the package and verifies its checksum; ``load_model("multiorgan")``
-the second bundled model (:data:`BUNDLED_MODELS`, docs/MODEL_CARD.md).
+model bundled with the package and verifies its checksum; ``load_model("multiorgan")`` (or another name of
+:data:`BUNDLED_MODELS`) one of the other bundled models (docs/MODEL_CARD.md).
 
 Examples
 --------
@@ -617,8 +617,8 @@ def segment(
     rgb : numpy.ndarray
         ``uint8`` ``(H, W, 3)`` image.
     model : NucleusModel, path or bundled model name, optional
-        The bundled default model when None; ``"multiorgan"`` the second bundled
-        model (:data:`BUNDLED_MODELS`).
+        The bundled default model when None; a name of :data:`BUNDLED_MODELS`
+        (``"multiorgan"``, ``"default+multiorgan"``) for another bundled model.
     lam, threshold : float, optional
         Watershed parameters; the model's recommended values when None. The rest of
         the model's post-processing (``config.recipe``: ``min_area``, connectivity)

@@ -27,8 +27,7 @@ examples:
   # leave-one-dataset-out (multi-organ generalization): each source scored by the model
   # trained without it (runs/lodo/<source>/), the MoNuSeg 2018 test set by runs/lodo/all/,
   # beside the bundled models (default, TNBC-only; multiorgan and default+multiorgan, "seen"
-  # where they trained)
-  # and the baseline; mean ± std over images
+  # where they trained) and the baseline; mean ± std over images
   nucseg-eval --lodo runs/lodo --cache data_cache --data shared/data/tnbc --out runs/eval_lodo
 
 Every table row is the mean ± std over held-out patients of the per-patient mean
@@ -196,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     chosen = [im for im in images if im.patient in wanted]
     for path in args.model:
         model = load_model(path, device=args.device)
-        # Both bundled models trained on every TNBC image.
+        # Every bundled model trained on every TNBC image.
         name = f"{model.config.name} (not held out)" if is_bundled(path) else Path(path).stem
         rows += score_images(chosen, lambda im: model.postprocess(model.predict(im.rgb, tta=args.tta)), name)
         if bar is not None:

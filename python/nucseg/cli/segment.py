@@ -13,7 +13,7 @@ examples:
   nucseg segment crops/ --out results/ --mpp 0.25 --csv --geojson --overlay
       images without resolution metadata at 0.25 um/px; also a table, QuPath GeoJSON and an outline PNG
   nucseg segment crops/ --out results/ --model multiorgan
-      the second bundled model, trained on 7 organs (nucseg models lists both)
+      the second bundled model, trained on 7 organs (nucseg models lists all three)
   nucseg segment a.png b.tif --out results/ --format png
       two files, labels as 16-bit PNG
   nucseg segment slides_png/ --out results/ --recursive --resume
